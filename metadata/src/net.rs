@@ -1,0 +1,388 @@
+//! HTTP plumbing shared by every Cairn role: one server loop, one pooled
+//! client, the cluster-secret check, bounded body reads and JSON replies.
+//!
+//! Every socket, accepted or dialled, has `TCP_NODELAY` set: with Nagle on,
+//! small request/response exchanges stall ~40 ms on delayed ACKs.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Boxed error type used inside HTTP bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every response Cairn sends and every request it makes.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Header carrying the shared cluster secret on internal requests.
+pub const SECRET_HEADER: &str = "x-cairn-secret";
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+/// Limits and knobs of [`serve`].
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Connections served at once; further accepts wait for a slot. Bounds
+    /// memory and file descriptors under a connection flood.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers; stops
+    /// slow-loris connections from pinning a slot forever.
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for in-flight requests before dropping them.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on an already-bound `listener` until `shutdown`
+/// resolves, then drains in-flight requests (up to `drain_timeout`).
+///
+/// `handler` is called once per request; it must turn every failure into a
+/// response (it cannot fail).
+pub async fn serve<H, Fut>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    opts: ServerOptions,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed");
+        }
+        let h = handler.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let fut = h(req, peer);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(opts.drain_timeout) => {
+            tracing::warn!("drain timeout: dropping in-flight connections");
+        }
+    }
+}
+
+/// A pooled HTTP/1.1 client with `TCP_NODELAY`, used for every internal hop.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    inner: hyper_util::client::legacy::Client<HttpConnector, Body>,
+}
+
+/// Tuning of [`HttpClient`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Time allowed to establish a TCP connection.
+    pub connect_timeout: Duration,
+    /// Idle pooled connections kept per host; enough for the stripes a
+    /// client keeps in flight.
+    pub max_idle_per_host: usize,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(3),
+            max_idle_per_host: 32,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new(&ClientOptions::default())
+    }
+}
+
+impl HttpClient {
+    /// Builds a client.
+    pub fn new(opts: &ClientOptions) -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(opts.connect_timeout));
+        conn.enforce_http(true);
+        let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(opts.idle_timeout)
+            .pool_max_idle_per_host(opts.max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .build(conn);
+        HttpClient { inner }
+    }
+
+    /// Sends `req`; the whole exchange up to the response headers must finish
+    /// within `timeout`.
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, NetError> {
+        match tokio::time::timeout(timeout, self.inner.request(req)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) if e.is_connect() => Err(NetError::Connect(e.to_string())),
+            Ok(Err(e)) => Err(NetError::Transport(e.to_string())),
+            Err(_) => Err(NetError::Timeout),
+        }
+    }
+
+    /// POSTs `body` as JSON to `url` and decodes a JSON reply. A non-2xx
+    /// reply becomes [`NetError::Status`] with the server's message.
+    pub async fn post_json<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        url: &str,
+        secret: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, NetError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| NetError::Decode(e.to_string()))?;
+        let req = Request::post(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(SECRET_HEADER, secret)
+            .body(full(bytes))
+            .map_err(|e| NetError::Transport(e.to_string()))?;
+        let resp = self.send(req, timeout).await?;
+        let status = resp.status();
+        let body = tokio::time::timeout(timeout, read_body(resp.into_body(), MAX_JSON_BODY))
+            .await
+            .map_err(|_| NetError::Timeout)??;
+        if !status.is_success() {
+            let err: ErrorBody = serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
+                error: "Unknown".into(),
+                message: String::from_utf8_lossy(&body).into_owned(),
+                leader: None,
+            });
+            return Err(NetError::Status {
+                status: status.as_u16(),
+                error: err.error,
+                message: err.message,
+                leader: err.leader,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| NetError::Decode(e.to_string()))
+    }
+}
+
+/// Largest JSON body any Cairn API accepts or reads: manifests of very large
+/// objects and snapshot chunks fit; anything larger is a bug or an attack.
+pub const MAX_JSON_BODY: usize = 64 << 20;
+
+/// Transport-level failures, kept apart from application errors.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NetError {
+    /// Could not connect: the peer is down or unreachable (nothing was
+    /// sent, so any request may be retried elsewhere).
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// Sending or receiving failed.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// No answer in time.
+    #[error("request timed out")]
+    Timeout,
+    /// The body exceeded the size limit.
+    #[error("body larger than {limit} bytes")]
+    TooLarge {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
+    /// A reply could not be decoded.
+    #[error("cannot decode reply: {0}")]
+    Decode(String),
+    /// The server answered with an error status.
+    #[error("{status} {error}: {message}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Machine-readable error code.
+        error: String,
+        /// Human-readable message.
+        message: String,
+        /// Where the leader is, when the server knows and is not it.
+        leader: Option<String>,
+    },
+}
+
+/// Reads a whole body, refusing more than `limit` bytes.
+pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, NetError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(NetError::TooLarge { limit })
+            } else {
+                Err(NetError::Transport(e.to_string()))
+            }
+        }
+    }
+}
+
+/// The JSON shape of every error reply on Cairn's internal APIs.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `NoSuchBucket`.
+    pub error: String,
+    /// Human-readable message.
+    pub message: String,
+    /// The leader's API address, on a "not leader" error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+}
+
+/// A JSON response with `status`.
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(v) => {
+            let mut r = Response::new(full(v));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            &format!("cannot encode reply: {e}"),
+        ),
+    }
+}
+
+/// A JSON error response.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    error_response_with_leader(status, code, message, None)
+}
+
+/// A JSON error response naming the leader.
+pub fn error_response_with_leader(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    leader: Option<String>,
+) -> Response<Body> {
+    let body = ErrorBody {
+        error: code.to_string(),
+        message: message.to_string(),
+        leader,
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut r = Response::new(full(bytes));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// True when `headers` carry `secret` in [`SECRET_HEADER`], compared in
+/// constant time so the secret cannot be guessed byte by byte from timings.
+pub fn has_secret(headers: &HeaderMap, secret: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    match headers.get(SECRET_HEADER) {
+        Some(v) => {
+            let got = v.as_bytes();
+            // ct_eq on slices of different lengths is false without leaking
+            // where they differ.
+            bool::from(got.ct_eq(secret.as_bytes()))
+        }
+        None => false,
+    }
+}
+
+/// The reply to a request that lacks the cluster secret.
+pub fn unauthorized() -> Response<Body> {
+    error_response(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        "missing or wrong cluster secret",
+    )
+}
+
+/// Writes `addr` to `path` atomically (temp file + rename), so a test
+/// harness polling the file never reads half an address.
+pub fn write_addr_file(path: &std::path::Path, addr: &SocketAddr) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())?;
+    std::fs::rename(&tmp, path)
+}

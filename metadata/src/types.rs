@@ -1,0 +1,806 @@
+//! The cluster model and the metadata API types (versioned by the `/v1/`
+//! prefix of the HTTP API; every type is serde JSON).
+//!
+//! Everything a chunkserver, a client or the gateway exchanges with the
+//! metadata service is defined here, in the lowest crate, so the crates above
+//! share one definition.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A metadata node's Raft id.
+pub type NodeId = u64;
+
+/// A chunkserver's id, assigned by the metadata service at first
+/// registration and persisted by the chunkserver. Never 0.
+pub type ChunkserverId = u64;
+
+/// Largest k + m: the Reed-Solomon GF(2^8) codec supports up to 256 shards,
+/// but beyond 20 a stripe spans more failure domains than a cluster of
+/// commodity machines has and repair reads grow without benefit.
+pub const MAX_TOTAL_SHARDS: u8 = 20;
+
+/// Erasure-coding parameters: `k` data shards and `m` parity shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EcParams {
+    /// Data shards per stripe.
+    pub k: u8,
+    /// Parity shards per stripe: how many losses a stripe survives.
+    pub m: u8,
+}
+
+impl Default for EcParams {
+    fn default() -> Self {
+        EcParams { k: 4, m: 2 }
+    }
+}
+
+/// Why a value from the outside was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+impl EcParams {
+    /// Validated constructor: 1 <= k, 1 <= m, k + m <= [`MAX_TOTAL_SHARDS`].
+    pub fn new(k: u8, m: u8) -> Result<Self, InvalidInput> {
+        let p = EcParams { k, m };
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// Checks the bounds (values decoded from JSON bypass [`EcParams::new`]).
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        if self.k == 0 || self.m == 0 {
+            return Err(InvalidInput(format!(
+                "invalid erasure coding {}+{}: k and m must both be at least 1",
+                self.k, self.m
+            )));
+        }
+        if u16::from(self.k) + u16::from(self.m) > u16::from(MAX_TOTAL_SHARDS) {
+            return Err(InvalidInput(format!(
+                "invalid erasure coding {}+{}: k + m must be at most {MAX_TOTAL_SHARDS}",
+                self.k, self.m
+            )));
+        }
+        Ok(())
+    }
+
+    /// Data shards per stripe.
+    pub fn k(&self) -> u8 {
+        self.k
+    }
+
+    /// Parity shards per stripe.
+    pub fn m(&self) -> u8 {
+        self.m
+    }
+
+    /// k + m.
+    pub fn total(&self) -> usize {
+        usize::from(self.k) + usize::from(self.m)
+    }
+}
+
+impl fmt::Display for EcParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}+{}", self.k, self.m)
+    }
+}
+
+impl FromStr for EcParams {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            InvalidInput(format!(
+                "invalid erasure coding {s:?}: expected K+M, e.g. 4+2"
+            ))
+        };
+        let (k, m) = s.trim().split_once('+').ok_or_else(bad)?;
+        let k: u8 = k.trim().parse().map_err(|_| bad())?;
+        let m: u8 = m.trim().parse().map_err(|_| bad())?;
+        EcParams::new(k, m)
+    }
+}
+
+macro_rules! id128 {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub [u8; 16]);
+
+        impl $name {
+            /// A fresh random id.
+            pub fn random() -> Self {
+                $name(rand::random())
+            }
+
+            /// The raw bytes.
+            pub fn as_bytes(&self) -> &[u8; 16] {
+                &self.0
+            }
+
+            /// Lowercase hex, 32 characters.
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidInput;
+            /// Exactly 32 lowercase hex characters.
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let bad = || InvalidInput(format!("invalid {}: {:?}", stringify!($name), s));
+                if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                    return Err(bad());
+                }
+                let mut out = [0u8; 16];
+                hex::decode_to_slice(s, &mut out).map_err(|_| bad())?;
+                Ok($name(out))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_string())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id128!(
+    /// A shard's id: random 128 bits, never derived from user input. Its hex
+    /// form is the shard's file name on a chunkserver.
+    ShardId
+);
+id128!(
+    /// A stripe's id: random 128 bits.
+    StripeId
+);
+
+/// A BLAKE3 hash (32 bytes), hex in JSON.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Hash32(pub [u8; 32]);
+
+impl From<blake3::Hash> for Hash32 {
+    fn from(h: blake3::Hash) -> Self {
+        Hash32(*h.as_bytes())
+    }
+}
+
+impl From<Hash32> for blake3::Hash {
+    fn from(h: Hash32) -> Self {
+        blake3::Hash::from_bytes(h.0)
+    }
+}
+
+impl fmt::Display for Hash32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+impl fmt::Debug for Hash32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash32({self})")
+    }
+}
+impl FromStr for Hash32 {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| InvalidInput(format!("invalid BLAKE3 hash {s:?}")))?;
+        Ok(Hash32(out))
+    }
+}
+impl Serialize for Hash32 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+impl<'de> Deserialize<'de> for Hash32 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Longest bucket name (S3's rule).
+pub const MAX_BUCKET_NAME: usize = 63;
+/// Longest object key in bytes (S3's rule).
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Checks a bucket name against S3's naming rules: 3-63 characters of
+/// lowercase letters, digits, '.' and '-', starting and ending with a letter
+/// or digit, no "..", not an IPv4 address.
+pub fn validate_bucket_name(name: &str) -> Result<(), InvalidInput> {
+    let bad = |why: &str| Err(InvalidInput(format!("invalid bucket name {name:?}: {why}")));
+    if name.len() < 3 || name.len() > MAX_BUCKET_NAME {
+        return bad("must be 3 to 63 characters long");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return bad("only lowercase letters, digits, '.' and '-' are allowed");
+    }
+    let first = name.as_bytes()[0];
+    let last = name.as_bytes()[name.len() - 1];
+    if !(first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric()) {
+        return bad("must start and end with a letter or digit");
+    }
+    if name.contains("..") || name.contains(".-") || name.contains("-.") {
+        return bad("adjacent periods or period-hyphen are not allowed");
+    }
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return bad("must not be formatted as an IP address");
+    }
+    Ok(())
+}
+
+/// Checks an object key: 1 to [`MAX_KEY_LEN`] bytes of UTF-8 (guaranteed by
+/// `&str`), no NUL (NUL separates bucket and key in the index).
+pub fn validate_key(key: &str) -> Result<(), InvalidInput> {
+    if key.is_empty() {
+        return Err(InvalidInput("object key must not be empty".into()));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(InvalidInput(format!(
+            "object key is {} bytes; the limit is {MAX_KEY_LEN}",
+            key.len()
+        )));
+    }
+    if key.contains('\0') {
+        return Err(InvalidInput("object key must not contain NUL".into()));
+    }
+    Ok(())
+}
+
+/// A bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketInfo {
+    /// The bucket's name (S3 rules).
+    pub name: String,
+    /// Erasure coding of new objects.
+    pub ec: EcParams,
+    /// Shard size in bytes for new objects: a stripe holds `k * shard_size`.
+    pub shard_size: u32,
+    /// Creation time, milliseconds since the Unix epoch (stamped by the
+    /// proposer, never read from the clock inside `apply`).
+    pub created_ms: u64,
+    /// Access key id of the owner ("" for the cluster admin).
+    pub owner: String,
+}
+
+/// Where one shard of a stripe lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardLoc {
+    /// The chunkserver holding it; `None` when the shard was never written or
+    /// is lost and awaits repair.
+    pub chunkserver: Option<ChunkserverId>,
+    /// The shard's id.
+    pub shard: ShardId,
+    /// BLAKE3 of the shard payload, as computed by the writer when encoding:
+    /// every read and every rebuild is checked against it.
+    pub blake3: Hash32,
+}
+
+/// One stripe of an object: `len` bytes of the object, erasure coded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StripeManifest {
+    /// The stripe's id.
+    pub id: StripeId,
+    /// Real data bytes in this stripe (the last stripe is shorter).
+    pub len: u64,
+    /// k + m shards, in shard-index order (data first, then parity).
+    pub shards: Vec<ShardLoc>,
+}
+
+/// One part of a multipart object, in the order of the object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartInfo {
+    /// The part number the client gave (1..=10000).
+    pub number: u32,
+    /// Bytes in the part.
+    pub size: u64,
+    /// The part's ETag (hex MD5, quoted form is added by the gateway).
+    pub etag: String,
+    /// Checksums of the part, by algorithm name.
+    #[serde(default)]
+    pub checksums: BTreeMap<String, String>,
+    /// How many stripes of the object belong to this part.
+    pub stripes: u32,
+}
+
+/// An object version's manifest: everything needed to read it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectManifest {
+    /// A random id of this write; repair and GC use it to tell versions apart.
+    pub version: StripeId,
+    /// Object size in bytes.
+    pub size: u64,
+    /// ETag as S3 shows it, without quotes.
+    pub etag: String,
+    /// Content-Type.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// Other standard headers kept and returned (Content-Encoding,
+    /// Content-Disposition, Cache-Control, Content-Language, Expires), by
+    /// lowercase name.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// User metadata (`x-amz-meta-*` without the prefix).
+    #[serde(default)]
+    pub user_meta: BTreeMap<String, String>,
+    /// Client checksums by algorithm (e.g. `crc32c` -> base64 value).
+    #[serde(default)]
+    pub checksums: BTreeMap<String, String>,
+    /// Creation time, ms since the Unix epoch (stamped by the writer).
+    pub created_ms: u64,
+    /// Erasure coding of every stripe.
+    pub ec: EcParams,
+    /// Shard size of full stripes.
+    pub shard_size: u32,
+    /// The stripes, in object order.
+    pub stripes: Vec<StripeManifest>,
+    /// For multipart objects, the parts in order.
+    #[serde(default)]
+    pub parts: Vec<PartInfo>,
+}
+
+impl ObjectManifest {
+    /// Every shard this manifest names that is placed on a chunkserver.
+    pub fn placed_shards(&self) -> impl Iterator<Item = (ChunkserverId, ShardId)> + '_ {
+        self.stripes
+            .iter()
+            .flat_map(|s| s.shards.iter())
+            .filter_map(|l| l.chunkserver.map(|c| (c, l.shard)))
+    }
+}
+
+/// A chunkserver's life-cycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkserverState {
+    /// Heartbeating; takes new shards.
+    Up,
+    /// Missed heartbeats for longer than the suspect timeout; takes no new
+    /// shards, still serves reads.
+    Suspect,
+    /// Missed heartbeats past the down timeout: its shards count as lost.
+    Down,
+    /// Being emptied by an operator; takes no new shards.
+    Draining,
+}
+
+/// What the metadata service knows of a chunkserver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkserverInfo {
+    /// Its id.
+    pub id: ChunkserverId,
+    /// Its shard API address (`ip:port`).
+    pub addr: String,
+    /// Its failure domain.
+    pub zone: String,
+    /// Bytes of capacity over all its disks.
+    pub capacity: u64,
+    /// Bytes free for new shards (above the reserve).
+    pub free: u64,
+    /// Bytes used by shards.
+    pub used: u64,
+    /// Shards stored.
+    pub shard_count: u64,
+    /// Last heartbeat written to the log, ms since the epoch (stamped by the
+    /// leader).
+    pub last_heartbeat_ms: u64,
+    /// Life-cycle state.
+    pub state: ChunkserverState,
+}
+
+/// What a conditional object write requires of the current version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutCondition {
+    /// Unconditional.
+    #[default]
+    None,
+    /// `If-None-Match: *`: the key must not exist.
+    IfNoneMatch,
+    /// `If-Match: etag`: the key must exist with this ETag.
+    IfMatch(String),
+    /// The key must currently be exactly this version (repair and internal
+    /// compare-and-swap).
+    IfVersion(StripeId),
+}
+
+/// A state-machine command: the `D` of the Raft log. Time is always a field
+/// stamped by the proposer: `apply` never reads a clock or a random source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// `inner`, applied at most once per `id`: clients wrap every write so a
+    /// retry after an ambiguous failure (timeout, leader change) returns the
+    /// first outcome instead of applying twice.
+    Once {
+        /// Random id chosen by the client, reused across its retries.
+        id: StripeId,
+        /// The command.
+        inner: Box<Command>,
+    },
+    /// Create a bucket (fails if it exists).
+    CreateBucket {
+        /// The new bucket.
+        bucket: BucketInfo,
+    },
+    /// Delete an empty bucket.
+    DeleteBucket {
+        /// Its name.
+        name: String,
+    },
+    /// Commit an object manifest, atomically replacing any previous version
+    /// (whose shards are queued for garbage collection).
+    PutObject {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The new version.
+        manifest: ObjectManifest,
+        /// Condition on the current version.
+        #[serde(default)]
+        condition: PutCondition,
+    },
+    /// Delete an object (its shards are queued for garbage collection).
+    DeleteObject {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Condition on the current version.
+        #[serde(default)]
+        condition: PutCondition,
+    },
+    /// Register a new chunkserver; the reply carries its id.
+    RegisterChunkserver {
+        /// Shard API address.
+        addr: String,
+        /// Failure domain.
+        zone: String,
+        /// Capacity, bytes.
+        capacity: u64,
+        /// Free bytes.
+        free: u64,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Record a chunkserver's latest stats (written by the leader from
+    /// heartbeats, at most every few seconds per chunkserver).
+    ChunkserverStats {
+        /// Which.
+        id: ChunkserverId,
+        /// Current address (may change across restarts).
+        addr: String,
+        /// Zone.
+        zone: String,
+        /// Capacity, bytes.
+        capacity: u64,
+        /// Free bytes.
+        free: u64,
+        /// Bytes used by shards.
+        used: u64,
+        /// Shards stored.
+        shard_count: u64,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Change a chunkserver's state (the leader's failure detector, or an
+    /// operator's drain).
+    SetChunkserverState {
+        /// Which.
+        id: ChunkserverId,
+        /// New state.
+        state: ChunkserverState,
+    },
+    /// Queue shards for repair (reported missing or corrupt by a reader,
+    /// or never written by a degraded write).
+    QueueRepair {
+        /// What to repair.
+        items: Vec<RepairItem>,
+    },
+    /// Chunkservers confirmed these shards deleted: drop them from the GC
+    /// queue.
+    GcDone {
+        /// Which chunkserver.
+        chunkserver: ChunkserverId,
+        /// Deleted shards.
+        shards: Vec<ShardId>,
+    },
+}
+
+/// One shard that needs rebuilding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairItem {
+    /// Bucket of the object.
+    pub bucket: String,
+    /// Key of the object.
+    pub key: String,
+    /// The object version the report is about: a report about an older
+    /// version is dropped when the repair is planned.
+    pub version: StripeId,
+    /// Stripe number within the object.
+    pub stripe: u64,
+    /// Shard index within the stripe.
+    pub index: u8,
+    /// The chunkserver the shard was on, if any.
+    pub chunkserver: Option<ChunkserverId>,
+    /// Why (missing, corrupt, timeout, never written).
+    pub reason: String,
+}
+
+/// The outcome of applying a [`Command`]: the `R` of the Raft log.
+/// Application-level refusals are values here, not Raft errors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandResult {
+    /// Done.
+    Ok,
+    /// A new chunkserver's id.
+    Registered {
+        /// The id.
+        id: ChunkserverId,
+    },
+    /// Refused: the state is unchanged.
+    Err(MetaError),
+}
+
+/// Application errors of the metadata service, shared by the API, the
+/// client and the gateway (which maps them to S3 codes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum MetaError {
+    /// No such bucket.
+    #[error("no such bucket: {0}")]
+    NoSuchBucket(String),
+    /// The bucket exists already.
+    #[error("bucket already exists: {0}")]
+    BucketExists(String),
+    /// The bucket still has objects or uploads.
+    #[error("bucket not empty: {0}")]
+    BucketNotEmpty(String),
+    /// No such key.
+    #[error("no such key: {bucket}/{key}")]
+    NoSuchKey {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// A write condition did not hold.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    /// Bad input.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Not enough chunkservers to place a stripe.
+    #[error("cannot place {need} shards: {why}")]
+    Placement {
+        /// Shards wanted.
+        need: usize,
+        /// What is missing.
+        why: String,
+    },
+    /// No such chunkserver.
+    #[error("no such chunkserver: {0}")]
+    NoSuchChunkserver(ChunkserverId),
+}
+
+impl From<InvalidInput> for MetaError {
+    fn from(e: InvalidInput) -> Self {
+        MetaError::Invalid(e.0)
+    }
+}
+
+/// A read against the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Query {
+    /// One bucket.
+    GetBucket {
+        /// Name.
+        name: String,
+    },
+    /// All buckets, by name.
+    ListBuckets,
+    /// An object's manifest.
+    GetObject {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// List objects (S3 ListObjectsV2 semantics).
+    ListObjects(ListRequest),
+    /// Every chunkserver.
+    ListChunkservers,
+    /// Choose chunkservers for a new stripe of `bucket`.
+    Allocate {
+        /// The bucket (its EC params give k + m).
+        bucket: String,
+        /// Chunkservers not to use (e.g. ones that just failed an upload).
+        #[serde(default)]
+        exclude: Vec<ChunkserverId>,
+        /// How many shards to place; defaults to k + m.
+        #[serde(default)]
+        count: Option<usize>,
+        /// Accept a placement of at least this many servers when fewer than
+        /// `count` are usable (a degraded write); defaults to `count`.
+        #[serde(default)]
+        min: Option<usize>,
+    },
+    /// The repair queue, most urgent first.
+    RepairQueue {
+        /// At most this many items.
+        limit: usize,
+    },
+}
+
+/// Parameters of an object listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRequest {
+    /// Bucket.
+    pub bucket: String,
+    /// Only keys starting with this.
+    #[serde(default)]
+    pub prefix: String,
+    /// Roll keys up to common prefixes at the first occurrence of this after
+    /// the prefix.
+    #[serde(default)]
+    pub delimiter: Option<String>,
+    /// Start after this key (exclusive).
+    #[serde(default)]
+    pub start_after: Option<String>,
+    /// Continuation token from a previous page (takes precedence over
+    /// `start_after`).
+    #[serde(default)]
+    pub continuation: Option<String>,
+    /// At most this many keys + common prefixes (S3 caps at 1000).
+    pub max_keys: u32,
+}
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListEntry {
+    /// Key.
+    pub key: String,
+    /// Size.
+    pub size: u64,
+    /// ETag.
+    pub etag: String,
+    /// Creation time, ms.
+    pub created_ms: u64,
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPage {
+    /// Objects, by key.
+    pub entries: Vec<ListEntry>,
+    /// Common prefixes, sorted.
+    pub common_prefixes: Vec<String>,
+    /// More results follow.
+    pub truncated: bool,
+    /// Pass back as `continuation` to get the next page.
+    pub next_continuation: Option<String>,
+}
+
+/// The answer to a [`Query`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryResult {
+    /// A bucket.
+    Bucket(BucketInfo),
+    /// Buckets.
+    Buckets(Vec<BucketInfo>),
+    /// A manifest.
+    Object(ObjectManifest),
+    /// A listing page.
+    List(ListPage),
+    /// Chunkservers.
+    Chunkservers(Vec<ChunkserverInfo>),
+    /// Placement: one chunkserver per shard index.
+    Placement(Vec<ChunkserverInfo>),
+    /// Queued repairs.
+    Repairs(Vec<RepairItem>),
+    /// Refused.
+    Err(MetaError),
+}
+
+/// A chunkserver's periodic report to the metadata service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    /// Its id, or `None` on first start (the reply assigns one).
+    pub id: Option<ChunkserverId>,
+    /// Its shard API address.
+    pub addr: String,
+    /// Failure domain.
+    pub zone: String,
+    /// Capacity, bytes.
+    pub capacity: u64,
+    /// Free bytes above the reserve.
+    pub free: u64,
+    /// Bytes used by shards.
+    pub used: u64,
+    /// Shards stored.
+    pub shard_count: u64,
+    /// Shards it found corrupt or missing since the last heartbeat.
+    #[serde(default)]
+    pub bad_shards: Vec<ShardId>,
+    /// Shards it deleted on command since the last heartbeat.
+    #[serde(default)]
+    pub deleted: Vec<ShardId>,
+}
+
+/// A command for a chunkserver, riding on a heartbeat reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkserverCommand {
+    /// Delete these shards (garbage).
+    Delete {
+        /// Shards.
+        shards: Vec<ShardId>,
+    },
+}
+
+/// The metadata service's reply to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// The chunkserver's id (assigned on first contact).
+    pub id: ChunkserverId,
+    /// Work to do.
+    pub commands: Vec<ChunkserverCommand>,
+}
+
+/// A metadata node's view of the Raft cluster, for `cairn admin status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftStatus {
+    /// This node.
+    pub id: NodeId,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Last applied index.
+    pub last_applied: Option<u64>,
+    /// Last log index covered by this node's snapshot.
+    #[serde(default)]
+    pub snapshot: Option<u64>,
+    /// Last log index purged from this node's log.
+    #[serde(default)]
+    pub purged: Option<u64>,
+    /// Voters, with addresses.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Learners, with addresses.
+    pub learners: BTreeMap<NodeId, String>,
+}
