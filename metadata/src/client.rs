@@ -1,0 +1,196 @@
+//! `MetaClient`: how every other role talks to the metadata service. It
+//! knows all metadata addresses, finds the leader itself (following "not
+//! leader" hints and trying the next node on transport errors) and retries
+//! with back-off until a deadline, so callers survive a leader change.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::net::{ClientOptions, HttpClient, NetError};
+use crate::types::*;
+
+/// Retry and timeout knobs of [`MetaClient`].
+#[derive(Debug, Clone)]
+pub struct MetaClientOptions {
+    /// Timeout of one request.
+    pub request_timeout: Duration,
+    /// How long to keep retrying (leader elections take ~1-2 s).
+    pub retry_deadline: Duration,
+    /// First back-off; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Largest back-off.
+    pub max_backoff: Duration,
+}
+
+impl Default for MetaClientOptions {
+    fn default() -> Self {
+        MetaClientOptions {
+            request_timeout: Duration::from_secs(5),
+            retry_deadline: Duration::from_secs(20),
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Failure to reach an answer from the metadata service.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MetaClientError {
+    /// No node answered usefully before the deadline.
+    #[error("metadata service unavailable: {0}")]
+    Unavailable(String),
+    /// The service refused the request (bad input, auth).
+    #[error("metadata service refused the request: {0}")]
+    Refused(NetError),
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Linearizable: served by the leader after confirming leadership.
+    Linearizable,
+    /// Whatever the answering node has applied (may lag).
+    Stale,
+}
+
+/// Client of the metadata API.
+#[derive(Debug)]
+pub struct MetaClient {
+    http: HttpClient,
+    addrs: Vec<String>,
+    secret: String,
+    opts: MetaClientOptions,
+    /// The node that last answered as leader, tried first.
+    leader: Mutex<Option<String>>,
+}
+
+impl MetaClient {
+    /// A client for the metadata nodes at `addrs` (`host:port`).
+    pub fn new(addrs: Vec<String>, secret: String, opts: MetaClientOptions) -> Self {
+        MetaClient {
+            http: HttpClient::new(&ClientOptions::default()),
+            addrs,
+            secret,
+            opts,
+            leader: Mutex::new(None),
+        }
+    }
+
+    /// The configured addresses.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    fn leader_hint(&self) -> Option<String> {
+        self.leader.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn set_leader(&self, addr: Option<String>) {
+        if let Ok(mut g) = self.leader.lock() {
+            *g = addr;
+        }
+    }
+
+    /// POSTs `body` to `path`, following leader hints and retrying transport
+    /// failures on the other nodes until the deadline.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> Result<Resp, MetaClientError> {
+        if self.addrs.is_empty() {
+            return Err(MetaClientError::Unavailable(
+                "no metadata addresses configured".into(),
+            ));
+        }
+        let start = Instant::now();
+        let mut backoff = self.opts.initial_backoff;
+        let mut next_idx = 0usize;
+        let mut target = self.leader_hint().unwrap_or_else(|| self.addrs[0].clone());
+        let mut last_err;
+        let mut hops = 0u32;
+        loop {
+            let url = format!("http://{target}{path}");
+            match self
+                .http
+                .post_json::<Req, Resp>(&url, &self.secret, body, self.opts.request_timeout)
+                .await
+            {
+                Ok(r) => {
+                    self.set_leader(Some(target));
+                    return Ok(r);
+                }
+                Err(NetError::Status {
+                    status: 421,
+                    leader: Some(l),
+                    ..
+                }) if l != target && hops < 3 => {
+                    // Not the leader, but it knows who is: go there at once
+                    // (a few hops at most, in case hints are stale).
+                    hops += 1;
+                    self.set_leader(Some(l.clone()));
+                    target = l;
+                    continue;
+                }
+                Err(e @ NetError::Status { status, .. }) if status != 421 && status != 503 => {
+                    return Err(MetaClientError::Refused(e));
+                }
+                Err(e) => {
+                    hops = 0;
+                    last_err = format!("{target}: {e}");
+                    self.set_leader(None);
+                    next_idx = (next_idx + 1) % self.addrs.len();
+                    target = self.addrs[next_idx].clone();
+                }
+            }
+            if start.elapsed() >= self.opts.retry_deadline {
+                return Err(MetaClientError::Unavailable(last_err));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.opts.max_backoff);
+        }
+    }
+
+    /// Proposes a command through Raft; returns once it is committed by a
+    /// majority and applied.
+    /// The command is wrapped in [`Command::Once`] so retries after an
+    /// ambiguous failure apply it at most once.
+    pub async fn write(&self, cmd: &Command) -> Result<CommandResult, MetaClientError> {
+        let once = match cmd {
+            Command::Once { .. } => cmd.clone(),
+            c => Command::Once {
+                id: StripeId::random(),
+                inner: Box::new(c.clone()),
+            },
+        };
+        self.call("/v1/write", &once).await
+    }
+
+    /// Reads the state machine.
+    pub async fn query(
+        &self,
+        q: &Query,
+        consistency: Consistency,
+    ) -> Result<QueryResult, MetaClientError> {
+        match consistency {
+            Consistency::Linearizable => self.call("/v1/read", q).await,
+            Consistency::Stale => self.call("/v1/read?stale=1", q).await,
+        }
+    }
+
+    /// Sends a chunkserver heartbeat.
+    pub async fn heartbeat(
+        &self,
+        req: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, MetaClientError> {
+        self.call("/v1/heartbeat", req).await
+    }
+
+    /// The answering node's Raft view.
+    pub async fn status(&self) -> Result<RaftStatus, MetaClientError> {
+        self.call("/v1/status", &()).await
+    }
+}

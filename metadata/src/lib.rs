@@ -1,0 +1,21 @@
+//! Cairn's metadata crate: the cluster model, its API types and the
+//! Raft-replicated metadata service.
+//!
+//! # Layout
+//! - [`client`]: `MetaClient`, leader-following client of the metadata API.
+//! - [`node`]: a metadata node: composition root, API server, failure detector.
+//! - [`net`]: HTTP plumbing shared by every role (server loop, pooled client,
+//!   cluster-secret check).
+//! - [`types`]: the model and API types (buckets, manifests, chunkservers,
+//!   commands, queries, heartbeats).
+//! - [`model`]: the state machine's tables, `apply` and `query`.
+//! - [`raft`]: openraft wiring: the redb log and state-machine stores, the
+//!   snapshot format and the HTTP transport.
+//! - [`worker`]: the background-worker runtime every role uses.
+pub mod client;
+pub mod model;
+pub mod net;
+pub mod node;
+pub mod raft;
+pub mod types;
+pub mod worker;

@@ -1,0 +1,768 @@
+//! The replicated state machine's tables and the deterministic functions
+//! that change them (`apply`) and read them (`query`).
+//!
+//! # On-disk format (redb, format version 1)
+//! Every model table maps raw bytes to raw bytes, so snapshots can dump and
+//! load them without knowing their contents:
+//! - `buckets`: bucket name (UTF-8) -> JSON [`BucketInfo`]
+//! - `objects`: bucket name, NUL, key (UTF-8) -> JSON [`ObjectManifest`].
+//!   Bucket names cannot contain NUL and keys are validated not to, so one
+//!   bucket's keys form one contiguous, key-ordered range.
+//! - `chunkservers`: id (u64 big-endian) -> JSON [`ChunkserverInfo`]
+//! - `gc`: chunkserver id (u64 BE) ++ shard id (16 bytes) -> empty: shards
+//!   waiting to be deleted from that chunkserver.
+//! - `repair`: object version (16 bytes) ++ stripe number (u64 BE) ++ shard
+//!   index (1 byte) -> JSON [`RepairItem`]: shards waiting to be rebuilt.
+//! - `requests`: request id (16 bytes) -> seq (u64 BE) ++ JSON
+//!   [`CommandResult`]; `request_order`: seq -> request id. The outcomes of
+//!   the last [`DEDUP_WINDOW`] `Once` commands, so retried writes apply once.
+//! - `counters`: name (UTF-8) -> u64 BE (e.g. the next chunkserver id).
+//!
+//! A new table or a change of encoding bumps [`MODEL_FORMAT_VERSION`] and
+//! adds a migration run by the state machine when it opens an older file.
+//!
+//! `apply` reads no clock and no random source: every time it stores was
+//! stamped into the command by its proposer.
+
+use std::collections::HashSet;
+use std::ops::Bound;
+
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::types::*;
+
+/// Version of the model tables' encoding.
+pub const MODEL_FORMAT_VERSION: u64 = 1;
+
+/// Buckets by name.
+pub const BUCKETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("buckets");
+/// Manifests by bucket NUL key.
+pub const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
+/// Chunkservers by id.
+pub const CHUNKSERVERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunkservers");
+/// Shards awaiting deletion, by chunkserver.
+pub const GC: TableDefinition<&[u8], &[u8]> = TableDefinition::new("gc");
+/// Shards to rebuild: object version ++ stripe number ++ shard index -> JSON
+/// [`RepairItem`].
+pub const REPAIR: TableDefinition<&[u8], &[u8]> = TableDefinition::new("repair");
+/// Outcomes of recent `Command::Once` ids: id -> seq (u64 BE) ++ JSON result.
+pub const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests");
+/// The same ids by sequence number, to forget the oldest: seq -> id.
+pub const REQUEST_ORDER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("request_order");
+/// Named counters.
+pub const COUNTERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("counters");
+
+/// Every model table: what a snapshot contains.
+pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>] = &[
+    BUCKETS,
+    OBJECTS,
+    CHUNKSERVERS,
+    GC,
+    REPAIR,
+    REQUESTS,
+    REQUEST_ORDER,
+    COUNTERS,
+];
+
+/// How many recent request ids are remembered. A client retries for about
+/// 20 s; this covers far more writes than a cluster commits in that time.
+pub const DEDUP_WINDOW: u64 = 200_000;
+
+/// S3's largest page.
+pub const MAX_LIST_KEYS: u32 = 1000;
+
+/// GC commands per heartbeat reply: bounds the reply size and the delete
+/// burst one chunkserver sees.
+pub const GC_BATCH: usize = 1000;
+
+type StoreResult<T> = Result<T, redb::Error>;
+
+fn enc<T: serde::Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| redb::Error::Corrupted(format!("encode: {e}")))
+}
+
+fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(b).map_err(|e| redb::Error::Corrupted(format!("decode: {e}")))
+}
+
+/// The `objects` key of (bucket, key).
+pub fn object_key(bucket: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(bucket.len() + 1 + key.len());
+    k.extend_from_slice(bucket.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn gc_key(cs: ChunkserverId, shard: &ShardId) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&cs.to_be_bytes());
+    k[8..].copy_from_slice(&shard.0);
+    k
+}
+
+/// Applies one command inside the caller's write transaction. A refusal is a
+/// `CommandResult::Err` and leaves the tables untouched; an `Err` is a
+/// storage failure.
+pub fn apply(txn: &redb::WriteTransaction, cmd: &Command) -> StoreResult<CommandResult> {
+    if let Command::Once { id, inner } = cmd {
+        return apply_once(txn, id, inner);
+    }
+    match apply_inner(txn, cmd)? {
+        Ok(r) => Ok(r),
+        Err(e) => Ok(CommandResult::Err(e)),
+    }
+}
+
+fn apply_once(
+    txn: &redb::WriteTransaction,
+    id: &StripeId,
+    inner: &Command,
+) -> StoreResult<CommandResult> {
+    if let Some(v) = txn.open_table(REQUESTS)?.get(id.0.as_slice())? {
+        let v = v.value();
+        if v.len() >= 8 {
+            return dec(&v[8..]);
+        }
+    }
+    // Nested `Once` is flattened: only the outer id counts.
+    let inner = match inner {
+        Command::Once { inner, .. } => inner.as_ref(),
+        c => c,
+    };
+    let result = match apply_inner(txn, inner)? {
+        Ok(r) => r,
+        Err(e) => CommandResult::Err(e),
+    };
+    let mut counters = txn.open_table(COUNTERS)?;
+    let seq = match counters.get(b"request_seq".as_slice())? {
+        Some(v) => u64_from(v.value()),
+        None => 0,
+    } + 1;
+    counters.insert(b"request_seq".as_slice(), seq.to_be_bytes().as_slice())?;
+    drop(counters);
+    let mut value = seq.to_be_bytes().to_vec();
+    value.extend_from_slice(&enc(&result)?);
+    let mut requests = txn.open_table(REQUESTS)?;
+    let mut order = txn.open_table(REQUEST_ORDER)?;
+    requests.insert(id.0.as_slice(), value.as_slice())?;
+    order.insert(seq.to_be_bytes().as_slice(), id.0.as_slice())?;
+    if seq > DEDUP_WINDOW {
+        let old = (seq - DEDUP_WINDOW).to_be_bytes();
+        let old_id = order.remove(old.as_slice())?.map(|g| g.value().to_vec());
+        if let Some(old_id) = old_id {
+            requests.remove(old_id.as_slice())?;
+        }
+    }
+    Ok(result)
+}
+
+fn apply_inner(
+    txn: &redb::WriteTransaction,
+    cmd: &Command,
+) -> StoreResult<Result<CommandResult, MetaError>> {
+    match cmd {
+        Command::Once { inner, .. } => apply_inner(txn, inner),
+        Command::CreateBucket { bucket } => {
+            if let Err(e) = validate_bucket_name(&bucket.name).and_then(|_| bucket.ec.validate()) {
+                return Ok(Err(e.into()));
+            }
+            let mut t = txn.open_table(BUCKETS)?;
+            if t.get(bucket.name.as_bytes())?.is_some() {
+                return Ok(Err(MetaError::BucketExists(bucket.name.clone())));
+            }
+            t.insert(bucket.name.as_bytes(), enc(bucket)?.as_slice())?;
+            Ok(Ok(CommandResult::Ok))
+        }
+        Command::DeleteBucket { name } => {
+            let mut t = txn.open_table(BUCKETS)?;
+            if t.get(name.as_bytes())?.is_none() {
+                return Ok(Err(MetaError::NoSuchBucket(name.clone())));
+            }
+            let objects = txn.open_table(OBJECTS)?;
+            let start = object_key(name, "");
+            let mut end = name.as_bytes().to_vec();
+            end.push(1);
+            if objects
+                .range::<&[u8]>(start.as_slice()..end.as_slice())?
+                .next()
+                .is_some()
+            {
+                return Ok(Err(MetaError::BucketNotEmpty(name.clone())));
+            }
+            t.remove(name.as_bytes())?;
+            Ok(Ok(CommandResult::Ok))
+        }
+        Command::PutObject {
+            bucket,
+            key,
+            manifest,
+            condition,
+        } => {
+            if let Err(e) = validate_key(key).and_then(|_| manifest.ec.validate()) {
+                return Ok(Err(e.into()));
+            }
+            if txn.open_table(BUCKETS)?.get(bucket.as_bytes())?.is_none() {
+                return Ok(Err(MetaError::NoSuchBucket(bucket.clone())));
+            }
+            let mut objects = txn.open_table(OBJECTS)?;
+            let ok = object_key(bucket, key);
+            let old: Option<ObjectManifest> = match objects.get(ok.as_slice())? {
+                Some(v) => Some(dec(v.value())?),
+                None => None,
+            };
+            if let Err(e) = check_condition(condition, old.as_ref(), bucket, key) {
+                return Ok(Err(e));
+            }
+            objects.insert(ok.as_slice(), enc(manifest)?.as_slice())?;
+            drop(objects);
+            if let Some(old) = old {
+                let keep: HashSet<ShardId> = manifest.placed_shards().map(|(_, s)| s).collect();
+                queue_gc(txn, old.placed_shards().filter(|(_, s)| !keep.contains(s)))?;
+            }
+            Ok(Ok(CommandResult::Ok))
+        }
+        Command::DeleteObject {
+            bucket,
+            key,
+            condition,
+        } => {
+            if txn.open_table(BUCKETS)?.get(bucket.as_bytes())?.is_none() {
+                return Ok(Err(MetaError::NoSuchBucket(bucket.clone())));
+            }
+            let mut objects = txn.open_table(OBJECTS)?;
+            let ok = object_key(bucket, key);
+            let old: Option<ObjectManifest> = match objects.get(ok.as_slice())? {
+                Some(v) => Some(dec(v.value())?),
+                None => None,
+            };
+            if let Err(e) = check_condition(condition, old.as_ref(), bucket, key) {
+                return Ok(Err(e));
+            }
+            // S3 deletes of a missing key succeed.
+            if let Some(old) = old {
+                objects.remove(ok.as_slice())?;
+                drop(objects);
+                queue_gc(txn, old.placed_shards())?;
+            }
+            Ok(Ok(CommandResult::Ok))
+        }
+        Command::RegisterChunkserver {
+            addr,
+            zone,
+            capacity,
+            free,
+            now_ms,
+        } => {
+            let mut counters = txn.open_table(COUNTERS)?;
+            let next = match counters.get(b"next_chunkserver_id".as_slice())? {
+                Some(v) => u64_from(v.value()),
+                None => 1,
+            };
+            counters.insert(
+                b"next_chunkserver_id".as_slice(),
+                (next + 1).to_be_bytes().as_slice(),
+            )?;
+            let info = ChunkserverInfo {
+                id: next,
+                addr: addr.clone(),
+                zone: zone.clone(),
+                capacity: *capacity,
+                free: *free,
+                used: 0,
+                shard_count: 0,
+                last_heartbeat_ms: *now_ms,
+                state: ChunkserverState::Up,
+            };
+            txn.open_table(CHUNKSERVERS)?
+                .insert(next.to_be_bytes().as_slice(), enc(&info)?.as_slice())?;
+            Ok(Ok(CommandResult::Registered { id: next }))
+        }
+        Command::ChunkserverStats {
+            id,
+            addr,
+            zone,
+            capacity,
+            free,
+            used,
+            shard_count,
+            now_ms,
+        } => {
+            let mut t = txn.open_table(CHUNKSERVERS)?;
+            let mut info: ChunkserverInfo = match t.get(id.to_be_bytes().as_slice())? {
+                Some(v) => dec(v.value())?,
+                None => return Ok(Err(MetaError::NoSuchChunkserver(*id))),
+            };
+            info.addr = addr.clone();
+            info.zone = zone.clone();
+            info.capacity = *capacity;
+            info.free = *free;
+            info.used = *used;
+            info.shard_count = *shard_count;
+            info.last_heartbeat_ms = *now_ms;
+            t.insert(id.to_be_bytes().as_slice(), enc(&info)?.as_slice())?;
+            Ok(Ok(CommandResult::Ok))
+        }
+        Command::SetChunkserverState { id, state } => {
+            let mut t = txn.open_table(CHUNKSERVERS)?;
+            let mut info: ChunkserverInfo = match t.get(id.to_be_bytes().as_slice())? {
+                Some(v) => dec(v.value())?,
+                None => return Ok(Err(MetaError::NoSuchChunkserver(*id))),
+            };
+            info.state = *state;
+            t.insert(id.to_be_bytes().as_slice(), enc(&info)?.as_slice())?;
+            Ok(Ok(CommandResult::Ok))
+        }
+        Command::QueueRepair { items } => {
+            let mut t = txn.open_table(REPAIR)?;
+            for item in items {
+                t.insert(repair_key(item).as_slice(), enc(item)?.as_slice())?;
+            }
+            Ok(Ok(CommandResult::Ok))
+        }
+        Command::GcDone {
+            chunkserver,
+            shards,
+        } => {
+            let mut t = txn.open_table(GC)?;
+            for s in shards {
+                t.remove(gc_key(*chunkserver, s).as_slice())?;
+            }
+            Ok(Ok(CommandResult::Ok))
+        }
+    }
+}
+
+fn repair_key(item: &RepairItem) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[..16].copy_from_slice(&item.version.0);
+    k[16..24].copy_from_slice(&item.stripe.to_be_bytes());
+    k[24] = item.index;
+    k
+}
+
+fn u64_from(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[..n].copy_from_slice(&b[..n]);
+    u64::from_be_bytes(a)
+}
+
+fn queue_gc(
+    txn: &redb::WriteTransaction,
+    shards: impl Iterator<Item = (ChunkserverId, ShardId)>,
+) -> StoreResult<()> {
+    let mut t = txn.open_table(GC)?;
+    for (cs, s) in shards {
+        t.insert(gc_key(cs, &s).as_slice(), [].as_slice())?;
+    }
+    Ok(())
+}
+
+fn check_condition(
+    cond: &PutCondition,
+    current: Option<&ObjectManifest>,
+    bucket: &str,
+    key: &str,
+) -> Result<(), MetaError> {
+    match (cond, current) {
+        (PutCondition::None, _) => Ok(()),
+        (PutCondition::IfNoneMatch, None) => Ok(()),
+        (PutCondition::IfNoneMatch, Some(_)) => Err(MetaError::PreconditionFailed(format!(
+            "{bucket}/{key} exists"
+        ))),
+        (PutCondition::IfMatch(_), None) | (PutCondition::IfVersion(_), None) => {
+            Err(MetaError::NoSuchKey {
+                bucket: bucket.into(),
+                key: key.into(),
+            })
+        }
+        (PutCondition::IfMatch(etag), Some(m)) => {
+            let want = etag.trim_matches('"');
+            if want == "*" || want == m.etag {
+                Ok(())
+            } else {
+                Err(MetaError::PreconditionFailed(format!(
+                    "{bucket}/{key} has ETag {}, not {want}",
+                    m.etag
+                )))
+            }
+        }
+        (PutCondition::IfVersion(v), Some(m)) => {
+            if *v == m.version {
+                Ok(())
+            } else {
+                Err(MetaError::PreconditionFailed(format!(
+                    "{bucket}/{key} changed"
+                )))
+            }
+        }
+    }
+}
+
+/// Answers a read against a consistent snapshot of the tables. Placement
+/// (`Allocate`) uses `rand` to spread load: queries are not replicated, so
+/// this does not break determinism.
+pub fn query(txn: &redb::ReadTransaction, q: &Query) -> StoreResult<QueryResult> {
+    Ok(match query_inner(txn, q)? {
+        Ok(r) => r,
+        Err(e) => QueryResult::Err(e),
+    })
+}
+
+fn open_ro<'a>(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<'a, &'static [u8], &'static [u8]>,
+) -> StoreResult<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>> {
+    match txn.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn get_bucket(txn: &redb::ReadTransaction, name: &str) -> StoreResult<Option<BucketInfo>> {
+    let Some(t) = open_ro(txn, BUCKETS)? else {
+        return Ok(None);
+    };
+    match t.get(name.as_bytes())? {
+        Some(v) => Ok(Some(dec(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Every chunkserver, by id.
+pub fn chunkservers(txn: &redb::ReadTransaction) -> StoreResult<Vec<ChunkserverInfo>> {
+    let Some(t) = open_ro(txn, CHUNKSERVERS)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for r in t.iter()? {
+        let (_, v) = r?;
+        out.push(dec(v.value())?);
+    }
+    Ok(out)
+}
+
+/// Up to `limit` shards waiting to be deleted from `cs`.
+pub fn gc_pending(
+    txn: &redb::ReadTransaction,
+    cs: ChunkserverId,
+    limit: usize,
+) -> StoreResult<Vec<ShardId>> {
+    let Some(t) = open_ro(txn, GC)? else {
+        return Ok(Vec::new());
+    };
+    let start = gc_key(cs, &ShardId([0; 16]));
+    let end = gc_key(cs, &ShardId([0xff; 16]));
+    let mut out = Vec::new();
+    for r in t.range::<&[u8]>(start.as_slice()..=end.as_slice())? {
+        let (k, _) = r?;
+        let k = k.value();
+        if k.len() == 24 {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&k[8..]);
+            out.push(ShardId(id));
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Number of shards waiting for GC over the whole cluster.
+pub fn gc_len(txn: &redb::ReadTransaction) -> StoreResult<u64> {
+    match open_ro(txn, GC)? {
+        Some(t) => Ok(t.len()?),
+        None => Ok(0),
+    }
+}
+
+fn query_inner(
+    txn: &redb::ReadTransaction,
+    q: &Query,
+) -> StoreResult<Result<QueryResult, MetaError>> {
+    match q {
+        Query::GetBucket { name } => Ok(match get_bucket(txn, name)? {
+            Some(b) => Ok(QueryResult::Bucket(b)),
+            None => Err(MetaError::NoSuchBucket(name.clone())),
+        }),
+        Query::ListBuckets => {
+            let mut out = Vec::new();
+            if let Some(t) = open_ro(txn, BUCKETS)? {
+                for r in t.iter()? {
+                    let (_, v) = r?;
+                    out.push(dec(v.value())?);
+                }
+            }
+            Ok(Ok(QueryResult::Buckets(out)))
+        }
+        Query::GetObject { bucket, key } => {
+            if get_bucket(txn, bucket)?.is_none() {
+                return Ok(Err(MetaError::NoSuchBucket(bucket.clone())));
+            }
+            let not_found = || MetaError::NoSuchKey {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            };
+            let Some(t) = open_ro(txn, OBJECTS)? else {
+                return Ok(Err(not_found()));
+            };
+            Ok(match t.get(object_key(bucket, key).as_slice())? {
+                Some(v) => Ok(QueryResult::Object(dec(v.value())?)),
+                None => Err(not_found()),
+            })
+        }
+        Query::ListObjects(req) => {
+            if get_bucket(txn, &req.bucket)?.is_none() {
+                return Ok(Err(MetaError::NoSuchBucket(req.bucket.clone())));
+            }
+            Ok(list_objects(txn, req)?.map(QueryResult::List))
+        }
+        Query::ListChunkservers => Ok(Ok(QueryResult::Chunkservers(chunkservers(txn)?))),
+        Query::RepairQueue { limit } => {
+            let mut out = Vec::new();
+            if let Some(t) = open_ro(txn, REPAIR)? {
+                for r in t.iter()?.take(*limit) {
+                    let (_, v) = r?;
+                    out.push(dec(v.value())?);
+                }
+            }
+            Ok(Ok(QueryResult::Repairs(out)))
+        }
+        Query::Allocate {
+            bucket,
+            exclude,
+            count,
+            min,
+        } => {
+            let Some(b) = get_bucket(txn, bucket)? else {
+                return Ok(Err(MetaError::NoSuchBucket(bucket.clone())));
+            };
+            let n = count.unwrap_or(b.ec.total());
+            let shard_bytes = u64::from(b.shard_size);
+            let all = chunkservers(txn)?;
+            let min = min.unwrap_or(n).min(n);
+            Ok(
+                place(&all, n, min, usize::from(b.ec.m), shard_bytes, exclude)
+                    .map(QueryResult::Placement),
+            )
+        }
+    }
+}
+
+/// Chooses `n` distinct chunkservers (or, when fewer are usable, at least
+/// `min`) for one stripe: only `Up` servers with
+/// room for a shard, none in `exclude`, weighted by free space, and no zone
+/// holding more than `max(m, ceil(n / zones))` shards (so with at least
+/// ceil(n/m) zones, losing a zone loses at most m shards). When the zone cap
+/// cannot be met, it falls back to any distinct servers.
+pub fn place(
+    all: &[ChunkserverInfo],
+    n: usize,
+    min: usize,
+    m: usize,
+    shard_bytes: u64,
+    exclude: &[ChunkserverId],
+) -> Result<Vec<ChunkserverInfo>, MetaError> {
+    let candidates: Vec<&ChunkserverInfo> = all
+        .iter()
+        .filter(|c| c.state == ChunkserverState::Up)
+        .filter(|c| c.free >= shard_bytes)
+        .filter(|c| !exclude.contains(&c.id))
+        .collect();
+    let n = if candidates.len() < n && candidates.len() >= min.max(1) {
+        candidates.len()
+    } else {
+        n
+    };
+    if candidates.len() < n {
+        let up = all
+            .iter()
+            .filter(|c| c.state == ChunkserverState::Up)
+            .count();
+        return Err(MetaError::Placement {
+            need: n,
+            why: format!(
+                "{} usable chunkservers ({} registered, {} up, {} excluded, others full)",
+                candidates.len(),
+                all.len(),
+                up,
+                exclude.len()
+            ),
+        });
+    }
+    let zones: HashSet<&str> = candidates.iter().map(|c| c.zone.as_str()).collect();
+    let cap = m.max(n.div_ceil(zones.len().max(1)));
+    if let Some(p) = pick_weighted(&candidates, n, Some(cap)) {
+        return Ok(p);
+    }
+    pick_weighted(&candidates, n, None).ok_or_else(|| MetaError::Placement {
+        need: n,
+        why: "not enough distinct chunkservers".into(),
+    })
+}
+
+fn pick_weighted(
+    candidates: &[&ChunkserverInfo],
+    n: usize,
+    zone_cap: Option<usize>,
+) -> Option<Vec<ChunkserverInfo>> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let mut pool: Vec<&ChunkserverInfo> = candidates.to_vec();
+    let mut out: Vec<ChunkserverInfo> = Vec::with_capacity(n);
+    let mut per_zone: std::collections::HashMap<&str, usize> = Default::default();
+    while out.len() < n {
+        pool.retain(|c| match zone_cap {
+            Some(cap) => per_zone.get(c.zone.as_str()).copied().unwrap_or(0) < cap,
+            None => true,
+        });
+        if pool.is_empty() {
+            return None;
+        }
+        // Weight by free space in MiB (+1 so an almost full server can still
+        // be chosen when nothing else is left).
+        let weights: Vec<u64> = pool.iter().map(|c| (c.free >> 20) + 1).collect();
+        let total: u64 = weights.iter().sum();
+        let mut x = rng.random_range(0..total.max(1));
+        let mut idx = 0;
+        for (i, w) in weights.iter().enumerate() {
+            if x < *w {
+                idx = i;
+                break;
+            }
+            x -= w;
+        }
+        let c = pool.swap_remove(idx);
+        *per_zone.entry(c.zone.as_str()).or_insert(0) += 1;
+        out.push(c.clone());
+    }
+    Some(out)
+}
+
+/// Continuation tokens say whether the last item of a page was a key or a
+/// common prefix, so the next page skips exactly what was already returned.
+fn encode_token(is_prefix: bool, s: &str) -> String {
+    let mut raw = Vec::with_capacity(s.len() + 1);
+    raw.push(if is_prefix { b'P' } else { b'K' });
+    raw.extend_from_slice(s.as_bytes());
+    hex::encode(raw)
+}
+
+fn decode_token(t: &str) -> Result<(bool, String), MetaError> {
+    let bad = || MetaError::Invalid("invalid continuation token".into());
+    let raw = hex::decode(t).map_err(|_| bad())?;
+    let (first, rest) = raw.split_first().ok_or_else(bad)?;
+    let s = String::from_utf8(rest.to_vec()).map_err(|_| bad())?;
+    match first {
+        b'P' => Ok((true, s)),
+        b'K' => Ok((false, s)),
+        _ => Err(bad()),
+    }
+}
+
+/// Lists one page with S3 ListObjectsV2 semantics, by range scans only:
+/// keys rolled up into a common prefix are skipped by seeking past the
+/// prefix, so a page costs O(page) reads, not O(bucket).
+pub fn list_objects(
+    txn: &redb::ReadTransaction,
+    req: &ListRequest,
+) -> StoreResult<Result<ListPage, MetaError>> {
+    let max = req.max_keys.min(MAX_LIST_KEYS) as usize;
+    let mut page = ListPage::default();
+    let Some(t) = open_ro(txn, OBJECTS)? else {
+        return Ok(Ok(page));
+    };
+    let delimiter = req.delimiter.as_deref().filter(|d| !d.is_empty());
+    let bucket_prefix = object_key(&req.bucket, "");
+    let full = |s: &str| {
+        let mut k = bucket_prefix.clone();
+        k.extend_from_slice(s.as_bytes());
+        k
+    };
+    // 0xFF never occurs in UTF-8, so prefix ++ 0xFF sorts after every key
+    // that starts with prefix.
+    let past = |s: &str| {
+        let mut k = full(s);
+        k.push(0xff);
+        k
+    };
+    let mut start: Bound<Vec<u8>> = Bound::Included(full(&req.prefix));
+    let after = match &req.continuation {
+        Some(tok) => match decode_token(tok) {
+            Ok(v) => Some(v),
+            Err(e) => return Ok(Err(e)),
+        },
+        None => req.start_after.clone().map(|s| (false, s)),
+    };
+    if let Some((is_prefix, s)) = after {
+        let candidate = if is_prefix {
+            Bound::Included(past(&s))
+        } else {
+            Bound::Excluded(full(&s))
+        };
+        let candidate_key = match &candidate {
+            Bound::Included(k) | Bound::Excluded(k) => k.clone(),
+            Bound::Unbounded => Vec::new(),
+        };
+        if candidate_key >= full(&req.prefix) {
+            start = candidate;
+        }
+    }
+    if max == 0 {
+        return Ok(Ok(page));
+    }
+    let end: Vec<u8> = past(&req.prefix);
+    let mut last: Option<(bool, String)> = None;
+    'outer: loop {
+        let range = t.range::<&[u8]>((
+            match &start {
+                Bound::Included(k) => Bound::Included(k.as_slice()),
+                Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+                Bound::Unbounded => Bound::Unbounded,
+            },
+            Bound::Excluded(end.as_slice()),
+        ))?;
+        for r in range {
+            let (k, v) = r?;
+            let kb = k.value();
+            let Some(key_bytes) = kb.strip_prefix(bucket_prefix.as_slice()) else {
+                break 'outer;
+            };
+            let Ok(key) = std::str::from_utf8(key_bytes) else {
+                continue;
+            };
+            if !key.starts_with(&req.prefix) {
+                break 'outer;
+            }
+            if page.entries.len() + page.common_prefixes.len() >= max {
+                page.truncated = true;
+                break 'outer;
+            }
+            if let Some(d) = delimiter {
+                if let Some(pos) = key[req.prefix.len()..].find(d) {
+                    let cp = key[..req.prefix.len() + pos + d.len()].to_string();
+                    start = Bound::Included(past(&cp));
+                    page.common_prefixes.push(cp.clone());
+                    last = Some((true, cp));
+                    continue 'outer;
+                }
+            }
+            let m: ObjectManifest = dec(v.value())?;
+            page.entries.push(ListEntry {
+                key: key.to_string(),
+                size: m.size,
+                etag: m.etag,
+                created_ms: m.created_ms,
+            });
+            last = Some((false, key.to_string()));
+        }
+        break;
+    }
+    if page.truncated {
+        page.next_continuation = last.map(|(p, s)| encode_token(p, &s));
+    }
+    Ok(Ok(page))
+}

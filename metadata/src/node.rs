@@ -1,0 +1,643 @@
+//! A metadata node: the composition root that opens the Raft stores, starts
+//! Raft and the HTTP API, and runs the leader's chunkserver failure
+//! detector. Wire-up order lives here in one place: config, storage,
+//! network, `Raft::new`, API.
+//!
+//! # HTTP API (all `POST`, JSON, cluster secret required)
+//! - `/v1/write`: a [`Command`] through Raft -> [`CommandResult`]
+//! - `/v1/read[?stale=1]`: a [`Query`] -> [`QueryResult`], linearizable
+//!   unless `stale=1`
+//! - `/v1/heartbeat`: [`HeartbeatRequest`] -> [`HeartbeatResponse`]
+//! - `/v1/status`: this node's [`RaftStatus`]
+//! - `/v1/admin/init`, `/v1/admin/add-node`, `/v1/admin/remove-node`:
+//!   membership changes
+//! - `/raft/append`, `/raft/vote`, `/raft/snapshot`: Raft RPCs
+//!
+//! A node that must be the leader and is not answers 421 with the leader's
+//! address in the error body; clients retry there.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use redb::ReadableDatabase;
+
+use crate::model;
+use crate::net::{self, Body, HttpClient, ServerOptions};
+use crate::raft::{self, Raft};
+use crate::types::*;
+use crate::worker::{BoxFuture, Worker, WorkerRunner, WorkerState};
+
+/// Settings of a metadata node.
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    /// This node's Raft id (>= 1).
+    pub id: NodeId,
+    /// Where its Raft log and state machine live.
+    pub data_dir: PathBuf,
+    /// The address peers and clients reach it at (its API address).
+    pub advertise: String,
+    /// Shared secret of the cluster.
+    pub secret: String,
+    /// Raft heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Raft election timeout range (min).
+    pub election_timeout_min: Duration,
+    /// Raft election timeout range (max).
+    pub election_timeout_max: Duration,
+    /// Build a snapshot every this many log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot (a follower further behind gets
+    /// the snapshot).
+    pub keep_logs: u64,
+    /// A chunkserver silent this long becomes `Suspect` (no new shards).
+    pub suspect_after: Duration,
+    /// A chunkserver silent this long becomes `Down` (its shards are lost).
+    pub down_after: Duration,
+    /// Write a chunkserver's stats to the log at most this often.
+    pub stats_every: Duration,
+}
+
+impl MetaConfig {
+    /// Defaults suited to a LAN.
+    pub fn new(id: NodeId, data_dir: PathBuf, advertise: String, secret: String) -> Self {
+        MetaConfig {
+            id,
+            data_dir,
+            advertise,
+            secret,
+            heartbeat_interval: Duration::from_millis(200),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_every: 10_000,
+            keep_logs: 1_000,
+            suspect_after: Duration::from_secs(6),
+            down_after: Duration::from_secs(30),
+            stats_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Errors of the metadata API, mapped to HTTP in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// This node is not the leader.
+    #[error("not the leader")]
+    NotLeader(Option<String>),
+    /// No quorum or shutting down.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Bad request.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Storage failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn into_response(self) -> Response<Body> {
+        match self {
+            ApiError::NotLeader(l) => net::error_response_with_leader(
+                StatusCode::MISDIRECTED_REQUEST,
+                "NotLeader",
+                "this node is not the leader",
+                l,
+            ),
+            ApiError::Unavailable(m) => {
+                net::error_response(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", &m)
+            }
+            ApiError::BadRequest(m) => {
+                net::error_response(StatusCode::BAD_REQUEST, "BadRequest", &m)
+            }
+            ApiError::Internal(m) => {
+                net::error_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal", &m)
+            }
+        }
+    }
+}
+
+/// A metadata node could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start metadata node: {0}")]
+pub struct StartError(pub String);
+
+/// Body of `/v1/admin/init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitRequest {
+    /// The initial voters and their addresses.
+    pub members: BTreeMap<NodeId, String>,
+}
+
+/// Body of `/v1/admin/add-node`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddNodeRequest {
+    /// The new node's id.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: String,
+}
+
+/// Body of `/v1/admin/remove-node`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveNodeRequest {
+    /// The node to remove from the voters.
+    pub id: NodeId,
+}
+
+/// The leader's in-memory view of chunkserver liveness. Not replicated: a
+/// new leader starts every clock afresh at its election, which only delays
+/// a `Down` verdict by one timeout.
+#[derive(Default)]
+struct Liveness {
+    term: u64,
+    since: Option<Instant>,
+    last_seen: HashMap<ChunkserverId, Instant>,
+    last_stats: HashMap<ChunkserverId, Instant>,
+}
+
+/// A running metadata node: Arc handles built once at start-up.
+pub struct MetaNode {
+    cfg: MetaConfig,
+    raft: Raft,
+    sm: Arc<redb::Database>,
+    liveness: Mutex<Liveness>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl MetaNode {
+    /// Opens the stores and starts Raft (not yet serving).
+    pub async fn start(cfg: MetaConfig) -> Result<Arc<MetaNode>, StartError> {
+        let err = |what: &str, e: &dyn std::fmt::Display| StartError(format!("{what}: {e}"));
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| err("data dir", &e))?;
+        let raft_cfg = openraft::Config {
+            cluster_name: "cairn".into(),
+            heartbeat_interval: cfg.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: cfg.election_timeout_min.as_millis() as u64,
+            election_timeout_max: cfg.election_timeout_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_in_snapshot_log_to_keep: cfg.keep_logs,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| err("raft config", &e))?;
+        let (log_store, sm_store) = raft::open_stores(&cfg.data_dir)
+            .await
+            .map_err(|e| err("raft stores", &e))?;
+        let sm = sm_store.db();
+        let network =
+            raft::network::NetworkFactory::new(cfg.id, HttpClient::default(), cfg.secret.clone());
+        let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log_store, sm_store)
+            .await
+            .map_err(|e| err("raft", &e))?;
+        Ok(Arc::new(MetaNode {
+            cfg,
+            raft,
+            sm,
+            liveness: Mutex::new(Liveness::default()),
+        }))
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Serves the API on `listener` until `shutdown`, running the leader's
+    /// background workers meanwhile; then shuts Raft down.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let (runner, stop) = WorkerRunner::new();
+        runner.spawn(FailureDetector { node: self.clone() });
+        let node = self.clone();
+        let handler = move |req: Request<Incoming>, _peer: SocketAddr| {
+            let node = node.clone();
+            async move { node.handle(req).await }
+        };
+        net::serve(listener, handler, shutdown, ServerOptions::default()).await;
+        stop.stop(Duration::from_secs(5)).await;
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    /// Initializes a new cluster with `members` (no-op if initialized).
+    pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<(), ApiError> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        {
+            return Ok(());
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode { addr }))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(ApiError::Internal(e.to_string())),
+        }
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.cfg.id)
+    }
+
+    /// Proposes `cmd` and waits until it is committed and applied.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, ApiError> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ApiError::NotLeader(f.leader_node.map(|n| n.addr)))
+            }
+            Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Waits until this node may serve a linearizable read.
+    async fn linearize(&self) -> Result<(), ApiError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ApiError::NotLeader(f.leader_node.map(|n| n.addr)))
+            }
+            Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Runs `f` on a read transaction of the state machine, off the reactor.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let db = self.sm.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(redb::Error::from)?;
+            f(&txn)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// Answers a query, linearizably unless `stale`.
+    pub async fn query(&self, q: Query, stale: bool) -> Result<QueryResult, ApiError> {
+        if !stale {
+            self.linearize().await?;
+        }
+        self.read(move |txn| model::query(txn, &q)).await
+    }
+
+    async fn heartbeat(&self, hb: HeartbeatRequest) -> Result<HeartbeatResponse, ApiError> {
+        if !self.is_leader() {
+            return Err(ApiError::NotLeader(self.leader_addr()));
+        }
+        let now = Instant::now();
+        let known = match hb.id {
+            Some(id) => {
+                self.read(move |txn| Ok(model::chunkservers(txn)?.into_iter().find(|c| c.id == id)))
+                    .await?
+            }
+            None => None,
+        };
+        let Some(info) = known else {
+            let r = self
+                .write(Command::RegisterChunkserver {
+                    addr: hb.addr.clone(),
+                    zone: hb.zone.clone(),
+                    capacity: hb.capacity,
+                    free: hb.free,
+                    now_ms: now_ms(),
+                })
+                .await?;
+            let id = match r {
+                CommandResult::Registered { id } => id,
+                other => return Err(ApiError::Internal(format!("register: {other:?}"))),
+            };
+            tracing::info!(id, addr = %hb.addr, zone = %hb.zone, "chunkserver registered");
+            if let Ok(mut l) = self.liveness.lock() {
+                l.last_seen.insert(id, now);
+                l.last_stats.insert(id, now);
+            }
+            return Ok(HeartbeatResponse {
+                id,
+                commands: Vec::new(),
+            });
+        };
+        let id = info.id;
+        let write_stats = match self.liveness.lock() {
+            Ok(mut l) => {
+                l.last_seen.insert(id, now);
+                let due = l
+                    .last_stats
+                    .get(&id)
+                    .is_none_or(|t| now.duration_since(*t) >= self.cfg.stats_every);
+                let changed = info.addr != hb.addr || info.zone != hb.zone;
+                if due || changed {
+                    l.last_stats.insert(id, now);
+                }
+                due || changed
+            }
+            Err(_) => true,
+        };
+        if matches!(
+            info.state,
+            ChunkserverState::Suspect | ChunkserverState::Down
+        ) {
+            tracing::info!(id, "chunkserver is back up");
+            self.write(Command::SetChunkserverState {
+                id,
+                state: ChunkserverState::Up,
+            })
+            .await?;
+        }
+        if write_stats {
+            self.write(Command::ChunkserverStats {
+                id,
+                addr: hb.addr.clone(),
+                zone: hb.zone.clone(),
+                capacity: hb.capacity,
+                free: hb.free,
+                used: hb.used,
+                shard_count: hb.shard_count,
+                now_ms: now_ms(),
+            })
+            .await?;
+        }
+        if !hb.deleted.is_empty() {
+            self.write(Command::GcDone {
+                chunkserver: id,
+                shards: hb.deleted.clone(),
+            })
+            .await?;
+        }
+        if !hb.bad_shards.is_empty() {
+            tracing::warn!(
+                id,
+                bad = hb.bad_shards.len(),
+                "chunkserver reports bad shards"
+            );
+        }
+        let done: BTreeSet<ShardId> = hb.deleted.iter().copied().collect();
+        let pending = self
+            .read(move |txn| model::gc_pending(txn, id, model::GC_BATCH))
+            .await?;
+        let pending: Vec<ShardId> = pending.into_iter().filter(|s| !done.contains(s)).collect();
+        let mut commands = Vec::new();
+        if !pending.is_empty() {
+            commands.push(ChunkserverCommand::Delete { shards: pending });
+        }
+        Ok(HeartbeatResponse { id, commands })
+    }
+
+    fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
+        let mut v = BTreeMap::new();
+        let mut l = BTreeMap::new();
+        for (id, n) in mem.nodes() {
+            if voters.contains(id) {
+                v.insert(*id, n.addr.clone());
+            } else {
+                l.insert(*id, n.addr.clone());
+            }
+        }
+        RaftStatus {
+            id: self.cfg.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|x| x.index),
+            snapshot: m.snapshot.map(|x| x.index),
+            purged: m.purged.map(|x| x.index),
+            voters: v,
+            learners: l,
+        }
+    }
+
+    async fn add_node(&self, req: AddNodeRequest) -> Result<(), ApiError> {
+        if !self.is_leader() {
+            return Err(ApiError::NotLeader(self.leader_addr()));
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let mut voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        if voters.contains(&req.id) {
+            return Ok(());
+        }
+        // Learner first: it catches up (by log or snapshot) before it
+        // votes, then a joint-consensus change makes it a voter.
+        self.raft
+            .add_learner(req.id, BasicNode { addr: req.addr }, true)
+            .await
+            .map_err(map_write_err)?;
+        voters.insert(req.id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(map_write_err)?;
+        Ok(())
+    }
+
+    async fn remove_node(&self, req: RemoveNodeRequest) -> Result<(), ApiError> {
+        if !self.is_leader() {
+            return Err(ApiError::NotLeader(self.leader_addr()));
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let mut voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        if !voters.remove(&req.id) {
+            return Ok(());
+        }
+        if voters.is_empty() {
+            return Err(ApiError::BadRequest("cannot remove the last voter".into()));
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(map_write_err)?;
+        Ok(())
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if !net::has_secret(req.headers(), &self.cfg.secret) {
+            return net::unauthorized();
+        }
+        if req.method() != Method::POST {
+            return net::error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "use POST",
+            );
+        }
+        let path = req.uri().path().to_string();
+        let stale = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "stale=1" || p == "stale=true"));
+        let body = match net::read_body(req.into_body(), net::MAX_JSON_BODY).await {
+            Ok(b) => b,
+            Err(net::NetError::TooLarge { limit }) => {
+                return net::error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "TooLarge",
+                    &format!("body over {limit} bytes"),
+                )
+            }
+            Err(e) => {
+                return net::error_response(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string())
+            }
+        };
+        if path.starts_with(raft::network::RAFT_PATH_PREFIX) {
+            return raft::network::handle_raft_rpc(&self.raft, &path, body).await;
+        }
+        fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
+            serde_json::from_slice(b).map_err(|e| ApiError::BadRequest(format!("bad JSON: {e}")))
+        }
+        let res: Result<Response<Body>, ApiError> = async {
+            Ok(match path.as_str() {
+                "/v1/write" => {
+                    let cmd: Command = parse(&body)?;
+                    net::json_response(StatusCode::OK, &self.write(cmd).await?)
+                }
+                "/v1/read" => {
+                    let q: Query = parse(&body)?;
+                    net::json_response(StatusCode::OK, &self.query(q, stale).await?)
+                }
+                "/v1/heartbeat" => {
+                    let hb: HeartbeatRequest = parse(&body)?;
+                    net::json_response(StatusCode::OK, &self.heartbeat(hb).await?)
+                }
+                "/v1/status" => net::json_response(StatusCode::OK, &self.status()),
+                "/v1/admin/init" => {
+                    let r: InitRequest = parse(&body)?;
+                    self.initialize(r.members).await?;
+                    net::json_response(StatusCode::OK, &self.status())
+                }
+                "/v1/admin/add-node" => {
+                    let r: AddNodeRequest = parse(&body)?;
+                    self.add_node(r).await?;
+                    net::json_response(StatusCode::OK, &self.status())
+                }
+                "/v1/admin/remove-node" => {
+                    let r: RemoveNodeRequest = parse(&body)?;
+                    self.remove_node(r).await?;
+                    net::json_response(StatusCode::OK, &self.status())
+                }
+                _ => net::error_response(StatusCode::NOT_FOUND, "NotFound", "no such endpoint"),
+            })
+        }
+        .await;
+        res.unwrap_or_else(ApiError::into_response)
+    }
+}
+
+fn map_write_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ApiError::NotLeader(f.leader_node.map(|n| n.addr))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            ApiError::BadRequest(c.to_string())
+        }
+        e => ApiError::Unavailable(e.to_string()),
+    }
+}
+
+/// The leader's failure detector: marks silent chunkservers `Suspect`, then
+/// `Down`, through the log.
+struct FailureDetector {
+    node: Arc<MetaNode>,
+}
+
+impl Worker for FailureDetector {
+    fn name(&self) -> String {
+        "chunkserver-failure-detector".into()
+    }
+
+    fn work(&mut self) -> BoxFuture<'_, Result<WorkerState, String>> {
+        Box::pin(async move {
+            let node = &self.node;
+            let m = node.raft.metrics().borrow().clone();
+            if m.current_leader != Some(node.cfg.id) {
+                if let Ok(mut l) = node.liveness.lock() {
+                    l.since = None;
+                }
+                return Ok(WorkerState::Throttled(Duration::from_millis(500)));
+            }
+            let now = Instant::now();
+            let since = match node.liveness.lock() {
+                Ok(mut l) => {
+                    if l.since.is_none() || l.term != m.current_term {
+                        l.since = Some(now);
+                        l.term = m.current_term;
+                        l.last_seen.clear();
+                    }
+                    l.since.unwrap_or(now)
+                }
+                Err(_) => now,
+            };
+            let all = node
+                .read(model::chunkservers)
+                .await
+                .map_err(|e| e.to_string())?;
+            for cs in all {
+                let last = node
+                    .liveness
+                    .lock()
+                    .ok()
+                    .and_then(|l| l.last_seen.get(&cs.id).copied())
+                    .unwrap_or(since);
+                let silent = now.duration_since(last);
+                let next = match cs.state {
+                    ChunkserverState::Up | ChunkserverState::Suspect
+                        if silent >= node.cfg.down_after =>
+                    {
+                        Some(ChunkserverState::Down)
+                    }
+                    ChunkserverState::Up if silent >= node.cfg.suspect_after => {
+                        Some(ChunkserverState::Suspect)
+                    }
+                    _ => None,
+                };
+                if let Some(state) = next {
+                    tracing::warn!(id = cs.id, ?state, ?silent, "chunkserver silent");
+                    node.write(Command::SetChunkserverState { id: cs.id, state })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Ok(WorkerState::Throttled(Duration::from_millis(500)))
+        })
+    }
+}

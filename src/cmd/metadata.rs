@@ -1,0 +1,145 @@
+//! `cairn metadata`: run one node of the Raft-replicated metadata service.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use cairn_metadata::client::{MetaClient, MetaClientOptions};
+use cairn_metadata::node::{MetaConfig, MetaNode};
+use cairn_metadata::types::{NodeId, RaftStatus};
+
+/// Flags of `cairn metadata`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// This node's Raft id (>= 1, unique in the cluster).
+    #[arg(long)]
+    pub id: NodeId,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub listen: SocketAddr,
+    /// Address others reach this node at (default: the bound address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Directory of the Raft log and state machine.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Shared cluster secret.
+    #[arg(long, env = "CAIRN_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// Initialize a new cluster with these voters: `1=ADDR,2=ADDR,3=ADDR`
+    /// (`self` may stand for this node's address).
+    #[arg(long, requires = "init")]
+    pub peers: Option<String>,
+    /// Initialize the cluster (with --peers) if it is not yet initialized.
+    #[arg(long)]
+    pub init: bool,
+    /// Join an existing cluster through any of its nodes: asks the leader to
+    /// add this node as a learner, then as a voter.
+    #[arg(long, conflicts_with = "init")]
+    pub join: Option<String>,
+    /// Write the bound address to this file once listening.
+    #[arg(long)]
+    pub addr_file: Option<PathBuf>,
+    /// Raft heartbeat interval in ms.
+    #[arg(long, default_value_t = 200)]
+    pub heartbeat_ms: u64,
+    /// Raft election timeout (min) in ms; max is twice this.
+    #[arg(long, default_value_t = 1000)]
+    pub election_ms: u64,
+    /// Build a Raft snapshot every N log entries.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot.
+    #[arg(long, default_value_t = 1_000)]
+    pub keep_logs: u64,
+    /// Seconds of silence after which a chunkserver is marked down.
+    #[arg(long, default_value_t = 30)]
+    pub chunkserver_down_secs: u64,
+}
+
+/// Parses `1=ADDR,2=ADDR`.
+pub fn parse_peers(
+    s: &str,
+    self_id: NodeId,
+    self_addr: &str,
+) -> anyhow::Result<BTreeMap<NodeId, String>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("bad peer {part:?}: expected ID=ADDR"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .with_context(|| format!("bad peer id in {part:?}"))?;
+        let addr = if addr == "self" || id == self_id && addr.ends_with(":0") {
+            self_addr.to_string()
+        } else {
+            addr.to_string()
+        };
+        out.insert(id, addr);
+    }
+    anyhow::ensure!(!out.is_empty(), "--peers lists no node");
+    Ok(out)
+}
+
+/// Runs a metadata node until Ctrl-C / SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.id >= 1, "--id must be at least 1");
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    let advertise = args.advertise.clone().unwrap_or_else(|| bound.to_string());
+    let mut cfg = MetaConfig::new(
+        args.id,
+        args.data.clone(),
+        advertise.clone(),
+        args.secret.clone(),
+    );
+    cfg.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
+    cfg.election_timeout_min = Duration::from_millis(args.election_ms);
+    cfg.election_timeout_max = Duration::from_millis(args.election_ms * 2);
+    cfg.snapshot_every = args.snapshot_every;
+    cfg.keep_logs = args.keep_logs;
+    cfg.down_after = Duration::from_secs(args.chunkserver_down_secs);
+    cfg.suspect_after = cfg.down_after.min(Duration::from_secs(6));
+    let node = MetaNode::start(cfg).await?;
+    tracing::info!(id = args.id, addr = %bound, "metadata node listening");
+    if let Some(p) = &args.addr_file {
+        cairn_metadata::net::write_addr_file(p, &bound)?;
+    }
+    if args.init {
+        let peers = args.peers.as_deref().unwrap_or("self");
+        let members = if peers == "self" {
+            BTreeMap::from([(args.id, advertise.clone())])
+        } else {
+            parse_peers(peers, args.id, &advertise)?
+        };
+        node.initialize(members).await?;
+    }
+    if let Some(seed) = args.join.clone() {
+        let secret = args.secret.clone();
+        let id = args.id;
+        let addr = advertise.clone();
+        tokio::spawn(async move {
+            let c = MetaClient::new(
+                vec![seed],
+                secret,
+                MetaClientOptions {
+                    retry_deadline: Duration::from_secs(120),
+                    ..Default::default()
+                },
+            );
+            let req = cairn_metadata::node::AddNodeRequest { id, addr };
+            match c.call::<_, RaftStatus>("/v1/admin/add-node", &req).await {
+                Ok(_) => tracing::info!("joined the cluster"),
+                Err(e) => tracing::error!(error = %e, "could not join the cluster"),
+            }
+        });
+    }
+    node.serve(listener, crate::cmd::shutdown_signal()).await;
+    Ok(())
+}
