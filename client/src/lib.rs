@@ -1,0 +1,287 @@
+//! Cairn's client library: the striped, erasure-coded write path and the
+//! verified read path, plus bucket and object management.
+//!
+//! # Layout
+//! - [`Client`] (this file): connection to the cluster, buckets, listing,
+//!   head and delete.
+//! - [`write`]: `put`: stream -> stripes -> k+m shards -> chunkservers ->
+//!   manifest commit.
+//! - [`read`]: `get`: manifest -> only the needed stripes -> data shards
+//!   (parity and decode only when a shard is missing, slow or corrupt).
+//! - [`error`]: [`ClientError`], one enum for every failure.
+
+pub mod error;
+pub mod read;
+pub mod write;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use cairn_chunkserver::client::ShardClient;
+use cairn_metadata::client::{Consistency, MetaClient, MetaClientOptions};
+use cairn_metadata::net::{ClientOptions, HttpClient};
+use cairn_metadata::types::*;
+
+pub use error::{ClientError, Result};
+pub use read::GetStream;
+pub use write::PutOptions;
+
+/// How the client reaches and uses the cluster.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Metadata node addresses (`host:port`); any one that is up will do.
+    pub metadata: Vec<String>,
+    /// Cluster secret.
+    pub secret: String,
+    /// Shards of a stripe that must be durable for a write to succeed when
+    /// fewer than k + m chunkservers take them; `None` means k + 1 (capped
+    /// at k + m).
+    pub write_quorum: Option<usize>,
+    /// Stripes encoded and uploaded concurrently by one `put`, and read
+    /// ahead by one `get`: overlaps encoding with the network while bounding
+    /// memory to about this many stripes.
+    pub stripes_in_flight: usize,
+    /// Timeout of one shard upload or download; a slower shard is treated
+    /// as missing (reads go to parity, writes re-place it).
+    pub shard_timeout: Duration,
+    /// Re-placements tried for a shard whose upload failed.
+    pub shard_retries: usize,
+    /// Metadata client retry policy.
+    pub meta: MetaClientOptions,
+    /// Connection pool settings for chunkserver connections.
+    pub pool: ClientOptions,
+}
+
+impl ClientConfig {
+    /// Defaults for the given metadata addresses and secret.
+    pub fn new(metadata: Vec<String>, secret: String) -> Self {
+        ClientConfig {
+            metadata,
+            secret,
+            write_quorum: None,
+            stripes_in_flight: 4,
+            shard_timeout: Duration::from_secs(10),
+            shard_retries: 3,
+            meta: MetaClientOptions::default(),
+            pool: ClientOptions::default(),
+        }
+    }
+}
+
+/// How long the chunkserver address map is trusted before a refresh.
+const CHUNKSERVER_CACHE_TTL: Duration = Duration::from_secs(10);
+
+pub(crate) struct Inner {
+    pub(crate) cfg: ClientConfig,
+    pub(crate) meta: MetaClient,
+    pub(crate) shards: ShardClient,
+    chunkservers: RwLock<(Option<Instant>, HashMap<ChunkserverId, ChunkserverInfo>)>,
+}
+
+/// A handle on a Cairn cluster. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("metadata", &self.inner.cfg.metadata)
+            .finish()
+    }
+}
+
+/// Unwraps a query result into what the caller expects.
+macro_rules! expect_result {
+    ($res:expr, $pat:pat => $out:expr) => {
+        match $res {
+            $pat => Ok($out),
+            QueryResult::Err(e) => Err(ClientError::from(e)),
+            other => Err(ClientError::Meta(format!("unexpected reply {other:?}"))),
+        }
+    };
+}
+pub(crate) use expect_result;
+
+impl Client {
+    /// Builds a client and checks that the metadata service answers.
+    pub async fn connect(cfg: ClientConfig) -> Result<Client> {
+        let c = Client::new(cfg);
+        c.inner.meta.status().await?;
+        Ok(c)
+    }
+
+    /// Builds a client without contacting the cluster.
+    pub fn new(cfg: ClientConfig) -> Client {
+        let meta = MetaClient::new(cfg.metadata.clone(), cfg.secret.clone(), cfg.meta.clone());
+        let shards = ShardClient::new(HttpClient::new(&cfg.pool), cfg.secret.clone());
+        Client {
+            inner: Arc::new(Inner {
+                cfg,
+                meta,
+                shards,
+                chunkservers: RwLock::new((None, HashMap::new())),
+            }),
+        }
+    }
+
+    /// The metadata client, for admin commands.
+    pub fn meta(&self) -> &MetaClient {
+        &self.inner.meta
+    }
+
+    /// Creates a bucket with erasure coding `ec` and `shard_size`-byte shards.
+    pub async fn create_bucket(&self, name: &str, ec: EcParams, shard_size: u32) -> Result<()> {
+        validate_bucket_name(name).map_err(|e| ClientError::Invalid(e.0))?;
+        ec.validate().map_err(|e| ClientError::Invalid(e.0))?;
+        if shard_size == 0 || shard_size > MAX_SHARD_SIZE {
+            return Err(ClientError::Invalid(format!(
+                "shard size must be 1 to {MAX_SHARD_SIZE} bytes"
+            )));
+        }
+        let cmd = Command::CreateBucket {
+            bucket: BucketInfo {
+                name: name.to_string(),
+                ec,
+                shard_size,
+                created_ms: now_ms(),
+                owner: String::new(),
+            },
+        };
+        self.inner.write(cmd).await
+    }
+
+    /// Deletes an empty bucket.
+    pub async fn delete_bucket(&self, name: &str) -> Result<()> {
+        self.inner
+            .write(Command::DeleteBucket {
+                name: name.to_string(),
+            })
+            .await
+    }
+
+    /// One bucket.
+    pub async fn bucket(&self, name: &str) -> Result<BucketInfo> {
+        let r = self
+            .inner
+            .meta
+            .query(
+                &Query::GetBucket {
+                    name: name.to_string(),
+                },
+                Consistency::Linearizable,
+            )
+            .await?;
+        expect_result!(r, QueryResult::Bucket(b) => b)
+    }
+
+    /// Every bucket.
+    pub async fn list_buckets(&self) -> Result<Vec<BucketInfo>> {
+        let r = self
+            .inner
+            .meta
+            .query(&Query::ListBuckets, Consistency::Linearizable)
+            .await?;
+        expect_result!(r, QueryResult::Buckets(b) => b)
+    }
+
+    /// An object's manifest (linearizable).
+    pub async fn head(&self, bucket: &str, key: &str) -> Result<ObjectManifest> {
+        self.inner.manifest(bucket, key).await
+    }
+
+    /// Deletes an object (a missing key is not an error, as in S3).
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
+        validate_key(key).map_err(|e| ClientError::Invalid(e.0))?;
+        self.inner
+            .write(Command::DeleteObject {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                condition: PutCondition::None,
+            })
+            .await
+    }
+
+    /// One page of a listing.
+    pub async fn list(&self, req: ListRequest) -> Result<ListPage> {
+        let r = self
+            .inner
+            .meta
+            .query(&Query::ListObjects(req), Consistency::Linearizable)
+            .await?;
+        expect_result!(r, QueryResult::List(p) => p)
+    }
+
+    /// Every chunkserver the cluster knows.
+    pub async fn chunkservers(&self) -> Result<Vec<ChunkserverInfo>> {
+        self.inner.refresh_chunkservers().await
+    }
+}
+
+/// Largest shard size a bucket may use: bounds the memory of one stripe.
+pub const MAX_SHARD_SIZE: u32 = 16 << 20;
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Inner {
+    pub(crate) async fn write(&self, cmd: Command) -> Result<()> {
+        match self.meta.write(&cmd).await? {
+            CommandResult::Ok | CommandResult::Registered { .. } => Ok(()),
+            CommandResult::Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn manifest(&self, bucket: &str, key: &str) -> Result<ObjectManifest> {
+        let r = self
+            .meta
+            .query(
+                &Query::GetObject {
+                    bucket: bucket.to_string(),
+                    key: key.to_string(),
+                },
+                Consistency::Linearizable,
+            )
+            .await?;
+        expect_result!(r, QueryResult::Object(m) => m)
+    }
+
+    async fn refresh_chunkservers(&self) -> Result<Vec<ChunkserverInfo>> {
+        let r = self
+            .meta
+            .query(&Query::ListChunkservers, Consistency::Stale)
+            .await?;
+        let list = expect_result!(r, QueryResult::Chunkservers(c) => c)?;
+        if let Ok(mut g) = self.chunkservers.write() {
+            g.0 = Some(Instant::now());
+            g.1 = list.iter().map(|c| (c.id, c.clone())).collect();
+        }
+        Ok(list)
+    }
+
+    /// The address of chunkserver `id`, from a cache refreshed when stale or
+    /// when `id` is unknown.
+    pub(crate) async fn chunkserver_addr(&self, id: ChunkserverId) -> Result<String> {
+        let fresh = |g: &(Option<Instant>, HashMap<ChunkserverId, ChunkserverInfo>)| {
+            g.0.is_some_and(|t| t.elapsed() < CHUNKSERVER_CACHE_TTL)
+        };
+        if let Ok(g) = self.chunkservers.read() {
+            if fresh(&g) {
+                if let Some(c) = g.1.get(&id) {
+                    return Ok(c.addr.clone());
+                }
+            }
+        }
+        let list = self.refresh_chunkservers().await?;
+        list.into_iter()
+            .find(|c| c.id == id)
+            .map(|c| c.addr)
+            .ok_or_else(|| ClientError::Meta(format!("unknown chunkserver {id}")))
+    }
+}

@@ -1,0 +1,271 @@
+//! The read path.
+//!
+//! 1. Fetch the manifest (linearizable: a read sees every acknowledged
+//!    write).
+//! 2. Map the requested range to the stripes, and within each stripe to the
+//!    data shards, it touches; nothing else is read.
+//! 3. Fetch those data shards in parallel; every shard is checked against
+//!    the BLAKE3 recorded in the manifest before any byte is used. On the
+//!    happy path there is no decoding: the output is slices of the shards.
+//! 4. A missing, slow (timeout) or corrupt shard is reported for repair and
+//!    replaced by further shards (data, then parity) until k are verified;
+//!    then the stripe is decoded on the blocking pool.
+//! 5. Stripes are produced in order as a stream with a bounded read-ahead,
+//!    so memory stays at a few stripes whatever the object size.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_chunkserver::codec::{Codec, Layout, StripeSpan};
+use cairn_metadata::types::*;
+use futures::stream::{self, Stream, StreamExt};
+
+use crate::{Client, ClientError, Inner, Result};
+
+/// The bytes of an object (or range), in order.
+pub type GetStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// Why one shard could not be used.
+#[derive(Debug)]
+enum ShardFail {
+    Missing(String),
+    Corrupt(String),
+}
+
+impl Client {
+    /// Reads `bucket/key`, whole or the byte `range` (end exclusive, within
+    /// the object), as a stream of verified bytes.
+    pub async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<(ObjectManifest, GetStream)> {
+        let m = self.inner.manifest(bucket, key).await?;
+        let s = self.stream_manifest(bucket, key, &m, range)?;
+        Ok((m, s))
+    }
+
+    /// Streams the bytes `range` of an already fetched manifest.
+    pub fn stream_manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+        m: &ObjectManifest,
+        range: Option<Range<u64>>,
+    ) -> Result<GetStream> {
+        let range = range.unwrap_or(0..m.size);
+        if range.start > range.end || range.end > m.size {
+            return Err(ClientError::InvalidRange(format!(
+                "{}..{} of an object of {} bytes",
+                range.start, range.end, m.size
+            )));
+        }
+        let layout = Layout::new(m.size, m.ec.k, m.shard_size as usize)
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let spans: Vec<StripeSpan> = layout
+            .spans(range)
+            .map_err(|e| ClientError::InvalidRange(e.to_string()))?
+            .collect();
+        let codec = Arc::new(Codec::new(m.ec).map_err(|e| ClientError::Invalid(e.to_string()))?);
+        let m = Arc::new(m.clone());
+        let ctx = Arc::new((bucket.to_string(), key.to_string()));
+        let inner = self.inner.clone();
+        let ahead = self.inner.cfg.stripes_in_flight.max(1);
+        let s = stream::iter(spans)
+            .map(move |span| {
+                let inner = inner.clone();
+                let m = m.clone();
+                let codec = codec.clone();
+                let ctx = ctx.clone();
+                async move { inner.read_span(&ctx.0, &ctx.1, &m, &codec, span).await }
+            })
+            .buffered(ahead)
+            .flat_map(|r: Result<Vec<Bytes>>| match r {
+                Ok(v) => stream::iter(v.into_iter().map(Ok).collect::<Vec<_>>()),
+                Err(e) => stream::iter(vec![Err(e)]),
+            });
+        Ok(Box::pin(s))
+    }
+}
+
+impl Inner {
+    /// Fetches shard `index` of `stripe` and verifies it against the
+    /// manifest (length and BLAKE3).
+    async fn fetch_shard(&self, loc: &ShardLoc, shard_len: usize) -> Result<Bytes, ShardFail> {
+        let Some(cs) = loc.chunkserver else {
+            return Err(ShardFail::Missing("never placed".into()));
+        };
+        let addr = self
+            .chunkserver_addr(cs)
+            .await
+            .map_err(|e| ShardFail::Missing(e.to_string()))?;
+        let get = self
+            .shards
+            .get(&addr, loc.shard, None, Some(loc.blake3.into()));
+        let data = match tokio::time::timeout(self.cfg.shard_timeout, get).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(cairn_chunkserver::Error::CorruptShard { reason, .. })) => {
+                return Err(ShardFail::Corrupt(reason))
+            }
+            Ok(Err(e)) => return Err(ShardFail::Missing(e.to_string())),
+            Err(_) => return Err(ShardFail::Missing("timed out".into())),
+        };
+        if data.len() != shard_len {
+            return Err(ShardFail::Corrupt(format!(
+                "length {} instead of {shard_len}",
+                data.len()
+            )));
+        }
+        // Verified again here against the manifest, whatever the server
+        // claims: nothing unverified is ever returned.
+        if Hash32::from(blake3::hash(&data)) != loc.blake3 {
+            return Err(ShardFail::Corrupt("BLAKE3 mismatch".into()));
+        }
+        Ok(data)
+    }
+
+    /// Produces the bytes of one stripe span.
+    async fn read_span(
+        &self,
+        bucket: &str,
+        key: &str,
+        m: &ObjectManifest,
+        codec: &Arc<Codec>,
+        span: StripeSpan,
+    ) -> Result<Vec<Bytes>> {
+        let stripe = m
+            .stripes
+            .get(span.stripe as usize)
+            .ok_or_else(|| ClientError::Meta(format!("manifest lacks stripe {}", span.stripe)))?;
+        let n = m.ec.total();
+        let k = usize::from(m.ec.k);
+        if stripe.shards.len() != n {
+            return Err(ClientError::Meta(format!(
+                "stripe {} lists {} shards, expected {n}",
+                span.stripe,
+                stripe.shards.len()
+            )));
+        }
+        let wanted: BTreeSet<usize> = span.pieces.iter().map(|p| usize::from(p.index)).collect();
+        let mut have: Vec<Option<Bytes>> = vec![None; n];
+        let mut bad: Vec<(usize, String)> = Vec::new();
+        let mut tried: BTreeSet<usize> = BTreeSet::new();
+
+        // Happy path: only the data shards the range touches.
+        let mut round: Vec<usize> = wanted.iter().copied().collect();
+        loop {
+            let fetches = round.iter().map(|&i| {
+                let loc = &stripe.shards[i];
+                async move { (i, self.fetch_shard(loc, span.shard_len).await) }
+            });
+            for (i, r) in futures::future::join_all(fetches).await {
+                tried.insert(i);
+                match r {
+                    Ok(d) => have[i] = Some(d),
+                    Err(ShardFail::Missing(why)) => bad.push((i, format!("missing: {why}"))),
+                    Err(ShardFail::Corrupt(why)) => bad.push((i, format!("corrupt: {why}"))),
+                }
+            }
+            if wanted.iter().all(|&i| have[i].is_some()) {
+                break;
+            }
+            // Degraded: we need k verified shards in all to decode.
+            let present = have.iter().filter(|h| h.is_some()).count();
+            let need = k.saturating_sub(present);
+            round = (0..n).filter(|i| !tried.contains(i)).take(need).collect();
+            if round.is_empty() {
+                break;
+            }
+        }
+        if !bad.is_empty() {
+            self.report_bad(bucket, key, m, stripe, span.stripe, &bad)
+                .await;
+        }
+        if wanted.iter().all(|&i| have[i].is_some()) {
+            return Ok(span
+                .pieces
+                .iter()
+                .filter_map(|p| {
+                    have[usize::from(p.index)]
+                        .as_ref()
+                        .map(|d| d.slice(p.range.clone()))
+                })
+                .collect());
+        }
+        let present = have.iter().filter(|h| h.is_some()).count();
+        if present < k {
+            return Err(ClientError::NotEnoughShards {
+                stripe: span.stripe,
+                have: present,
+                need: k,
+            });
+        }
+        let codec = codec.clone();
+        let pieces = span.pieces.clone();
+        let stripe_no = span.stripe;
+        tokio::task::spawn_blocking(move || -> Result<Vec<Bytes>> {
+            let mut slots: Vec<Option<Vec<u8>>> =
+                have.into_iter().map(|h| h.map(|b| b.to_vec())).collect();
+            codec
+                .reconstruct_data(&mut slots)
+                .map_err(|_| ClientError::NotEnoughShards {
+                    stripe: stripe_no,
+                    have: present,
+                    need: k,
+                })?;
+            let mut out = Vec::with_capacity(pieces.len());
+            for p in &pieces {
+                match &slots[usize::from(p.index)] {
+                    Some(d) => out.push(Bytes::copy_from_slice(&d[p.range.clone()])),
+                    None => {
+                        return Err(ClientError::NotEnoughShards {
+                            stripe: stripe_no,
+                            have: present,
+                            need: k,
+                        })
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ClientError::Io(std::io::Error::other(format!("decode task: {e}"))))?
+    }
+
+    async fn report_bad(
+        &self,
+        bucket: &str,
+        key: &str,
+        m: &ObjectManifest,
+        stripe: &StripeManifest,
+        stripe_no: u64,
+        bad: &[(usize, String)],
+    ) {
+        let items: Vec<RepairItem> = bad
+            .iter()
+            .map(|(i, why)| RepairItem {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                version: m.version,
+                stripe: stripe_no,
+                index: *i as u8,
+                chunkserver: stripe.shards[*i].chunkserver,
+                reason: why.clone(),
+            })
+            .collect();
+        tracing::warn!(
+            bucket,
+            key,
+            stripe = stripe_no,
+            ?bad,
+            "bad shards; reading from parity"
+        );
+        if let Err(e) = self.write(Command::QueueRepair { items }).await {
+            tracing::warn!(error = %e, "could not report bad shards");
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! The write path.
+//!
+//! 1. Read the input one stripe (`k * shard_size` bytes) at a time: memory
+//!    holds at most `stripes_in_flight` stripes, whatever the object size.
+//! 2. Encode each stripe into k + m shards and BLAKE3 each, on the blocking
+//!    pool (never on the async reactor).
+//! 3. Ask the metadata service where to put them, upload all shards in
+//!    parallel over pooled connections; a failed upload is re-placed on
+//!    another chunkserver. A chunkserver acknowledges a shard only once it is
+//!    fsynced and its hash matched.
+//! 4. When every stripe is durable (at least `write_quorum` shards each),
+//!    commit the manifest through Raft: only then is the object visible.
+//!    Stripes short of k + m are queued for repair at once.
+//!
+//! On failure nothing is committed; shards already written are deleted on a
+//! best-effort basis (orphan GC is the backstop).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use cairn_chunkserver::codec::{shard_len_for, Codec};
+use cairn_chunkserver::ShardMeta;
+use cairn_metadata::client::Consistency;
+use cairn_metadata::types::*;
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::{expect_result, now_ms, Client, ClientError, Inner, Result};
+
+/// What to store with an object besides its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Content-Type.
+    pub content_type: Option<String>,
+    /// Standard headers to keep (lowercase names).
+    pub headers: BTreeMap<String, String>,
+    /// User metadata.
+    pub user_meta: BTreeMap<String, String>,
+    /// Client checksums to record.
+    pub checksums: BTreeMap<String, String>,
+    /// Condition on the current version.
+    pub condition: PutCondition,
+    /// Compute the MD5 of the body for the ETag (what S3 clients expect).
+    /// Without it the ETag is derived from the shards' BLAKE3 hashes, which
+    /// costs nothing extra.
+    pub md5: bool,
+}
+
+/// A stripe as encoded, before placement.
+struct Encoded {
+    len: u64,
+    shards: Vec<Bytes>,
+    hashes: Vec<Hash32>,
+}
+
+/// Progress callback: called with the number of input bytes consumed.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+impl Client {
+    /// Stores the bytes of `reader` as `bucket/key`, returning the committed
+    /// manifest.
+    pub async fn put<R: AsyncRead + Unpin + Send>(
+        &self,
+        bucket: &str,
+        key: &str,
+        reader: R,
+        opts: PutOptions,
+    ) -> Result<ObjectManifest> {
+        self.put_with_progress(bucket, key, reader, opts, None)
+            .await
+    }
+
+    /// [`Client::put`] with a progress callback.
+    pub async fn put_with_progress<R: AsyncRead + Unpin + Send>(
+        &self,
+        bucket: &str,
+        key: &str,
+        mut reader: R,
+        opts: PutOptions,
+        progress: Option<Progress>,
+    ) -> Result<ObjectManifest> {
+        validate_key(key).map_err(|e| ClientError::Invalid(e.0))?;
+        let b = self.bucket(bucket).await?;
+        let codec = Arc::new(Codec::new(b.ec).map_err(|e| ClientError::Invalid(e.to_string()))?);
+        let stripe_cap = usize::from(b.ec.k) * b.shard_size as usize;
+        let written: Arc<Mutex<Vec<(ChunkserverId, ShardId)>>> = Arc::default();
+        let mut md5 = opts.md5.then(Md5Task::start);
+        let result: Result<(Vec<StripeManifest>, u64)> = async {
+            let mut pending = FuturesOrdered::new();
+            let mut stripes = Vec::new();
+            let mut total = 0u64;
+            loop {
+                let buf = read_up_to(&mut reader, stripe_cap).await?;
+                if buf.is_empty() {
+                    break;
+                }
+                total += buf.len() as u64;
+                if let Some(p) = &progress {
+                    p(buf.len() as u64);
+                }
+                if let Some(m) = &mut md5 {
+                    m.feed(buf.clone()).await;
+                }
+                while pending.len() >= self.inner.cfg.stripes_in_flight.max(1) {
+                    if let Some(s) = pending.next().await {
+                        stripes.push(s?);
+                    }
+                }
+                let inner = self.inner.clone();
+                let codec = codec.clone();
+                let bucket = bucket.to_string();
+                let written = written.clone();
+                pending.push_back(async move {
+                    inner.write_stripe(&bucket, codec, buf, &written).await
+                });
+            }
+            while let Some(s) = pending.next().await {
+                stripes.push(s?);
+            }
+            Ok((stripes, total))
+        }
+        .await;
+        let (stripes, size) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                self.inner.discard(&written).await;
+                return Err(e);
+            }
+        };
+        let etag = match md5 {
+            Some(m) => m.finish().await?,
+            None => blake3_etag(&stripes),
+        };
+        let manifest = ObjectManifest {
+            version: StripeId::random(),
+            size,
+            etag,
+            content_type: opts.content_type,
+            headers: opts.headers,
+            user_meta: opts.user_meta,
+            checksums: opts.checksums,
+            created_ms: now_ms(),
+            ec: b.ec,
+            shard_size: b.shard_size,
+            stripes,
+            parts: Vec::new(),
+        };
+        let res = self
+            .inner
+            .write(Command::PutObject {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                manifest: manifest.clone(),
+                condition: opts.condition,
+            })
+            .await;
+        if let Err(e) = res {
+            // Refused (precondition, bucket deleted) or unknown outcome
+            // (cluster unavailable): only a definite refusal may free the
+            // shards, or a committed object could lose its data.
+            if !matches!(e, ClientError::Unavailable(_)) {
+                self.inner.discard(&written).await;
+            }
+            return Err(e);
+        }
+        self.inner.queue_degraded(bucket, key, &manifest).await;
+        Ok(manifest)
+    }
+}
+
+/// Reads until `cap` bytes or EOF.
+async fn read_up_to<R: AsyncRead + Unpin>(r: &mut R, cap: usize) -> Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(cap);
+    while buf.len() < cap {
+        let n = r.read_buf(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The ETag of an object written without MD5: 16 bytes of BLAKE3 over the
+/// shard hashes, hex (same shape as an MD5 ETag).
+fn blake3_etag(stripes: &[StripeManifest]) -> String {
+    let mut h = blake3::Hasher::new();
+    for s in stripes {
+        for l in &s.shards {
+            h.update(&l.blake3.0);
+        }
+    }
+    hex::encode(&h.finalize().as_bytes()[..16])
+}
+
+/// MD5 of the body on its own blocking thread, fed stripe by stripe, so the
+/// hash (slower than encoding) overlaps with everything else.
+struct Md5Task {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    handle: tokio::task::JoinHandle<String>,
+}
+
+impl Md5Task {
+    fn start() -> Md5Task {
+        use md5::Digest;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let handle = tokio::task::spawn_blocking(move || {
+            let mut h = md5::Md5::new();
+            while let Some(b) = rx.blocking_recv() {
+                h.update(&b);
+            }
+            hex::encode(h.finalize())
+        });
+        Md5Task { tx, handle }
+    }
+
+    async fn feed(&mut self, b: Bytes) {
+        // Only fails if the hashing thread died; finish() reports that.
+        let _ = self.tx.send(b).await;
+    }
+
+    async fn finish(self) -> Result<String> {
+        drop(self.tx);
+        self.handle
+            .await
+            .map_err(|e| ClientError::Io(std::io::Error::other(format!("md5 task: {e}"))))
+    }
+}
+
+impl Inner {
+    fn write_quorum(&self, ec: EcParams) -> usize {
+        let n = ec.total();
+        self.cfg
+            .write_quorum
+            .unwrap_or(usize::from(ec.k) + 1)
+            .clamp(usize::from(ec.k), n)
+    }
+
+    async fn allocate(
+        &self,
+        bucket: &str,
+        exclude: Vec<ChunkserverId>,
+        count: usize,
+        min: usize,
+    ) -> Result<Vec<ChunkserverInfo>> {
+        let r = self
+            .meta
+            .query(
+                &Query::Allocate {
+                    bucket: bucket.to_string(),
+                    exclude,
+                    count: Some(count),
+                    min: Some(min),
+                },
+                Consistency::Stale,
+            )
+            .await?;
+        expect_result!(r, QueryResult::Placement(p) => p)
+    }
+
+    /// Encodes, places and uploads one stripe.
+    async fn write_stripe(
+        self: Arc<Self>,
+        bucket: &str,
+        codec: Arc<Codec>,
+        data: Bytes,
+        written: &Mutex<Vec<(ChunkserverId, ShardId)>>,
+    ) -> Result<StripeManifest> {
+        let ec = codec.params();
+        let n = ec.total();
+        let quorum = self.write_quorum(ec);
+        let enc = tokio::task::spawn_blocking(move || -> Result<Encoded> {
+            let shard_len = shard_len_for(data.len(), ec.k);
+            let shards = codec
+                .encode(&data, shard_len)
+                .map_err(|e| ClientError::Invalid(e.to_string()))?;
+            let hashes = shards
+                .iter()
+                .map(|s| Hash32::from(blake3::hash(s)))
+                .collect();
+            Ok(Encoded {
+                len: data.len() as u64,
+                shards,
+                hashes,
+            })
+        })
+        .await
+        .map_err(|e| ClientError::Io(std::io::Error::other(format!("encode task: {e}"))))??;
+        let stripe_id = StripeId::random();
+        let placement = self.allocate(bucket, Vec::new(), n, quorum).await?;
+        let used: Arc<Mutex<HashSet<ChunkserverId>>> =
+            Arc::new(Mutex::new(placement.iter().map(|c| c.id).collect()));
+        let uploads = (0..n).map(|i| {
+            let target = placement.get(i).cloned();
+            let payload = enc.shards[i].clone();
+            let meta = ShardMeta {
+                id: ShardId::random(),
+                stripe: stripe_id,
+                index: i as u8,
+                params: ec,
+                len: payload.len() as u64,
+                blake3: enc.hashes[i].into(),
+            };
+            let used = used.clone();
+            let this = self.clone();
+            async move {
+                let placed = this
+                    .upload_with_replacement(bucket, target, &meta, payload, &used)
+                    .await;
+                (meta, placed)
+            }
+        });
+        let results = futures::future::join_all(uploads).await;
+        let mut shards = Vec::with_capacity(n);
+        let mut durable = 0usize;
+        for (meta, placed) in results {
+            if let Some(cs) = placed {
+                durable += 1;
+                if let Ok(mut w) = written.lock() {
+                    w.push((cs, meta.id));
+                }
+            }
+            shards.push(ShardLoc {
+                chunkserver: placed,
+                shard: meta.id,
+                blake3: Hash32::from(meta.blake3),
+            });
+        }
+        if durable < quorum {
+            return Err(ClientError::WriteQuorum(format!(
+                "only {durable} of {n} shards of a stripe became durable; {quorum} required"
+            )));
+        }
+        Ok(StripeManifest {
+            id: stripe_id,
+            len: enc.len,
+            shards,
+        })
+    }
+
+    /// Uploads one shard to `target`, or on failure to other chunkservers
+    /// the metadata service picks; returns where it landed.
+    async fn upload_with_replacement(
+        &self,
+        bucket: &str,
+        mut target: Option<ChunkserverInfo>,
+        meta: &ShardMeta,
+        payload: Bytes,
+        used: &Mutex<HashSet<ChunkserverId>>,
+    ) -> Option<ChunkserverId> {
+        for attempt in 0..=self.cfg.shard_retries {
+            if target.is_none() {
+                let exclude: Vec<ChunkserverId> = used
+                    .lock()
+                    .map(|u| u.iter().copied().collect())
+                    .unwrap_or_default();
+                target = match self.allocate(bucket, exclude, 1, 1).await {
+                    Ok(mut v) if !v.is_empty() => {
+                        let c = v.swap_remove(0);
+                        if let Ok(mut u) = used.lock() {
+                            if !u.insert(c.id) {
+                                // Raced with another shard of this stripe.
+                                continue;
+                            }
+                        }
+                        Some(c)
+                    }
+                    _ => return None,
+                };
+            }
+            let Some(cs) = target.take() else { continue };
+            let put = self.shards.put(&cs.addr, meta, payload.clone());
+            match tokio::time::timeout(self.cfg.shard_timeout, put).await {
+                Ok(Ok(_)) => return Some(cs.id),
+                Ok(Err(e)) => {
+                    tracing::warn!(chunkserver = cs.id, attempt, error = %e, "shard upload failed; re-placing");
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        chunkserver = cs.id,
+                        attempt,
+                        "shard upload timed out; re-placing"
+                    );
+                }
+            }
+        }
+        None
+    }
+
+    /// Best-effort deletion of shards of a write that will not commit.
+    async fn discard(&self, written: &Mutex<Vec<(ChunkserverId, ShardId)>>) {
+        let list: Vec<_> = written
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        let dels = list.into_iter().map(|(cs, id)| async move {
+            if let Ok(addr) = self.chunkserver_addr(cs).await {
+                let _ = self.shards.delete(&addr, id).await;
+            }
+        });
+        futures::future::join_all(dels).await;
+    }
+
+    /// Queues the stripes written short of k + m for repair.
+    async fn queue_degraded(&self, bucket: &str, key: &str, m: &ObjectManifest) {
+        let mut items = Vec::new();
+        for (si, s) in m.stripes.iter().enumerate() {
+            for (i, l) in s.shards.iter().enumerate() {
+                if l.chunkserver.is_none() {
+                    items.push(RepairItem {
+                        bucket: bucket.to_string(),
+                        key: key.to_string(),
+                        version: m.version,
+                        stripe: si as u64,
+                        index: i as u8,
+                        chunkserver: None,
+                        reason: "written degraded".into(),
+                    });
+                }
+            }
+        }
+        if !items.is_empty() {
+            tracing::warn!(
+                bucket,
+                key,
+                shards = items.len(),
+                "degraded write: queueing repair"
+            );
+            if let Err(e) = self.write(Command::QueueRepair { items }).await {
+                tracing::warn!(error = %e, "could not queue repair");
+            }
+        }
+    }
+}

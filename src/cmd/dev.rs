@@ -1,0 +1,254 @@
+//! `cairn dev`: a whole local cluster from one command, as child processes
+//! of this binary on 127.0.0.1: 3 metadata nodes, 6 chunkservers in 3
+//! zones. Data lives under one directory; running it again reuses the data
+//! (ports are fixed so the Raft membership stays valid). Ctrl-C stops every
+//! child cleanly (SIGTERM, then SIGKILL after a grace period).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use cairn_metadata::client::{Consistency, MetaClient, MetaClientOptions};
+use cairn_metadata::types::{ChunkserverState, Query, QueryResult};
+use tokio::process::{Child, Command};
+
+use crate::config::{self, FileConfig};
+
+/// Flags of `cairn dev`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Where the cluster keeps its data and logs.
+    #[arg(long, default_value = "./cairn-data")]
+    pub data: PathBuf,
+    /// Metadata nodes listen on BASE+1.., chunkservers on BASE+101...
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
+    /// Metadata nodes (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    pub metadata_nodes: u16,
+    /// Chunkservers.
+    #[arg(long, default_value_t = 6)]
+    pub chunkservers: u16,
+    /// Zones the chunkservers are spread over.
+    #[arg(long, default_value_t = 3)]
+    pub zones: u16,
+    /// Where to write the CLI config (default ~/.config/cairn/config.json).
+    #[arg(long, env = "CAIRN_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+struct Role {
+    name: String,
+    child: Child,
+}
+
+fn load_or_make_secret(data: &Path) -> anyhow::Result<String> {
+    let p = data.join("dev-secret");
+    if let Ok(s) = std::fs::read_to_string(&p) {
+        let s = s.trim().to_string();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let s = hex::encode(rand::random::<[u8; 16]>());
+    std::fs::write(&p, &s).with_context(|| format!("cannot write {}", p.display()))?;
+    Ok(s)
+}
+
+fn spawn(name: &str, args: &[String], logs: &Path, secret: &str) -> anyhow::Result<Role> {
+    let exe = std::env::current_exe().context("cannot find the cairn binary")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{name}.log")))?;
+    let child = Command::new(exe)
+        .args(args)
+        .env("CAIRN_SECRET", secret)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    Ok(Role {
+        name: name.to_string(),
+        child,
+    })
+}
+
+fn terminate(child: &Child) {
+    if let Some(pid) = child.id() {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+}
+
+/// Runs the dev cluster until Ctrl-C.
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(a.metadata_nodes >= 1, "need at least one metadata node");
+    anyhow::ensure!(a.zones >= 1, "need at least one zone");
+    let data = a.data.clone();
+    let logs = data.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let secret = load_or_make_secret(&data)?;
+    let port = |off: u16| -> anyhow::Result<u16> {
+        a.base_port.checked_add(off).context("--base-port too high")
+    };
+    let mut meta_addrs = Vec::new();
+    for i in 1..=a.metadata_nodes {
+        meta_addrs.push(format!("127.0.0.1:{}", port(i)?));
+    }
+    let peers: Vec<String> = meta_addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| format!("{}={addr}", i + 1))
+        .collect();
+    let mut roles = Vec::new();
+    for (i, addr) in meta_addrs.iter().enumerate() {
+        let id = i + 1;
+        let mut args = vec![
+            "metadata".to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            addr.clone(),
+            "--data".into(),
+            data.join(format!("meta{id}"))
+                .to_string_lossy()
+                .into_owned(),
+        ];
+        if id == 1 {
+            args.push("--init".into());
+            args.push("--peers".into());
+            args.push(peers.join(","));
+        }
+        roles.push(spawn(&format!("meta{id}"), &args, &logs, &secret)?);
+    }
+    let mut cs_addrs = Vec::new();
+    for j in 1..=a.chunkservers {
+        let addr = format!("127.0.0.1:{}", port(100 + j)?);
+        let zone = format!("zone{}", (j - 1) % a.zones + 1);
+        let args = vec![
+            "chunkserver".to_string(),
+            "--listen".into(),
+            addr.clone(),
+            "--data".into(),
+            data.join(format!("cs{j}")).to_string_lossy().into_owned(),
+            "--zone".into(),
+            zone,
+            "--metadata".into(),
+            meta_addrs.join(","),
+        ];
+        roles.push(spawn(&format!("cs{j}"), &args, &logs, &secret)?);
+        cs_addrs.push(addr);
+    }
+
+    let cfg_path = a.config.clone().unwrap_or_else(config::default_config_path);
+    config::save(
+        &cfg_path,
+        &FileConfig {
+            metadata: meta_addrs.clone(),
+            secret: secret.clone(),
+            s3_endpoint: None,
+        },
+    )?;
+
+    let ready = wait_ready(&meta_addrs, &secret, usize::from(a.chunkservers));
+    tokio::select! {
+        r = ready => r?,
+        _ = crate::cmd::shutdown_signal() => {
+            stop(roles).await;
+            return Ok(());
+        }
+    }
+    println!("Cairn dev cluster is up.");
+    println!("  metadata:     {}", meta_addrs.join(","));
+    println!(
+        "  chunkservers: {} in {} zones ({})",
+        a.chunkservers,
+        a.zones.min(a.chunkservers),
+        cs_addrs.join(",")
+    );
+    println!("  secret:       {secret}");
+    println!(
+        "  data:         {}  (logs in {})",
+        data.display(),
+        logs.display()
+    );
+    println!("  CLI config:   {}", cfg_path.display());
+    println!("Try: cairn mb cairn://demo && cairn put FILE cairn://demo/ && cairn ls cairn://demo");
+    println!("Ctrl-C stops the cluster.");
+
+    // Watch the children until Ctrl-C; report any that dies.
+    let mut alive: Vec<bool> = vec![true; roles.len()];
+    let shutdown = crate::cmd::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                for (i, r) in roles.iter_mut().enumerate() {
+                    if alive[i] {
+                        if let Ok(Some(status)) = r.child.try_wait() {
+                            alive[i] = false;
+                            eprintln!("warning: {} exited ({status}); see {}", r.name, logs.join(format!("{}.log", r.name)).display());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping...");
+    stop(roles).await;
+    println!("stopped.");
+    Ok(())
+}
+
+async fn stop(mut roles: Vec<Role>) {
+    // Chunkservers first, metadata last.
+    roles.reverse();
+    for r in &roles {
+        terminate(&r.child);
+    }
+    for r in &mut roles {
+        match tokio::time::timeout(Duration::from_secs(10), r.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("{} did not stop in time; killing it", r.name);
+                let _ = r.child.kill().await;
+            }
+        }
+    }
+}
+
+async fn wait_ready(meta: &[String], secret: &str, chunkservers: usize) -> anyhow::Result<()> {
+    let c = MetaClient::new(
+        meta.to_vec(),
+        secret.to_string(),
+        MetaClientOptions {
+            retry_deadline: Duration::from_secs(60),
+            ..Default::default()
+        },
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(QueryResult::Chunkservers(list)) = c
+            .query(&Query::ListChunkservers, Consistency::Linearizable)
+            .await
+        {
+            let up = list
+                .iter()
+                .filter(|c| c.state == ChunkserverState::Up)
+                .count();
+            if up >= chunkservers {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the cluster did not come up within 90 s; see the logs");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

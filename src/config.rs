@@ -1,0 +1,92 @@
+//! Where the cluster is: flags, then environment (`CAIRN_METADATA`,
+//! `CAIRN_SECRET`), then the config file (`--config`, `CAIRN_CONFIG`, or
+//! `~/.config/cairn/config.json`) that `cairn dev` writes.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// The config file's contents.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FileConfig {
+    /// Metadata node addresses.
+    pub metadata: Vec<String>,
+    /// Cluster secret.
+    pub secret: String,
+    /// S3 endpoint, when a gateway runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
+}
+
+/// Global flags shared by every client subcommand.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ConnArgs {
+    /// Metadata node addresses, comma separated.
+    #[arg(long, env = "CAIRN_METADATA", global = true, value_delimiter = ',')]
+    pub metadata: Option<Vec<String>>,
+    /// Cluster secret.
+    #[arg(long, env = "CAIRN_SECRET", global = true, hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Config file (default ~/.config/cairn/config.json).
+    #[arg(long, env = "CAIRN_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// The default config file path.
+pub fn default_config_path() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".config").join("cairn").join("config.json")
+}
+
+impl ConnArgs {
+    /// The config file in force.
+    pub fn config_path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(default_config_path)
+    }
+
+    /// Resolves metadata addresses and secret.
+    pub fn resolve(&self) -> anyhow::Result<(Vec<String>, String)> {
+        let file = load(&self.config_path()).ok();
+        let metadata = match (&self.metadata, &file) {
+            (Some(m), _) if !m.is_empty() => m.clone(),
+            (_, Some(f)) if !f.metadata.is_empty() => f.metadata.clone(),
+            _ => anyhow::bail!(
+                "where is the cluster? pass --metadata ADDR[,ADDR] or set CAIRN_METADATA, \
+                 or run `cairn dev` (it writes {})",
+                self.config_path().display()
+            ),
+        };
+        let secret = match (&self.secret, &file) {
+            (Some(s), _) => s.clone(),
+            (None, Some(f)) => f.secret.clone(),
+            _ => anyhow::bail!("no cluster secret: pass --secret or set CAIRN_SECRET"),
+        };
+        Ok((metadata, secret))
+    }
+}
+
+/// Reads a config file.
+pub fn load(path: &std::path::Path) -> anyhow::Result<FileConfig> {
+    let b = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&b).with_context(|| format!("bad config file {}", path.display()))
+}
+
+/// Writes a config file atomically, readable by the owner only (it holds the
+/// secret).
+pub fn save(path: &std::path::Path, cfg: &FileConfig) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(cfg)?)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! The `cairn` binary: every role (chunkserver, metadata, dev cluster) and
+//! the user CLI, as subcommands.
+
+mod cmd;
+mod config;
+
+use clap::{Parser, Subcommand};
+
+/// Cairn: an erasure-coded distributed object store.
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about)]
+struct Cli {
+    #[command(flatten)]
+    conn: config::ConnArgs,
+    #[command(flatten)]
+    out: cmd::cli::OutArgs,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a whole local cluster (3 metadata nodes, 6 chunkservers).
+    Dev(cmd::dev::Args),
+    /// Run a metadata node.
+    Metadata(cmd::metadata::Args),
+    /// Run a chunkserver: stores, verifies and serves shards.
+    Chunkserver(cmd::chunkserver::Args),
+    /// Make a bucket: `cairn mb cairn://bucket --ec 4+2`.
+    Mb(cmd::cli::MbArgs),
+    /// Remove an empty bucket.
+    Rb(cmd::cli::UrlArgs),
+    /// Upload: `cairn put FILE|- cairn://bucket/key`.
+    Put(cmd::cli::CopyArgs),
+    /// Download: `cairn get cairn://bucket/key FILE|-`.
+    Get(cmd::cli::CopyArgs),
+    /// Copy files or trees (-r) to or from the cluster.
+    Cp(cmd::cli::CopyArgs),
+    /// List buckets, or keys under a prefix.
+    Ls(cmd::cli::LsArgs),
+    /// Remove an object (or, with -r, every key under a prefix).
+    Rm(cmd::cli::RmArgs),
+    /// Show an object's manifest: stripes and where each shard is.
+    Stat(cmd::cli::UrlArgs),
+    /// Cluster administration.
+    #[command(subcommand)]
+    Admin(cmd::admin::AdminCmd),
+}
+
+fn init_tracing(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Prints the process's peak resident set size (VmHWM) to stderr, for the
+/// memory-bound tests and benchmarks.
+fn report_peak_rss() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(kib) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .map(|v| v.trim().trim_end_matches("kB").trim().to_string())
+    {
+        eprintln!("cairn: peak RSS {kib} KiB");
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let server = matches!(
+        cli.cmd,
+        Command::Dev(_) | Command::Metadata(_) | Command::Chunkserver(_)
+    );
+    init_tracing(server);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let conn = cli.conn;
+    let out = cli.out;
+    let res = rt.block_on(async move {
+        match cli.cmd {
+            Command::Dev(a) => cmd::dev::run(a).await,
+            Command::Metadata(a) => cmd::metadata::run(a).await,
+            Command::Chunkserver(a) => cmd::chunkserver::run(a).await,
+            Command::Mb(a) => cmd::cli::mb(&conn, a).await,
+            Command::Rb(a) => cmd::cli::rb(&conn, a).await,
+            Command::Put(a) | Command::Get(a) | Command::Cp(a) => {
+                cmd::cli::cp(&conn, a, &out).await
+            }
+            Command::Ls(a) => cmd::cli::ls(&conn, a, &out).await,
+            Command::Rm(a) => cmd::cli::rm(&conn, a).await,
+            Command::Stat(a) => cmd::cli::stat(&conn, a, &out).await,
+            Command::Admin(c) => cmd::admin::run(&conn, c, out.json).await,
+        }
+    });
+    // Leave a stuck reader (stdin) behind rather than hang on exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    if std::env::var_os("CAIRN_REPORT_RSS").is_some() {
+        report_peak_rss();
+    }
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

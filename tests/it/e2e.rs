@@ -1,0 +1,425 @@
+//! End to end: metadata cluster + chunkservers + client library + CLI, as
+//! real processes; kill, corrupt, and check what a user sees.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use cairn_client::{ClientError, PutOptions};
+use cairn_metadata::client::Consistency;
+use cairn_metadata::types::*;
+use futures::StreamExt;
+
+use crate::cluster::{Cluster, Opts};
+
+fn six() -> Opts {
+    Opts {
+        chunkservers: 6,
+        zones: 3,
+        ..Default::default()
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+async fn get_all(
+    c: &cairn_client::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Vec<u8>, ClientError> {
+    let (_, mut s) = c.get(bucket, key, None).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+async fn ready(c: &Cluster) -> anyhow::Result<cairn_client::Client> {
+    c.wait_chunkservers_up(c.chunkservers.len()).await?;
+    let client = c.client();
+    client
+        .create_bucket("b", EcParams::default(), 1 << 20)
+        .await?;
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sizes_round_trip_and_ranges() -> anyhow::Result<()> {
+    let c = Cluster::start(six())?;
+    let client = ready(&c).await?;
+    let stripe = 4 << 20;
+    for (i, len) in [
+        0usize,
+        1,
+        1000,
+        stripe - 1,
+        stripe,
+        stripe + 1,
+        3 * stripe + 12345,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = data(len, i as u64);
+        let key = format!("obj-{len}");
+        let m = client
+            .put(
+                "b",
+                &key,
+                &body[..],
+                PutOptions {
+                    md5: true,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        assert_eq!(m.size, len as u64);
+        assert_eq!(m.stripes.len(), len.div_ceil(stripe));
+        assert_eq!(m.etag, md5_hex(&body));
+        let got = get_all(&client, "b", &key).await?;
+        assert!(got == body, "{key} differs");
+        // Ranges across stripe and shard boundaries.
+        if len > 10 {
+            for (a, b) in [
+                (0, 1),
+                (len as u64 / 3, len as u64 / 2),
+                ((len - 1) as u64, len as u64),
+                (0, len as u64),
+            ] {
+                let (_, mut s) = client.get("b", &key, Some(a..b)).await?;
+                let mut out = Vec::new();
+                while let Some(ch) = s.next().await {
+                    out.extend_from_slice(&ch?);
+                }
+                assert_eq!(out, body[a as usize..b as usize], "{key} range {a}..{b}");
+            }
+        }
+    }
+    // A range past the end is a clear error.
+    assert!(matches!(
+        client.get("b", "obj-1000", Some(10..2000)).await,
+        Err(ClientError::InvalidRange(_))
+    ));
+    assert!(matches!(
+        get_all(&client, "b", "missing").await,
+        Err(ClientError::NoSuchKey { .. })
+    ));
+    assert!(matches!(
+        get_all(&client, "nobucket", "k").await,
+        Err(ClientError::NoSuchBucket(_))
+    ));
+    // Overwrite replaces atomically; delete hides it.
+    client
+        .put("b", "obj-1", &b"new"[..], PutOptions::default())
+        .await?;
+    assert_eq!(get_all(&client, "b", "obj-1").await?, b"new");
+    client.delete("b", "obj-1").await?;
+    assert!(matches!(
+        client.head("b", "obj-1").await,
+        Err(ClientError::NoSuchKey { .. })
+    ));
+    Ok(())
+}
+
+fn md5_hex(b: &[u8]) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_survive_two_dead_chunkservers_and_fail_cleanly_at_three() -> anyhow::Result<()> {
+    let mut c = Cluster::start(six())?;
+    let client = ready(&c).await?;
+    let mut objects = Vec::new();
+    for i in 0..5 {
+        let body = data(3 * (1 << 20) + i * 7919, 100 + i as u64);
+        client
+            .put("b", &format!("o{i}"), &body[..], PutOptions::default())
+            .await?;
+        objects.push(body);
+    }
+    c.chunkservers[0].kill_9();
+    c.chunkservers[3].kill_9();
+    for (i, body) in objects.iter().enumerate() {
+        let got = get_all(&client, "b", &format!("o{i}")).await?;
+        assert!(&got == body, "o{i} differs with two chunkservers down");
+    }
+    c.chunkservers[5].kill_9();
+    for i in 0..objects.len() {
+        match get_all(&client, "b", &format!("o{i}")).await {
+            Err(ClientError::NotEnoughShards { have, need, .. }) => {
+                assert!(have < need);
+            }
+            other => panic!("expected NotEnoughShards, got {:?}", other.map(|v| v.len())),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_shard_is_read_around_and_reported() -> anyhow::Result<()> {
+    let c = Cluster::start(six())?;
+    let client = ready(&c).await?;
+    let body = data(2 * (4 << 20) + 99, 7);
+    let m = client
+        .put("b", "victim", &body[..], PutOptions::default())
+        .await?;
+    // Flip a byte in the payload of data shard 1 of stripe 1.
+    let loc = &m.stripes[1].shards[1];
+    let cs = loc.chunkserver.expect("placed");
+    let servers = client.chunkservers().await?;
+    let addr = &servers.iter().find(|s| s.id == cs).expect("known").addr;
+    let idx = c
+        .chunkservers
+        .iter()
+        .position(|p| &p.addr_str() == addr)
+        .expect("ours");
+    let hex = loc.shard.to_string();
+    let path = c
+        .cs_data(idx)
+        .join("shards")
+        .join(&hex[0..2])
+        .join(&hex[2..4])
+        .join(&hex);
+    let mut bytes = std::fs::read(&path)?;
+    let last = bytes.len() - 10;
+    bytes[last] ^= 0x40;
+    std::fs::write(&path, &bytes)?;
+    let got = get_all(&client, "b", "victim").await?;
+    assert!(got == body, "corrupt shard leaked into the read");
+    // The bad shard is in the repair queue.
+    let q = c
+        .meta()
+        .query(
+            &Query::RepairQueue { limit: 100 },
+            Consistency::Linearizable,
+        )
+        .await?;
+    let QueryResult::Repairs(items) = q else {
+        panic!("{q:?}")
+    };
+    assert!(
+        items.iter().any(|r| r.key == "victim"
+            && r.stripe == 1
+            && r.index == 1
+            && r.reason.contains("corrupt")),
+        "not reported: {items:?}"
+    );
+    // And the chunkserver quarantined it rather than serving it again.
+    assert!(
+        !path.exists(),
+        "corrupt shard still live at {}",
+        path.display()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_uploads_survive_a_leader_kill() -> anyhow::Result<()> {
+    let mut c = Cluster::start(six())?;
+    let client = ready(&c).await?;
+    let mut acked = Vec::new();
+    for i in 0..200u64 {
+        if i == 60 {
+            let l = c.leader().await?;
+            c.metas[l].kill_9();
+        }
+        if i == 140 {
+            for m in &mut c.metas {
+                if m.pid().is_none() {
+                    m.restart()?;
+                }
+            }
+        }
+        let body = data(20_000 + (i as usize * 997) % 50_000, i);
+        if client
+            .put("b", &format!("u{i}"), &body[..], PutOptions::default())
+            .await
+            .is_ok()
+        {
+            acked.push((i, body));
+        }
+    }
+    assert!(
+        acked.len() >= 150,
+        "only {} of 200 uploads acknowledged",
+        acked.len()
+    );
+    for (i, body) in &acked {
+        let got = get_all(&client, "b", &format!("u{i}")).await?;
+        assert!(&got == body, "u{i} differs");
+    }
+    Ok(())
+}
+
+fn write_random_file(path: &Path, len: usize) -> anyhow::Result<blake3::Hash> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut h = blake3::Hasher::new();
+    let chunk = 1 << 20;
+    let mut done = 0;
+    let mut seed = 1u64;
+    while done < len {
+        let n = chunk.min(len - done);
+        let d = data(n, seed);
+        seed += 1;
+        h.update(&d);
+        f.write_all(&d)?;
+        done += n;
+    }
+    f.flush()?;
+    Ok(h.finalize())
+}
+
+fn hash_file(path: &Path) -> anyhow::Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path)?)?;
+    Ok(h.finalize())
+}
+
+fn peak_rss_mib(stderr: &[u8]) -> Option<u64> {
+    let s = String::from_utf8_lossy(stderr);
+    s.lines()
+        .find_map(|l| l.strip_prefix("cairn: peak RSS "))
+        .and_then(|v| v.trim().trim_end_matches(" KiB").parse::<u64>().ok())
+        .map(|kib| kib / 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_big_file_round_trip_in_bounded_memory() -> anyhow::Result<()> {
+    let c = Cluster::start(six())?;
+    ready(&c).await?;
+    let mib: usize = std::env::var("CAIRN_IT_BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let src = c.dir.path().join("big.bin");
+    let want = write_random_file(&src, mib << 20)?;
+    let out = c.cli_env(
+        &["put", src.to_str().unwrap(), "cairn://b/big.bin"],
+        &[("CAIRN_REPORT_RSS", "1")],
+    )?;
+    assert!(
+        out.status.success(),
+        "put failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let put_rss = peak_rss_mib(&out.stderr).expect("rss reported");
+    let dst = c.dir.path().join("back.bin");
+    let out = c.cli_env(
+        &["get", "cairn://b/big.bin", dst.to_str().unwrap()],
+        &[("CAIRN_REPORT_RSS", "1")],
+    )?;
+    assert!(
+        out.status.success(),
+        "get failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let get_rss = peak_rss_mib(&out.stderr).expect("rss reported");
+    assert_eq!(hash_file(&dst)?, want, "downloaded file differs");
+    eprintln!("{mib} MiB: put peak RSS {put_rss} MiB, get peak RSS {get_rss} MiB");
+    assert!(put_rss < 300, "put peak RSS {put_rss} MiB");
+    assert!(get_rss < 300, "get peak RSS {get_rss} MiB");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_commands_and_json() -> anyhow::Result<()> {
+    let c = Cluster::start(six())?;
+    c.wait_chunkservers_up(6).await?;
+    let ok = |out: std::process::Output| -> anyhow::Result<String> {
+        anyhow::ensure!(
+            out.status.success(),
+            "cairn failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Not a terminal: no progress-bar escape codes.
+        anyhow::ensure!(
+            !out.stderr.contains(&0x1b),
+            "escape codes on stderr: {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    ok(c.cli(&["mb", "cairn://cli", "--ec", "3+2"])?)?;
+    let dir = c.dir.path().join("tree");
+    std::fs::create_dir_all(dir.join("sub/deeper"))?;
+    std::fs::write(dir.join("a.txt"), b"alpha")?;
+    std::fs::write(dir.join("sub/b.txt"), data(100_000, 3))?;
+    std::fs::write(dir.join("sub/deeper/c.bin"), data(5 << 20, 4))?;
+    ok(c.cli(&[
+        "put",
+        dir.join("a.txt").to_str().unwrap(),
+        "cairn://cli/one/a.txt",
+    ])?)?;
+    ok(c.cli(&["cp", "-r", dir.to_str().unwrap(), "cairn://cli/tree/"])?)?;
+    let ls = ok(c.cli(&["ls", "cairn://cli/tree/", "--json"])?)?;
+    let v: serde_json::Value = serde_json::from_str(&ls)?;
+    let keys: Vec<&str> = v["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, vec!["tree/a.txt"]);
+    assert_eq!(v["common_prefixes"], serde_json::json!(["tree/sub/"]));
+    let ls = ok(c.cli(&["ls", "-r", "cairn://cli/tree/", "--json"])?)?;
+    let v: serde_json::Value = serde_json::from_str(&ls)?;
+    assert_eq!(v["objects"].as_array().unwrap().len(), 3);
+    let stat = ok(c.cli(&["stat", "cairn://cli/tree/sub/deeper/c.bin", "--json"])?)?;
+    let m: ObjectManifest = serde_json::from_str(&stat)?;
+    assert_eq!(m.size, 5 << 20);
+    assert_eq!(m.ec, EcParams { k: 3, m: 2 });
+    assert_eq!(m.stripes.len(), 2);
+    assert!(m
+        .stripes
+        .iter()
+        .all(|s| s.shards.len() == 5 && s.shards.iter().all(|l| l.chunkserver.is_some())));
+    let human = ok(c.cli(&["stat", "cairn://cli/tree/sub/deeper/c.bin"])?)?;
+    assert!(
+        human.contains("stripe 1") && human.contains("parity"),
+        "{human}"
+    );
+    let back = c.dir.path().join("back");
+    ok(c.cli(&["cp", "-r", "cairn://cli/tree/", back.to_str().unwrap()])?)?;
+    assert_eq!(
+        std::fs::read(back.join("sub/deeper/c.bin"))?,
+        data(5 << 20, 4)
+    );
+    assert_eq!(std::fs::read(back.join("a.txt"))?, b"alpha");
+    // stdout.
+    let cat = c.cli(&["get", "cairn://cli/one/a.txt", "-"])?;
+    assert_eq!(cat.stdout, b"alpha");
+    // Errors are clear and non-zero.
+    let missing = c.cli(&["get", "cairn://cli/nope", "-"])?;
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no such key"));
+    let nonempty = c.cli(&["rb", "cairn://cli"])?;
+    assert!(!nonempty.status.success());
+    assert!(String::from_utf8_lossy(&nonempty.stderr).contains("not empty"));
+    ok(c.cli(&["rm", "-r", "cairn://cli/"])?)?;
+    let ls = ok(c.cli(&["ls", "-r", "cairn://cli", "--json"])?)?;
+    let v: serde_json::Value = serde_json::from_str(&ls)?;
+    assert_eq!(v["objects"].as_array().unwrap().len(), 0);
+    ok(c.cli(&["rb", "cairn://cli"])?)?;
+    let buckets = ok(c.cli(&["ls", "--json"])?)?;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&buckets)?,
+        serde_json::json!([])
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! Integration tests: real `cairn` processes on 127.0.0.1, each binding port
+//! 0 and writing its address to a file the harness polls.
+//!
+//! One test binary (`it`) so the crate graph links once; run with
+//! `cargo nextest run --test it` (add a module name to filter).
+
+mod common;
+
+mod chunkserver;
+mod cluster;
+mod e2e;
+mod linearizability;
+mod metadata;
