@@ -86,14 +86,14 @@ impl Cluster {
             chunkservers: Vec::new(),
             opts: opts.clone(),
         };
-        for i in 0..opts.metas {
+        for (i, addr) in meta_addrs.iter().enumerate() {
             let mut extra = Vec::new();
             if i == 0 {
                 extra.push("--init".to_string());
                 extra.push("--peers".to_string());
                 extra.push(peers.join(","));
             }
-            let p = c.spawn_meta(i + 1, &meta_addrs[i], &extra)?;
+            let p = c.spawn_meta(i + 1, addr, &extra)?;
             c.metas.push(p);
         }
         for i in 0..opts.chunkservers {

@@ -51,7 +51,7 @@ async fn ready(c: &Cluster) -> anyhow::Result<cairn_client::Client> {
     c.wait_chunkservers_up(c.chunkservers.len()).await?;
     let client = c.client();
     client
-        .create_bucket("b", EcParams::default(), 1 << 20)
+        .create_bucket("bkt", EcParams::default(), 1 << 20)
         .await?;
     Ok(client)
 }
@@ -77,7 +77,7 @@ async fn sizes_round_trip_and_ranges() -> anyhow::Result<()> {
         let key = format!("obj-{len}");
         let m = client
             .put(
-                "b",
+                "bkt",
                 &key,
                 &body[..],
                 PutOptions {
@@ -89,7 +89,7 @@ async fn sizes_round_trip_and_ranges() -> anyhow::Result<()> {
         assert_eq!(m.size, len as u64);
         assert_eq!(m.stripes.len(), len.div_ceil(stripe));
         assert_eq!(m.etag, md5_hex(&body));
-        let got = get_all(&client, "b", &key).await?;
+        let got = get_all(&client, "bkt", &key).await?;
         assert!(got == body, "{key} differs");
         // Ranges across stripe and shard boundaries.
         if len > 10 {
@@ -99,7 +99,7 @@ async fn sizes_round_trip_and_ranges() -> anyhow::Result<()> {
                 ((len - 1) as u64, len as u64),
                 (0, len as u64),
             ] {
-                let (_, mut s) = client.get("b", &key, Some(a..b)).await?;
+                let (_, mut s) = client.get("bkt", &key, Some(a..b)).await?;
                 let mut out = Vec::new();
                 while let Some(ch) = s.next().await {
                     out.extend_from_slice(&ch?);
@@ -110,11 +110,11 @@ async fn sizes_round_trip_and_ranges() -> anyhow::Result<()> {
     }
     // A range past the end is a clear error.
     assert!(matches!(
-        client.get("b", "obj-1000", Some(10..2000)).await,
+        client.get("bkt", "obj-1000", Some(10..2000)).await,
         Err(ClientError::InvalidRange(_))
     ));
     assert!(matches!(
-        get_all(&client, "b", "missing").await,
+        get_all(&client, "bkt", "missing").await,
         Err(ClientError::NoSuchKey { .. })
     ));
     assert!(matches!(
@@ -123,12 +123,12 @@ async fn sizes_round_trip_and_ranges() -> anyhow::Result<()> {
     ));
     // Overwrite replaces atomically; delete hides it.
     client
-        .put("b", "obj-1", &b"new"[..], PutOptions::default())
+        .put("bkt", "obj-1", &b"new"[..], PutOptions::default())
         .await?;
-    assert_eq!(get_all(&client, "b", "obj-1").await?, b"new");
-    client.delete("b", "obj-1").await?;
+    assert_eq!(get_all(&client, "bkt", "obj-1").await?, b"new");
+    client.delete("bkt", "obj-1").await?;
     assert!(matches!(
-        client.head("b", "obj-1").await,
+        client.head("bkt", "obj-1").await,
         Err(ClientError::NoSuchKey { .. })
     ));
     Ok(())
@@ -147,19 +147,19 @@ async fn reads_survive_two_dead_chunkservers_and_fail_cleanly_at_three() -> anyh
     for i in 0..5 {
         let body = data(3 * (1 << 20) + i * 7919, 100 + i as u64);
         client
-            .put("b", &format!("o{i}"), &body[..], PutOptions::default())
+            .put("bkt", &format!("o{i}"), &body[..], PutOptions::default())
             .await?;
         objects.push(body);
     }
     c.chunkservers[0].kill_9();
     c.chunkservers[3].kill_9();
     for (i, body) in objects.iter().enumerate() {
-        let got = get_all(&client, "b", &format!("o{i}")).await?;
+        let got = get_all(&client, "bkt", &format!("o{i}")).await?;
         assert!(&got == body, "o{i} differs with two chunkservers down");
     }
     c.chunkservers[5].kill_9();
     for i in 0..objects.len() {
-        match get_all(&client, "b", &format!("o{i}")).await {
+        match get_all(&client, "bkt", &format!("o{i}")).await {
             Err(ClientError::NotEnoughShards { have, need, .. }) => {
                 assert!(have < need);
             }
@@ -175,7 +175,7 @@ async fn corrupt_shard_is_read_around_and_reported() -> anyhow::Result<()> {
     let client = ready(&c).await?;
     let body = data(2 * (4 << 20) + 99, 7);
     let m = client
-        .put("b", "victim", &body[..], PutOptions::default())
+        .put("bkt", "victim", &body[..], PutOptions::default())
         .await?;
     // Flip a byte in the payload of data shard 1 of stripe 1.
     let loc = &m.stripes[1].shards[1];
@@ -198,7 +198,7 @@ async fn corrupt_shard_is_read_around_and_reported() -> anyhow::Result<()> {
     let last = bytes.len() - 10;
     bytes[last] ^= 0x40;
     std::fs::write(&path, &bytes)?;
-    let got = get_all(&client, "b", "victim").await?;
+    let got = get_all(&client, "bkt", "victim").await?;
     assert!(got == body, "corrupt shard leaked into the read");
     // The bad shard is in the repair queue.
     let q = c
@@ -246,7 +246,7 @@ async fn acknowledged_uploads_survive_a_leader_kill() -> anyhow::Result<()> {
         }
         let body = data(20_000 + (i as usize * 997) % 50_000, i);
         if client
-            .put("b", &format!("u{i}"), &body[..], PutOptions::default())
+            .put("bkt", &format!("u{i}"), &body[..], PutOptions::default())
             .await
             .is_ok()
         {
@@ -259,7 +259,7 @@ async fn acknowledged_uploads_survive_a_leader_kill() -> anyhow::Result<()> {
         acked.len()
     );
     for (i, body) in &acked {
-        let got = get_all(&client, "b", &format!("u{i}")).await?;
+        let got = get_all(&client, "bkt", &format!("u{i}")).await?;
         assert!(&got == body, "u{i} differs");
     }
     Ok(())
@@ -308,7 +308,7 @@ async fn cli_big_file_round_trip_in_bounded_memory() -> anyhow::Result<()> {
     let src = c.dir.path().join("big.bin");
     let want = write_random_file(&src, mib << 20)?;
     let out = c.cli_env(
-        &["put", src.to_str().unwrap(), "cairn://b/big.bin"],
+        &["put", src.to_str().unwrap(), "cairn://bkt/big.bin"],
         &[("CAIRN_REPORT_RSS", "1")],
     )?;
     assert!(
@@ -319,7 +319,7 @@ async fn cli_big_file_round_trip_in_bounded_memory() -> anyhow::Result<()> {
     let put_rss = peak_rss_mib(&out.stderr).expect("rss reported");
     let dst = c.dir.path().join("back.bin");
     let out = c.cli_env(
-        &["get", "cairn://b/big.bin", dst.to_str().unwrap()],
+        &["get", "cairn://bkt/big.bin", dst.to_str().unwrap()],
         &[("CAIRN_REPORT_RSS", "1")],
     )?;
     assert!(

@@ -256,7 +256,7 @@ async fn history_is_linearizable_across_leader_kills() -> anyhow::Result<()> {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < 80 {
                 n += 1;
                 let key = format!("r{}", (w + n) % 3);
-                let choice = (w as u64 * 7 + n * 13) % 3;
+                let choice = (w * 7 + n * 13) % 3;
                 let (op, cmd) = match choice {
                     0 => {
                         let v = format!("w{w}-{n}");
