@@ -3,6 +3,7 @@
 
 mod cmd;
 mod config;
+mod gateway;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,8 @@ enum Command {
     Metadata(cmd::metadata::Args),
     /// Run a chunkserver: stores, verifies and serves shards.
     Chunkserver(cmd::chunkserver::Args),
+    /// Run an S3 gateway (stateless; run as many as you like).
+    Gateway(gateway::Args),
     /// Make a bucket: `cairn mb cairn://bucket --ec 4+2`.
     Mb(cmd::cli::MbArgs),
     /// Remove an empty bucket.
@@ -75,7 +78,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let server = matches!(
         cli.cmd,
-        Command::Dev(_) | Command::Metadata(_) | Command::Chunkserver(_)
+        Command::Dev(_) | Command::Metadata(_) | Command::Chunkserver(_) | Command::Gateway(_)
     );
     init_tracing(server);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -95,6 +98,7 @@ fn main() -> std::process::ExitCode {
             Command::Dev(a) => cmd::dev::run(a).await,
             Command::Metadata(a) => cmd::metadata::run(a).await,
             Command::Chunkserver(a) => cmd::chunkserver::run(a).await,
+            Command::Gateway(a) => gateway::run(a).await,
             Command::Mb(a) => cmd::cli::mb(&conn, a).await,
             Command::Rb(a) => cmd::cli::rb(&conn, a).await,
             Command::Put(a) | Command::Get(a) | Command::Cp(a) => {

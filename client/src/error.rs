@@ -55,6 +55,21 @@ pub enum ClientError {
     /// Reading the input or writing the output failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// No such multipart upload.
+    #[error("no such upload: {0}")]
+    NoSuchUpload(String),
+    /// A part named on completion is missing or has another ETag.
+    #[error("invalid part: {0}")]
+    InvalidPart(String),
+    /// Parts named on completion are out of order.
+    #[error("invalid part order: {0}")]
+    InvalidPartOrder(String),
+    /// A part other than the last is too small.
+    #[error("entity too small: {0}")]
+    EntityTooSmall(String),
+    /// No such access key.
+    #[error("no such access key: {0}")]
+    NoSuchAccessKey(String),
     /// Anything else the metadata service said.
     #[error("metadata service error: {0}")]
     Meta(String),
@@ -73,6 +88,11 @@ impl From<MetaError> for ClientError {
                 ClientError::Placement(format!("need {need} chunkservers: {why}"))
             }
             e @ MetaError::NoSuchChunkserver(_) => ClientError::Meta(e.to_string()),
+            MetaError::NoSuchUpload(u) => ClientError::NoSuchUpload(u),
+            MetaError::InvalidPart(m) => ClientError::InvalidPart(m),
+            MetaError::InvalidPartOrder(m) => ClientError::InvalidPartOrder(m),
+            MetaError::EntityTooSmall(m) => ClientError::EntityTooSmall(m),
+            MetaError::NoSuchAccessKey(k) => ClientError::NoSuchAccessKey(k),
         }
     }
 }

@@ -17,6 +17,15 @@
 //!   [`CommandResult`]; `request_order`: seq -> request id. The outcomes of
 //!   the last [`DEDUP_WINDOW`] `Once` commands, so retried writes apply once.
 //! - `counters`: name (UTF-8) -> u64 BE (e.g. the next chunkserver id).
+//! - `keys`: access key id (UTF-8) -> JSON [`AccessKey`].
+//! - `uploads`: bucket, NUL, key, NUL, upload id (16 bytes) -> JSON
+//!   [`UploadInfo`]: multipart uploads in progress, by bucket then key.
+//! - `upload_parts`: upload id (16 bytes) ++ part number (u32 BE) -> JSON
+//!   [`UploadPart`]: the durable stripes of each uploaded part.
+//!
+//! `keys`, `uploads` and `upload_parts` were added within format version 1:
+//! the state machine creates every table of [`MODEL_TABLES`] when it opens a
+//! file, so an older file simply has them empty; no migration is needed.
 //!
 //! A new table or a change of encoding bumps [`MODEL_FORMAT_VERSION`] and
 //! adds a migration run by the state machine when it opens an older file.
@@ -52,6 +61,13 @@ pub const REQUEST_ORDER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("r
 /// Named counters.
 pub const COUNTERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("counters");
 
+/// S3 access keys by id.
+pub const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
+/// Multipart uploads by bucket NUL key NUL upload id.
+pub const UPLOADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("uploads");
+/// Uploaded parts by upload id ++ part number.
+pub const UPLOAD_PARTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("upload_parts");
+
 /// Every model table: what a snapshot contains.
 pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>] = &[
     BUCKETS,
@@ -62,7 +78,13 @@ pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>
     REQUESTS,
     REQUEST_ORDER,
     COUNTERS,
+    KEYS,
+    UPLOADS,
+    UPLOAD_PARTS,
 ];
+
+/// S3's largest multipart part number.
+pub const MAX_PART_NUMBER: u32 = 10_000;
 
 /// How many recent request ids are remembered. A client retries for about
 /// 20 s; this covers far more writes than a cluster commits in that time.
@@ -94,6 +116,46 @@ pub fn object_key(bucket: &str, key: &str) -> Vec<u8> {
     k
 }
 
+/// The `uploads` key of (bucket, key, upload).
+pub fn upload_key(bucket: &str, key: &str, upload: &StripeId) -> Vec<u8> {
+    let mut k = object_key(bucket, key);
+    k.push(0);
+    k.extend_from_slice(&upload.0);
+    k
+}
+
+fn part_key(upload: &StripeId, number: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(&upload.0);
+    k[16..].copy_from_slice(&number.to_be_bytes());
+    k
+}
+
+/// Removes every part of `upload`, returning them by number.
+fn take_parts(txn: &redb::WriteTransaction, upload: &StripeId) -> StoreResult<Vec<UploadPart>> {
+    let mut t = txn.open_table(UPLOAD_PARTS)?;
+    let start = part_key(upload, 0);
+    let end = part_key(upload, u32::MAX);
+    let mut keys = Vec::new();
+    let mut parts = Vec::new();
+    for r in t.range::<&[u8]>(start.as_slice()..=end.as_slice())? {
+        let (k, v) = r?;
+        keys.push(k.value().to_vec());
+        parts.push(dec::<UploadPart>(v.value())?);
+    }
+    for k in keys {
+        t.remove(k.as_slice())?;
+    }
+    Ok(parts)
+}
+
+fn placed_in(stripes: &[StripeManifest]) -> impl Iterator<Item = (ChunkserverId, ShardId)> + '_ {
+    stripes
+        .iter()
+        .flat_map(|s| s.shards.iter())
+        .filter_map(|l| l.chunkserver.map(|c| (c, l.shard)))
+}
+
 fn gc_key(cs: ChunkserverId, shard: &ShardId) -> [u8; 24] {
     let mut k = [0u8; 24];
     k[..8].copy_from_slice(&cs.to_be_bytes());
@@ -105,8 +167,16 @@ fn gc_key(cs: ChunkserverId, shard: &ShardId) -> [u8; 24] {
 /// `CommandResult::Err` and leaves the tables untouched; an `Err` is a
 /// storage failure.
 pub fn apply(txn: &redb::WriteTransaction, cmd: &Command) -> StoreResult<CommandResult> {
-    if let Command::Once { id, inner } = cmd {
-        return apply_once(txn, id, inner);
+    match cmd {
+        Command::Once { id, inner } => return apply_once(txn, id, inner),
+        Command::Batch { cmds } => {
+            let mut out = Vec::with_capacity(cmds.len());
+            for c in cmds {
+                out.push(apply(txn, c)?);
+            }
+            return Ok(CommandResult::Batch(out));
+        }
+        _ => {}
     }
     match apply_inner(txn, cmd)? {
         Ok(r) => Ok(r),
@@ -163,6 +233,7 @@ fn apply_inner(
 ) -> StoreResult<Result<CommandResult, MetaError>> {
     match cmd {
         Command::Once { inner, .. } => apply_inner(txn, inner),
+        Command::Batch { .. } => Ok(Err(MetaError::Invalid("nested batch".into()))),
         Command::CreateBucket { bucket } => {
             if let Err(e) = validate_bucket_name(&bucket.name).and_then(|_| bucket.ec.validate()) {
                 return Ok(Err(e.into()));
@@ -178,6 +249,17 @@ fn apply_inner(
             let mut t = txn.open_table(BUCKETS)?;
             if t.get(name.as_bytes())?.is_none() {
                 return Ok(Err(MetaError::NoSuchBucket(name.clone())));
+            }
+            let uploads = txn.open_table(UPLOADS)?;
+            let start = object_key(name, "");
+            let mut end = name.as_bytes().to_vec();
+            end.push(1);
+            if uploads
+                .range::<&[u8]>(start.as_slice()..end.as_slice())?
+                .next()
+                .is_some()
+            {
+                return Ok(Err(MetaError::BucketNotEmpty(name.clone())));
             }
             let objects = txn.open_table(OBJECTS)?;
             let start = object_key(name, "");
@@ -330,7 +412,227 @@ fn apply_inner(
             }
             Ok(Ok(CommandResult::Ok))
         }
+        Command::PutAccessKey { key } => {
+            if key.id.is_empty() || key.secret.is_empty() {
+                return Ok(Err(MetaError::Invalid(
+                    "access key id and secret must not be empty".into(),
+                )));
+            }
+            txn.open_table(KEYS)?
+                .insert(key.id.as_bytes(), enc(key)?.as_slice())?;
+            Ok(Ok(CommandResult::Ok))
+        }
+        Command::DeleteAccessKey { id } => {
+            txn.open_table(KEYS)?.remove(id.as_bytes())?;
+            Ok(Ok(CommandResult::Ok))
+        }
+        Command::CreateUpload { upload } => {
+            if let Err(e) = validate_key(&upload.key).and_then(|_| upload.ec.validate()) {
+                return Ok(Err(e.into()));
+            }
+            if txn
+                .open_table(BUCKETS)?
+                .get(upload.bucket.as_bytes())?
+                .is_none()
+            {
+                return Ok(Err(MetaError::NoSuchBucket(upload.bucket.clone())));
+            }
+            txn.open_table(UPLOADS)?.insert(
+                upload_key(&upload.bucket, &upload.key, &upload.id).as_slice(),
+                enc(upload)?.as_slice(),
+            )?;
+            Ok(Ok(CommandResult::Ok))
+        }
+        Command::PutPart {
+            bucket,
+            key,
+            upload,
+            part,
+        } => {
+            let n = part.info.number;
+            if n == 0 || n > MAX_PART_NUMBER {
+                return Ok(Err(MetaError::Invalid(format!(
+                    "part number {n} is outside 1..={MAX_PART_NUMBER}"
+                ))));
+            }
+            if txn
+                .open_table(UPLOADS)?
+                .get(upload_key(bucket, key, upload).as_slice())?
+                .is_none()
+            {
+                return Ok(Err(MetaError::NoSuchUpload(upload.to_hex())));
+            }
+            let mut t = txn.open_table(UPLOAD_PARTS)?;
+            let pk = part_key(upload, n);
+            let old: Option<UploadPart> = match t.get(pk.as_slice())? {
+                Some(v) => Some(dec(v.value())?),
+                None => None,
+            };
+            t.insert(pk.as_slice(), enc(part)?.as_slice())?;
+            drop(t);
+            if let Some(old) = old {
+                let keep: HashSet<ShardId> = placed_in(&part.stripes).map(|(_, s)| s).collect();
+                let old: Vec<_> = placed_in(&old.stripes)
+                    .filter(|(_, s)| !keep.contains(s))
+                    .collect();
+                queue_gc(txn, old.into_iter())?;
+            }
+            Ok(Ok(CommandResult::Ok))
+        }
+        Command::CompleteUpload {
+            bucket,
+            key,
+            upload,
+            parts,
+            min_part_size,
+            etag,
+            version,
+            checksums,
+            now_ms,
+            condition,
+        } => complete_upload(
+            txn,
+            bucket,
+            key,
+            upload,
+            parts,
+            *min_part_size,
+            etag,
+            *version,
+            checksums,
+            *now_ms,
+            condition,
+        ),
+        Command::AbortUpload {
+            bucket,
+            key,
+            upload,
+        } => {
+            let removed = txn
+                .open_table(UPLOADS)?
+                .remove(upload_key(bucket, key, upload).as_slice())?
+                .is_some();
+            if !removed {
+                return Ok(Err(MetaError::NoSuchUpload(upload.to_hex())));
+            }
+            let parts = take_parts(txn, upload)?;
+            queue_gc(txn, parts.iter().flat_map(|p| placed_in(&p.stripes)))?;
+            Ok(Ok(CommandResult::Ok))
+        }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn complete_upload(
+    txn: &redb::WriteTransaction,
+    bucket: &str,
+    key: &str,
+    upload: &StripeId,
+    wanted: &[CompletePart],
+    min_part_size: u64,
+    etag: &str,
+    version: StripeId,
+    checksums: &std::collections::BTreeMap<String, String>,
+    now_ms: u64,
+    condition: &PutCondition,
+) -> StoreResult<Result<CommandResult, MetaError>> {
+    let uk = upload_key(bucket, key, upload);
+    let info: UploadInfo = match txn.open_table(UPLOADS)?.get(uk.as_slice())? {
+        Some(v) => dec(v.value())?,
+        None => return Ok(Err(MetaError::NoSuchUpload(upload.to_hex()))),
+    };
+    if wanted.is_empty() {
+        return Ok(Err(MetaError::Invalid(
+            "a multipart upload needs at least one part".into(),
+        )));
+    }
+    // Validate everything before changing anything.
+    let mut chosen: Vec<UploadPart> = Vec::with_capacity(wanted.len());
+    {
+        let t = txn.open_table(UPLOAD_PARTS)?;
+        let mut prev = 0u32;
+        for (i, w) in wanted.iter().enumerate() {
+            if w.number <= prev {
+                return Ok(Err(MetaError::InvalidPartOrder(format!(
+                    "part {} follows part {prev}",
+                    w.number
+                ))));
+            }
+            prev = w.number;
+            let part: UploadPart = match t.get(part_key(upload, w.number).as_slice())? {
+                Some(v) => dec(v.value())?,
+                None => {
+                    return Ok(Err(MetaError::InvalidPart(format!(
+                        "part {} was not uploaded",
+                        w.number
+                    ))))
+                }
+            };
+            if w.etag.trim_matches('"') != part.info.etag {
+                return Ok(Err(MetaError::InvalidPart(format!(
+                    "part {} has ETag {}, not {}",
+                    w.number,
+                    part.info.etag,
+                    w.etag.trim_matches('"')
+                ))));
+            }
+            if i + 1 < wanted.len() && part.info.size < min_part_size {
+                return Ok(Err(MetaError::EntityTooSmall(format!(
+                    "part {} is {} bytes; every part but the last needs {min_part_size}",
+                    w.number, part.info.size
+                ))));
+            }
+            chosen.push(part);
+        }
+    }
+    let mut objects = txn.open_table(OBJECTS)?;
+    let ok = object_key(bucket, key);
+    let old: Option<ObjectManifest> = match objects.get(ok.as_slice())? {
+        Some(v) => Some(dec(v.value())?),
+        None => None,
+    };
+    if let Err(e) = check_condition(condition, old.as_ref(), bucket, key) {
+        return Ok(Err(e));
+    }
+    let mut stripes = Vec::new();
+    let mut part_infos = Vec::with_capacity(chosen.len());
+    let mut size = 0u64;
+    for p in &chosen {
+        size += p.info.size;
+        let mut info = p.info.clone();
+        info.stripes = p.stripes.len() as u32;
+        part_infos.push(info);
+        stripes.extend(p.stripes.iter().cloned());
+    }
+    let manifest = ObjectManifest {
+        version,
+        size,
+        etag: etag.to_string(),
+        content_type: info.content_type.clone(),
+        headers: info.headers.clone(),
+        user_meta: info.user_meta.clone(),
+        checksums: checksums.clone(),
+        created_ms: now_ms,
+        ec: info.ec,
+        shard_size: info.shard_size,
+        stripes,
+        parts: part_infos,
+    };
+    objects.insert(ok.as_slice(), enc(&manifest)?.as_slice())?;
+    drop(objects);
+    txn.open_table(UPLOADS)?.remove(uk.as_slice())?;
+    let all = take_parts(txn, upload)?;
+    let keep: HashSet<ShardId> = manifest.placed_shards().map(|(_, s)| s).collect();
+    let mut garbage: Vec<(ChunkserverId, ShardId)> = all
+        .iter()
+        .flat_map(|p| placed_in(&p.stripes))
+        .filter(|(_, s)| !keep.contains(s))
+        .collect();
+    if let Some(old) = old {
+        garbage.extend(old.placed_shards().filter(|(_, s)| !keep.contains(s)));
+    }
+    queue_gc(txn, garbage.into_iter())?;
+    Ok(Ok(CommandResult::Ok))
 }
 
 fn repair_key(item: &RepairItem) -> [u8; 25] {
@@ -530,6 +832,120 @@ fn query_inner(
                 }
             }
             Ok(Ok(QueryResult::Repairs(out)))
+        }
+        Query::GetAccessKey { id } => {
+            let Some(t) = open_ro(txn, KEYS)? else {
+                return Ok(Err(MetaError::NoSuchAccessKey(id.clone())));
+            };
+            Ok(match t.get(id.as_bytes())? {
+                Some(v) => Ok(QueryResult::AccessKey(dec(v.value())?)),
+                None => Err(MetaError::NoSuchAccessKey(id.clone())),
+            })
+        }
+        Query::ListAccessKeys => {
+            let mut out = Vec::new();
+            if let Some(t) = open_ro(txn, KEYS)? {
+                for r in t.iter()? {
+                    let (_, v) = r?;
+                    out.push(dec(v.value())?);
+                }
+            }
+            Ok(Ok(QueryResult::AccessKeys(out)))
+        }
+        Query::GetUpload {
+            bucket,
+            key,
+            upload,
+        } => {
+            let Some(t) = open_ro(txn, UPLOADS)? else {
+                return Ok(Err(MetaError::NoSuchUpload(upload.to_hex())));
+            };
+            Ok(match t.get(upload_key(bucket, key, upload).as_slice())? {
+                Some(v) => Ok(QueryResult::Upload(dec(v.value())?)),
+                None => Err(MetaError::NoSuchUpload(upload.to_hex())),
+            })
+        }
+        Query::ListParts {
+            bucket,
+            key,
+            upload,
+            after,
+            max,
+        } => {
+            let exists = match open_ro(txn, UPLOADS)? {
+                Some(t) => t.get(upload_key(bucket, key, upload).as_slice())?.is_some(),
+                None => false,
+            };
+            if !exists {
+                return Ok(Err(MetaError::NoSuchUpload(upload.to_hex())));
+            }
+            let max = (*max).clamp(1, MAX_LIST_KEYS) as usize;
+            let mut parts = Vec::new();
+            let mut truncated = false;
+            if let Some(t) = open_ro(txn, UPLOAD_PARTS)? {
+                let start = part_key(upload, after.saturating_add(1));
+                let end = part_key(upload, u32::MAX);
+                for r in t.range::<&[u8]>(start.as_slice()..=end.as_slice())? {
+                    if parts.len() >= max {
+                        truncated = true;
+                        break;
+                    }
+                    let (_, v) = r?;
+                    let p: UploadPart = dec(v.value())?;
+                    let mut info = p.info;
+                    info.stripes = p.stripes.len() as u32;
+                    parts.push((info, p.created_ms));
+                }
+            }
+            Ok(Ok(QueryResult::Parts { parts, truncated }))
+        }
+        Query::ListUploads {
+            bucket,
+            prefix,
+            after,
+            max,
+        } => {
+            if get_bucket(txn, bucket)?.is_none() {
+                return Ok(Err(MetaError::NoSuchBucket(bucket.clone())));
+            }
+            let max = (*max).clamp(1, MAX_LIST_KEYS) as usize;
+            let mut uploads = Vec::new();
+            let mut truncated = false;
+            if let Some(t) = open_ro(txn, UPLOADS)? {
+                let start: Bound<Vec<u8>> = match after {
+                    Some((k, Some(id))) => Bound::Excluded(upload_key(bucket, k, id)),
+                    Some((k, None)) => {
+                        // Past every upload of key k.
+                        let mut b = object_key(bucket, k);
+                        b.push(1);
+                        Bound::Included(b)
+                    }
+                    None => Bound::Included(object_key(bucket, prefix)),
+                };
+                let mut end = object_key(bucket, prefix);
+                end.push(0xff);
+                let range = t.range::<&[u8]>((
+                    match &start {
+                        Bound::Included(k) => Bound::Included(k.as_slice()),
+                        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+                        Bound::Unbounded => Bound::Unbounded,
+                    },
+                    Bound::Excluded(end.as_slice()),
+                ))?;
+                for r in range {
+                    let (_, v) = r?;
+                    let u: UploadInfo = dec(v.value())?;
+                    if !u.key.starts_with(prefix.as_str()) {
+                        continue;
+                    }
+                    if uploads.len() >= max {
+                        truncated = true;
+                        break;
+                    }
+                    uploads.push(u);
+                }
+            }
+            Ok(Ok(QueryResult::Uploads { uploads, truncated }))
         }
         Query::Allocate {
             bucket,

@@ -447,6 +447,12 @@ pub enum Command {
         /// The command.
         inner: Box<Command>,
     },
+    /// Several commands applied in order in one log entry (group commit by
+    /// the leader's API); each has its own result.
+    Batch {
+        /// The commands.
+        cmds: Vec<Command>,
+    },
     /// Create a bucket (fails if it exists).
     CreateBucket {
         /// The new bucket.
@@ -535,6 +541,158 @@ pub enum Command {
         /// Deleted shards.
         shards: Vec<ShardId>,
     },
+    /// Create or replace an S3 access key.
+    PutAccessKey {
+        /// The key, with its secret and grants.
+        key: AccessKey,
+    },
+    /// Delete an S3 access key (deleting a missing key succeeds).
+    DeleteAccessKey {
+        /// Its id.
+        id: String,
+    },
+    /// Start a multipart upload.
+    CreateUpload {
+        /// The upload.
+        upload: UploadInfo,
+    },
+    /// Record one uploaded part (its stripes are already durable),
+    /// replacing any earlier part with the same number (whose shards are
+    /// queued for garbage collection).
+    PutPart {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Upload id.
+        upload: StripeId,
+        /// The part.
+        part: UploadPart,
+    },
+    /// Complete a multipart upload: the object's manifest concatenates the
+    /// listed parts' stripes (no data is rewritten); parts not listed are
+    /// queued for garbage collection, as is the replaced object version.
+    CompleteUpload {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Upload id.
+        upload: StripeId,
+        /// The parts, in the client's order, with the ETags it expects.
+        parts: Vec<CompletePart>,
+        /// Every part but the last must hold at least this many bytes.
+        min_part_size: u64,
+        /// The object's ETag (`md5-of-part-md5s-N`, computed by the
+        /// gateway from the listed ETags, which `apply` checks).
+        etag: String,
+        /// The new version id.
+        version: StripeId,
+        /// Whole-object checksums to record.
+        #[serde(default)]
+        checksums: BTreeMap<String, String>,
+        /// Proposer's clock, ms since the epoch.
+        now_ms: u64,
+        /// Condition on the current version.
+        #[serde(default)]
+        condition: PutCondition,
+    },
+    /// Abort a multipart upload: its parts' shards are queued for garbage
+    /// collection.
+    AbortUpload {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Upload id.
+        upload: StripeId,
+    },
+}
+
+/// What an access key may do with one bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketGrant {
+    /// Read objects and list.
+    #[serde(default)]
+    pub read: bool,
+    /// Write and delete objects, multipart uploads.
+    #[serde(default)]
+    pub write: bool,
+    /// Delete the bucket (and everything read and write allow).
+    #[serde(default)]
+    pub owner: bool,
+}
+
+/// An S3 access key: SigV4 credentials and what they may touch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKey {
+    /// Access key id (public, e.g. `GK...`).
+    pub id: String,
+    /// Secret access key (never listed by the CLI).
+    pub secret: String,
+    /// A human name.
+    pub name: String,
+    /// Creation time, ms since the epoch (stamped by the proposer).
+    pub created_ms: u64,
+    /// Full access to every bucket.
+    #[serde(default)]
+    pub admin: bool,
+    /// Grants by bucket name. A key owns the buckets it creates (their
+    /// `BucketInfo::owner` is its id) without a grant here.
+    #[serde(default)]
+    pub buckets: BTreeMap<String, BucketGrant>,
+}
+
+/// A multipart upload in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadInfo {
+    /// Upload id.
+    pub id: StripeId,
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// Start time, ms since the epoch.
+    pub initiated_ms: u64,
+    /// Access key id of the initiator ("" for the cluster admin).
+    #[serde(default)]
+    pub owner: String,
+    /// Content-Type of the object to be.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// Standard headers of the object to be.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// User metadata of the object to be.
+    #[serde(default)]
+    pub user_meta: BTreeMap<String, String>,
+    /// Checksum algorithm the client announced, if any.
+    #[serde(default)]
+    pub checksum_algorithm: Option<String>,
+    /// Erasure coding of the parts (the bucket's at creation).
+    pub ec: EcParams,
+    /// Shard size of the parts' full stripes.
+    pub shard_size: u32,
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadPart {
+    /// Number, size, ETag, checksums (`stripes` is its stripe count).
+    pub info: PartInfo,
+    /// The part's stripes (the last may be short).
+    pub stripes: Vec<StripeManifest>,
+    /// Upload time, ms since the epoch.
+    pub created_ms: u64,
+}
+
+/// A part named by CompleteMultipartUpload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletePart {
+    /// Part number.
+    pub number: u32,
+    /// The ETag the client saw for it (quotes optional).
+    pub etag: String,
 }
 
 /// One shard that needs rebuilding.
@@ -569,6 +727,8 @@ pub enum CommandResult {
         /// The id.
         id: ChunkserverId,
     },
+    /// One result per command of a [`Command::Batch`].
+    Batch(Vec<CommandResult>),
     /// Refused: the state is unchanged.
     Err(MetaError),
 }
@@ -612,6 +772,21 @@ pub enum MetaError {
     /// No such chunkserver.
     #[error("no such chunkserver: {0}")]
     NoSuchChunkserver(ChunkserverId),
+    /// No such multipart upload.
+    #[error("no such upload: {0}")]
+    NoSuchUpload(String),
+    /// A part named on completion is missing or has another ETag.
+    #[error("invalid part: {0}")]
+    InvalidPart(String),
+    /// Parts named on completion are not in ascending order.
+    #[error("invalid part order: {0}")]
+    InvalidPartOrder(String),
+    /// A part other than the last is below the minimum size.
+    #[error("entity too small: {0}")]
+    EntityTooSmall(String),
+    /// No such access key.
+    #[error("no such access key: {0}")]
+    NoSuchAccessKey(String),
 }
 
 impl From<InvalidInput> for MetaError {
@@ -661,6 +836,48 @@ pub enum Query {
     RepairQueue {
         /// At most this many items.
         limit: usize,
+    },
+    /// One access key (with its secret: the API is cluster-internal).
+    GetAccessKey {
+        /// Its id.
+        id: String,
+    },
+    /// Every access key.
+    ListAccessKeys,
+    /// One multipart upload.
+    GetUpload {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Upload id.
+        upload: StripeId,
+    },
+    /// Parts of an upload, by number, after `after`.
+    ListParts {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Upload id.
+        upload: StripeId,
+        /// Only parts numbered above this.
+        after: u32,
+        /// At most this many (capped at 1000).
+        max: u32,
+    },
+    /// Uploads in progress in a bucket, by key then upload id.
+    ListUploads {
+        /// Bucket.
+        bucket: String,
+        /// Only keys starting with this.
+        #[serde(default)]
+        prefix: String,
+        /// Only uploads after this (key, upload id) position.
+        #[serde(default)]
+        after: Option<(String, Option<StripeId>)>,
+        /// At most this many (capped at 1000).
+        max: u32,
     },
 }
 
@@ -731,6 +948,26 @@ pub enum QueryResult {
     Placement(Vec<ChunkserverInfo>),
     /// Queued repairs.
     Repairs(Vec<RepairItem>),
+    /// An access key.
+    AccessKey(AccessKey),
+    /// Access keys.
+    AccessKeys(Vec<AccessKey>),
+    /// A multipart upload.
+    Upload(UploadInfo),
+    /// Parts of an upload (without their stripes), and whether more follow.
+    Parts {
+        /// The parts, by number.
+        parts: Vec<(PartInfo, u64)>,
+        /// More parts follow.
+        truncated: bool,
+    },
+    /// Uploads, and whether more follow.
+    Uploads {
+        /// The uploads.
+        uploads: Vec<UploadInfo>,
+        /// More uploads follow.
+        truncated: bool,
+    },
     /// Refused.
     Err(MetaError),
 }
