@@ -8,9 +8,12 @@
 //!   manifest commit.
 //! - [`read`]: `get`: manifest -> only the needed stripes -> data shards
 //!   (parity and decode only when a shard is missing, slow or corrupt).
+//! - [`multipart`]: multipart uploads (parts are stripes; completing
+//!   concatenates them) and server-side copies.
 //! - [`error`]: [`ClientError`], one enum for every failure.
 
 pub mod error;
+pub mod multipart;
 pub mod read;
 pub mod write;
 
@@ -24,7 +27,7 @@ use cairn_metadata::net::{ClientOptions, HttpClient};
 use cairn_metadata::types::*;
 
 pub use error::{ClientError, Result};
-pub use read::GetStream;
+pub use read::{GetStream, StreamReader};
 pub use write::PutOptions;
 
 /// How the client reaches and uses the cluster.
@@ -134,6 +137,18 @@ impl Client {
 
     /// Creates a bucket with erasure coding `ec` and `shard_size`-byte shards.
     pub async fn create_bucket(&self, name: &str, ec: EcParams, shard_size: u32) -> Result<()> {
+        self.create_bucket_owned(name, ec, shard_size, "").await
+    }
+
+    /// [`Client::create_bucket`] owned by access key `owner` ("" for the
+    /// cluster admin).
+    pub async fn create_bucket_owned(
+        &self,
+        name: &str,
+        ec: EcParams,
+        shard_size: u32,
+        owner: &str,
+    ) -> Result<()> {
         validate_bucket_name(name).map_err(|e| ClientError::Invalid(e.0))?;
         ec.validate().map_err(|e| ClientError::Invalid(e.0))?;
         if shard_size == 0 || shard_size > MAX_SHARD_SIZE {
@@ -147,7 +162,7 @@ impl Client {
                 ec,
                 shard_size,
                 created_ms: now_ms(),
-                owner: String::new(),
+                owner: owner.to_string(),
             },
         };
         self.inner.write(cmd).await
@@ -235,6 +250,9 @@ impl Inner {
         match self.meta.write(&cmd).await? {
             CommandResult::Ok | CommandResult::Registered { .. } => Ok(()),
             CommandResult::Err(e) => Err(e.into()),
+            other @ CommandResult::Batch(_) => {
+                Err(ClientError::Meta(format!("unexpected reply {other:?}")))
+            }
         }
     }
 

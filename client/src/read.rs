@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cairn_chunkserver::codec::{Codec, Layout, StripeSpan};
+use cairn_chunkserver::codec::{shard_len_for, Codec, Layout, ShardPiece, StripeSpan};
 use cairn_metadata::types::*;
 use futures::stream::{self, Stream, StreamExt};
 
@@ -64,12 +64,16 @@ impl Client {
                 range.start, range.end, m.size
             )));
         }
-        let layout = Layout::new(m.size, m.ec.k, m.shard_size as usize)
-            .map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let spans: Vec<StripeSpan> = layout
-            .spans(range)
-            .map_err(|e| ClientError::InvalidRange(e.to_string()))?
-            .collect();
+        let spans: Vec<StripeSpan> = if m.parts.is_empty() {
+            let layout = Layout::new(m.size, m.ec.k, m.shard_size as usize)
+                .map_err(|e| ClientError::Invalid(e.to_string()))?;
+            layout
+                .spans(range)
+                .map_err(|e| ClientError::InvalidRange(e.to_string()))?
+                .collect()
+        } else {
+            walk_spans(m, range)?
+        };
         let codec = Arc::new(Codec::new(m.ec).map_err(|e| ClientError::Invalid(e.to_string()))?);
         let m = Arc::new(m.clone());
         let ctx = Arc::new((bucket.to_string(), key.to_string()));
@@ -89,6 +93,113 @@ impl Client {
                 Err(e) => stream::iter(vec![Err(e)]),
             });
         Ok(Box::pin(s))
+    }
+}
+
+/// The spans of `range` over stripes of varying length (a multipart
+/// object: each part ends with its own short stripe), by walking the
+/// stripes' recorded lengths. Each stripe's shard length is
+/// `ceil(len / k)`, exactly as the writer cut it.
+fn walk_spans(m: &ObjectManifest, range: Range<u64>) -> Result<Vec<StripeSpan>> {
+    let k = m.ec.k.max(1);
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    for (i, s) in m.stripes.iter().enumerate() {
+        let stripe_end = offset + s.len;
+        if stripe_end <= range.start {
+            offset = stripe_end;
+            continue;
+        }
+        if offset >= range.end {
+            break;
+        }
+        let stripe_len = usize::try_from(s.len)
+            .map_err(|_| ClientError::Meta(format!("stripe {i} is too long")))?;
+        let shard_len = shard_len_for(stripe_len, k);
+        if shard_len == 0 {
+            offset = stripe_end;
+            continue;
+        }
+        // Both within the stripe, so they fit in usize.
+        let a = (range.start.max(offset) - offset) as usize;
+        let b = (range.end.min(stripe_end) - offset) as usize;
+        let mut pieces = Vec::new();
+        let mut at = a;
+        while at < b {
+            let index = at / shard_len;
+            let shard_start = index * shard_len;
+            let piece_end = b.min(shard_start + shard_len);
+            pieces.push(ShardPiece {
+                // index < k <= 255.
+                index: index as u8,
+                range: (at - shard_start)..(piece_end - shard_start),
+                out_offset: offset + at as u64 - range.start,
+            });
+            at = piece_end;
+        }
+        out.push(StripeSpan {
+            stripe: i as u64,
+            stripe_offset: offset,
+            stripe_len,
+            shard_len,
+            in_stripe: a..b,
+            pieces,
+        });
+        offset = stripe_end;
+    }
+    if offset < range.end {
+        return Err(ClientError::Meta(format!(
+            "manifest stripes hold {offset} bytes, fewer than the range needs"
+        )));
+    }
+    Ok(out)
+}
+
+/// An [`AsyncRead`](tokio::io::AsyncRead) over a stream of byte chunks
+/// (an HTTP body, a [`GetStream`]), so a stream can be fed to
+/// [`Client::put`] without buffering it.
+pub struct StreamReader<S> {
+    stream: S,
+    chunk: Bytes,
+}
+
+impl<S> StreamReader<S> {
+    /// Wraps `stream`.
+    pub fn new(stream: S) -> Self {
+        StreamReader {
+            stream,
+            chunk: Bytes::new(),
+        }
+    }
+}
+
+impl<S, E> tokio::io::AsyncRead for StreamReader<S>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        loop {
+            if !self.chunk.is_empty() {
+                let n = self.chunk.len().min(buf.remaining());
+                let piece = self.chunk.split_to(n);
+                buf.put_slice(&piece);
+                return Poll::Ready(Ok(()));
+            }
+            match self.stream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(b))) => self.chunk = b,
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(std::io::Error::other(e.to_string())))
+                }
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

@@ -57,6 +57,9 @@ struct Encoded {
 /// Progress callback: called with the number of input bytes consumed.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// Checksums computed while the body was read, asked for before commit.
+pub(crate) type LateChecksums = Box<dyn FnOnce() -> BTreeMap<String, String> + Send>;
+
 impl Client {
     /// Stores the bytes of `reader` as `bucket/key`, returning the committed
     /// manifest.
@@ -80,12 +83,98 @@ impl Client {
         opts: PutOptions,
         progress: Option<Progress>,
     ) -> Result<ObjectManifest> {
+        self.put_impl(bucket, key, &mut reader, opts, progress, None)
+            .await
+    }
+
+    /// [`Client::put`] for a body whose checksums are only known once it
+    /// has been read to the end (e.g. verified while streaming): `checksums`
+    /// is called after the last stripe is durable and before the commit,
+    /// and its result replaces `opts.checksums`.
+    pub async fn put_verified<R, F>(
+        &self,
+        bucket: &str,
+        key: &str,
+        reader: R,
+        opts: PutOptions,
+        checksums: F,
+    ) -> Result<ObjectManifest>
+    where
+        R: AsyncRead + Unpin + Send,
+        F: FnOnce() -> BTreeMap<String, String> + Send + 'static,
+    {
+        self.put_impl(bucket, key, reader, opts, None, Some(Box::new(checksums)))
+            .await
+    }
+
+    async fn put_impl<R: AsyncRead + Unpin + Send>(
+        &self,
+        bucket: &str,
+        key: &str,
+        reader: R,
+        opts: PutOptions,
+        progress: Option<Progress>,
+        late_checksums: Option<LateChecksums>,
+    ) -> Result<ObjectManifest> {
         validate_key(key).map_err(|e| ClientError::Invalid(e.0))?;
         let b = self.bucket(bucket).await?;
+        let w = self.write_stripes(&b, reader, opts.md5, progress).await?;
+        let checksums = match late_checksums {
+            Some(f) => f(),
+            None => opts.checksums,
+        };
+        let manifest = ObjectManifest {
+            version: StripeId::random(),
+            size: w.size,
+            etag: w.etag,
+            content_type: opts.content_type,
+            headers: opts.headers,
+            user_meta: opts.user_meta,
+            checksums,
+            created_ms: now_ms(),
+            ec: b.ec,
+            shard_size: b.shard_size,
+            stripes: w.stripes,
+            parts: Vec::new(),
+        };
+        let res = self
+            .inner
+            .write(Command::PutObject {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                manifest: manifest.clone(),
+                condition: opts.condition,
+            })
+            .await;
+        if let Err(e) = res {
+            // Refused (precondition, bucket deleted) or unknown outcome
+            // (cluster unavailable): only a definite refusal may free the
+            // shards, or a committed object could lose its data.
+            if !matches!(e, ClientError::Unavailable(_)) {
+                self.inner.discard(&w.written).await;
+            }
+            return Err(e);
+        }
+        self.inner.queue_degraded(bucket, key, &manifest).await;
+        Ok(manifest)
+    }
+
+    /// Reads `reader` to the end as durable stripes of bucket `b` without
+    /// committing anything. On error the shards written are deleted
+    /// (best-effort); on success the caller commits them or calls
+    /// [`Written::discard`].
+    pub(crate) async fn write_stripes<R: AsyncRead + Unpin + Send>(
+        &self,
+        b: &BucketInfo,
+        mut reader: R,
+        md5: bool,
+        progress: Option<Progress>,
+    ) -> Result<Written> {
+        let bucket = b.name.as_str();
         let codec = Arc::new(Codec::new(b.ec).map_err(|e| ClientError::Invalid(e.to_string()))?);
         let stripe_cap = usize::from(b.ec.k) * b.shard_size as usize;
         let written: Arc<Mutex<Vec<(ChunkserverId, ShardId)>>> = Arc::default();
-        let mut md5 = opts.md5.then(Md5Task::start);
+        let mut md5 = md5.then(Md5Task::start);
         let result: Result<(Vec<StripeManifest>, u64)> = async {
             let mut pending = FuturesOrdered::new();
             let mut stripes = Vec::new();
@@ -129,44 +218,30 @@ impl Client {
             }
         };
         let etag = match md5 {
-            Some(m) => m.finish().await?,
+            Some(m) => match m.finish().await {
+                Ok(e) => e,
+                Err(e) => {
+                    self.inner.discard(&written).await;
+                    return Err(e);
+                }
+            },
             None => blake3_etag(&stripes),
         };
-        let manifest = ObjectManifest {
-            version: StripeId::random(),
+        Ok(Written {
+            stripes,
             size,
             etag,
-            content_type: opts.content_type,
-            headers: opts.headers,
-            user_meta: opts.user_meta,
-            checksums: opts.checksums,
-            created_ms: now_ms(),
-            ec: b.ec,
-            shard_size: b.shard_size,
-            stripes,
-            parts: Vec::new(),
-        };
-        let res = self
-            .inner
-            .write(Command::PutObject {
-                bucket: bucket.to_string(),
-                key: key.to_string(),
-                manifest: manifest.clone(),
-                condition: opts.condition,
-            })
-            .await;
-        if let Err(e) = res {
-            // Refused (precondition, bucket deleted) or unknown outcome
-            // (cluster unavailable): only a definite refusal may free the
-            // shards, or a committed object could lose its data.
-            if !matches!(e, ClientError::Unavailable(_)) {
-                self.inner.discard(&written).await;
-            }
-            return Err(e);
-        }
-        self.inner.queue_degraded(bucket, key, &manifest).await;
-        Ok(manifest)
+            written,
+        })
     }
+}
+
+/// Stripes made durable but not yet committed.
+pub(crate) struct Written {
+    pub(crate) stripes: Vec<StripeManifest>,
+    pub(crate) size: u64,
+    pub(crate) etag: String,
+    pub(crate) written: Arc<Mutex<Vec<(ChunkserverId, ShardId)>>>,
 }
 
 /// Reads until `cap` bytes or EOF.
@@ -388,7 +463,7 @@ impl Inner {
     }
 
     /// Best-effort deletion of shards of a write that will not commit.
-    async fn discard(&self, written: &Mutex<Vec<(ChunkserverId, ShardId)>>) {
+    pub(crate) async fn discard(&self, written: &Mutex<Vec<(ChunkserverId, ShardId)>>) {
         let list: Vec<_> = written
             .lock()
             .map(|mut w| std::mem::take(&mut *w))
@@ -402,7 +477,7 @@ impl Inner {
     }
 
     /// Queues the stripes written short of k + m for repair.
-    async fn queue_degraded(&self, bucket: &str, key: &str, m: &ObjectManifest) {
+    pub(crate) async fn queue_degraded(&self, bucket: &str, key: &str, m: &ObjectManifest) {
         let mut items = Vec::new();
         for (si, s) in m.stripes.iter().enumerate() {
             for (i, l) in s.shards.iter().enumerate() {
