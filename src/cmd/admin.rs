@@ -2,7 +2,9 @@
 
 use cairn_metadata::client::{Consistency, MetaClient, MetaClientOptions};
 use cairn_metadata::node::{AddNodeRequest, RemoveNodeRequest};
-use cairn_metadata::types::{NodeId, Query, QueryResult, RaftStatus};
+use cairn_metadata::types::{
+    BucketGrant, Command, CommandResult, NodeId, Query, QueryResult, RaftStatus,
+};
 use serde::Serialize;
 
 use crate::config::ConnArgs;
@@ -16,6 +18,149 @@ pub enum AdminCmd {
     /// Metadata membership changes.
     #[command(subcommand)]
     Metadata(MetadataCmd),
+    /// S3 access keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+}
+
+/// `cairn admin key ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Create a key; prints its id and secret (the secret is shown only
+    /// here).
+    Create {
+        /// A name for people.
+        name: String,
+        /// Full access to every bucket.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Delete a key.
+    Delete {
+        /// Key id.
+        id: String,
+    },
+    /// Grant a key rights on a bucket (replacing its earlier grant there).
+    Allow {
+        /// Key id.
+        id: String,
+        /// The bucket.
+        #[arg(long)]
+        bucket: String,
+        /// Read objects and list.
+        #[arg(long)]
+        read: bool,
+        /// Write and delete objects.
+        #[arg(long)]
+        write: bool,
+        /// Everything, including deleting the bucket.
+        #[arg(long)]
+        owner: bool,
+    },
+}
+
+async fn key_cmd(meta: &MetaClient, cmd: KeyCmd, json: bool) -> anyhow::Result<()> {
+    let write = |cmd: Command| async move {
+        match meta.write(&cmd).await? {
+            CommandResult::Err(e) => anyhow::bail!("{e}"),
+            _ => Ok(()),
+        }
+    };
+    match cmd {
+        KeyCmd::Create { name, admin } => {
+            let key = crate::gateway::auth::generate_key(&name, admin);
+            write(Command::PutAccessKey { key: key.clone() }).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": key.id, "secret": key.secret, "name": key.name, "admin": key.admin})
+                );
+            } else {
+                println!("key id:     {}", key.id);
+                println!("secret key: {}", key.secret);
+                println!("(the secret is not shown again)");
+            }
+        }
+        KeyCmd::List => {
+            let keys = match meta
+                .query(&Query::ListAccessKeys, Consistency::Linearizable)
+                .await?
+            {
+                QueryResult::AccessKeys(k) => k,
+                QueryResult::Err(e) => anyhow::bail!("{e}"),
+                other => anyhow::bail!("unexpected reply {other:?}"),
+            };
+            if json {
+                let v: Vec<_> = keys
+                    .iter()
+                    .map(|k| serde_json::json!({"id": k.id, "name": k.name, "admin": k.admin, "buckets": k.buckets, "created_ms": k.created_ms}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for k in &keys {
+                    let grants: Vec<String> = k
+                        .buckets
+                        .iter()
+                        .map(|(b, g)| {
+                            let mut r = String::new();
+                            if g.read {
+                                r.push('r');
+                            }
+                            if g.write {
+                                r.push('w');
+                            }
+                            if g.owner {
+                                r.push('o');
+                            }
+                            format!("{b}:{r}")
+                        })
+                        .collect();
+                    println!(
+                        "{}  {}{}  {}",
+                        k.id,
+                        k.name,
+                        if k.admin { " (admin)" } else { "" },
+                        grants.join(",")
+                    );
+                }
+            }
+        }
+        KeyCmd::Delete { id } => {
+            write(Command::DeleteAccessKey { id }).await?;
+        }
+        KeyCmd::Allow {
+            id,
+            bucket,
+            read,
+            write: w,
+            owner,
+        } => {
+            let mut key = match meta
+                .query(
+                    &Query::GetAccessKey { id: id.clone() },
+                    Consistency::Linearizable,
+                )
+                .await?
+            {
+                QueryResult::AccessKey(k) => k,
+                QueryResult::Err(e) => anyhow::bail!("{e}"),
+                other => anyhow::bail!("unexpected reply {other:?}"),
+            };
+            cairn_metadata::types::validate_bucket_name(&bucket)?;
+            key.buckets.insert(
+                bucket,
+                BucketGrant {
+                    read,
+                    write: w,
+                    owner,
+                },
+            );
+            write(Command::PutAccessKey { key }).await?;
+        }
+    }
+    Ok(())
 }
 
 /// `cairn admin metadata ...`
@@ -146,5 +291,6 @@ pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<(
             println!("voters: {:?}", s.voters);
             Ok(())
         }
+        AdminCmd::Key(c) => key_cmd(&meta, c, json).await,
     }
 }

@@ -1,6 +1,6 @@
 //! `cairn dev`: a whole local cluster from one command, as child processes
 //! of this binary on 127.0.0.1: 3 metadata nodes, 6 chunkservers in 3
-//! zones. Data lives under one directory; running it again reuses the data
+//! zones, and one S3 gateway on BASE+900. Data lives under one directory; running it again reuses the data
 //! (ports are fixed so the Raft membership stays valid). Ctrl-C stops every
 //! child cleanly (SIGTERM, then SIGKILL after a grace period).
 
@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_metadata::client::{Consistency, MetaClient, MetaClientOptions};
-use cairn_metadata::types::{ChunkserverState, Query, QueryResult};
+use cairn_metadata::types::{
+    AccessKey, ChunkserverState, Command as CmdWrite, CommandResult, Query, QueryResult,
+};
 use tokio::process::{Child, Command};
 
 use crate::config::{self, FileConfig};
@@ -21,7 +23,8 @@ pub struct Args {
     /// Where the cluster keeps its data and logs.
     #[arg(long, default_value = "./cairn-data")]
     pub data: PathBuf,
-    /// Metadata nodes listen on BASE+1.., chunkservers on BASE+101...
+    /// Metadata nodes listen on BASE+1.., chunkservers on BASE+101..,
+    /// the S3 gateway on BASE+900.
     #[arg(long, default_value_t = 7000)]
     pub base_port: u16,
     /// Metadata nodes (3 or 5).
@@ -54,6 +57,26 @@ fn load_or_make_secret(data: &Path) -> anyhow::Result<String> {
     let s = hex::encode(rand::random::<[u8; 16]>());
     std::fs::write(&p, &s).with_context(|| format!("cannot write {}", p.display()))?;
     Ok(s)
+}
+
+/// The dev S3 key, created on first run and kept in `<data>/dev-s3-key.json`
+/// (owner-only) so endpoints and credentials survive restarts.
+fn load_or_make_s3_key(data: &Path) -> anyhow::Result<AccessKey> {
+    let p = data.join("dev-s3-key.json");
+    if let Ok(b) = std::fs::read(&p) {
+        if let Ok(k) = serde_json::from_slice::<AccessKey>(&b) {
+            return Ok(k);
+        }
+    }
+    let k = crate::gateway::auth::generate_key("dev", true);
+    std::fs::write(&p, serde_json::to_vec_pretty(&k)?)
+        .with_context(|| format!("cannot write {}", p.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(k)
 }
 
 fn spawn(name: &str, args: &[String], logs: &Path, secret: &str) -> anyhow::Result<Role> {
@@ -145,13 +168,28 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         cs_addrs.push(addr);
     }
 
+    let s3_addr = format!("127.0.0.1:{}", port(900)?);
+    roles.push(spawn(
+        "gateway",
+        &[
+            "gateway".to_string(),
+            "--listen".into(),
+            s3_addr.clone(),
+            "--metadata".into(),
+            meta_addrs.join(","),
+        ],
+        &logs,
+        &secret,
+    )?);
+    let s3_endpoint = format!("http://{s3_addr}");
+
     let cfg_path = a.config.clone().unwrap_or_else(config::default_config_path);
     config::save(
         &cfg_path,
         &FileConfig {
             metadata: meta_addrs.clone(),
             secret: secret.clone(),
-            s3_endpoint: None,
+            s3_endpoint: Some(s3_endpoint.clone()),
         },
     )?;
 
@@ -163,6 +201,21 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    let s3_key = load_or_make_s3_key(&data)?;
+    let meta = MetaClient::new(
+        meta_addrs.clone(),
+        secret.clone(),
+        MetaClientOptions::default(),
+    );
+    if let CommandResult::Err(e) = meta
+        .write(&CmdWrite::PutAccessKey {
+            key: s3_key.clone(),
+        })
+        .await
+        .context("cannot store the dev S3 key")?
+    {
+        anyhow::bail!("cannot store the dev S3 key: {e}");
+    }
     println!("Cairn dev cluster is up.");
     println!("  metadata:     {}", meta_addrs.join(","));
     println!(
@@ -172,6 +225,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         cs_addrs.join(",")
     );
     println!("  secret:       {secret}");
+    println!("  S3 endpoint:  {s3_endpoint}");
+    println!("  S3 key id:    {}", s3_key.id);
+    println!("  S3 secret:    {}", s3_key.secret);
     println!(
         "  data:         {}  (logs in {})",
         data.display(),

@@ -1,0 +1,207 @@
+//! SigV4 credentials and per-bucket permissions from the access keys stored
+//! in the metadata service (`keys` table).
+//!
+//! s3s verifies signatures (headers, presigned URLs, streaming chunks) with
+//! the secret [`KeyStore::secret`] returns; [`KeyStore::allowed`] decides
+//! what a verified key may do. Keys and bucket owners are cached for
+//! [`CACHE_TTL`], so a revoked key stops working within that time.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cairn_client::{Client, ClientError};
+use cairn_metadata::client::Consistency;
+use cairn_metadata::types::{AccessKey, Query, QueryResult};
+use s3s::access::{S3Access, S3AccessContext};
+use s3s::auth::{S3Auth, SecretKey};
+use s3s::path::S3Path;
+use s3s::{s3_error, S3Result};
+
+use super::error::to_s3;
+
+/// How long a key or a bucket's owner is trusted without asking the
+/// metadata service: one lookup per key every few seconds instead of one
+/// per request, and revocation still takes effect quickly.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// What an operation needs on its bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Read objects or list.
+    Read,
+    /// Write or delete objects.
+    Write,
+    /// Delete the bucket.
+    Owner,
+}
+
+/// The access-key store shared by the auth and access checks.
+pub struct KeyStore {
+    client: Client,
+    keys: Mutex<HashMap<String, (Instant, Option<AccessKey>)>>,
+    owners: Mutex<HashMap<String, (Instant, String)>>,
+}
+
+impl KeyStore {
+    /// A store reading keys through `client`.
+    pub fn new(client: Client) -> Self {
+        KeyStore {
+            client,
+            keys: Mutex::default(),
+            owners: Mutex::default(),
+        }
+    }
+
+    /// The key `id`, or `None` if there is no such key.
+    pub async fn key(&self, id: &str) -> Result<Option<AccessKey>, ClientError> {
+        if let Ok(g) = self.keys.lock() {
+            if let Some((t, k)) = g.get(id) {
+                if t.elapsed() < CACHE_TTL {
+                    return Ok(k.clone());
+                }
+            }
+        }
+        let r = self
+            .client
+            .meta()
+            .query(
+                &Query::GetAccessKey { id: id.to_string() },
+                Consistency::Stale,
+            )
+            .await?;
+        let k = match r {
+            QueryResult::AccessKey(k) => Some(k),
+            QueryResult::Err(cairn_metadata::types::MetaError::NoSuchAccessKey(_)) => None,
+            QueryResult::Err(e) => return Err(e.into()),
+            other => return Err(ClientError::Meta(format!("unexpected reply {other:?}"))),
+        };
+        if let Ok(mut g) = self.keys.lock() {
+            if g.len() > 10_000 {
+                g.clear();
+            }
+            g.insert(id.to_string(), (Instant::now(), k.clone()));
+        }
+        Ok(k)
+    }
+
+    /// The owner (access key id) of `bucket`; `None` if it does not exist.
+    async fn owner(&self, bucket: &str) -> Result<Option<String>, ClientError> {
+        if let Ok(g) = self.owners.lock() {
+            if let Some((t, o)) = g.get(bucket) {
+                if t.elapsed() < CACHE_TTL {
+                    return Ok(Some(o.clone()));
+                }
+            }
+        }
+        match self.client.bucket(bucket).await {
+            Ok(b) => {
+                if let Ok(mut g) = self.owners.lock() {
+                    if g.len() > 10_000 {
+                        g.clear();
+                    }
+                    g.insert(bucket.to_string(), (Instant::now(), b.owner.clone()));
+                }
+                Ok(Some(b.owner))
+            }
+            Err(ClientError::NoSuchBucket(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `key` may do what `need` says on `bucket`. A missing bucket
+    /// is allowed here so the operation itself answers NoSuchBucket.
+    pub async fn allowed(&self, key: &AccessKey, bucket: &str, need: Need) -> S3Result<bool> {
+        if key.admin {
+            return Ok(true);
+        }
+        let grant = key.buckets.get(bucket).copied().unwrap_or_default();
+        let ok = match need {
+            Need::Read => grant.read || grant.owner,
+            Need::Write => grant.write || grant.owner,
+            Need::Owner => grant.owner,
+        };
+        if ok {
+            return Ok(true);
+        }
+        match self.owner(bucket).await.map_err(to_s3)? {
+            None => Ok(true),
+            Some(o) => Ok(!o.is_empty() && o == key.id),
+        }
+    }
+}
+
+/// What an S3 operation (by s3s name) needs on its bucket; `None` for
+/// operations without a bucket or that create one.
+pub fn need_of(op: &str) -> Option<Need> {
+    match op {
+        "ListBuckets" | "CreateBucket" => None,
+        "DeleteBucket" => Some(Need::Owner),
+        o if o.starts_with("Get") || o.starts_with("Head") || o.starts_with("List") => {
+            Some(Need::Read)
+        }
+        _ => Some(Need::Write),
+    }
+}
+
+/// s3s auth: the secret of an access key.
+pub struct Auth(pub std::sync::Arc<KeyStore>);
+
+#[async_trait::async_trait]
+impl S3Auth for Auth {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        match self.0.key(access_key).await.map_err(to_s3)? {
+            Some(k) => Ok(SecretKey::from(k.secret)),
+            None => Err(s3_error!(InvalidAccessKeyId)),
+        }
+    }
+}
+
+/// s3s access control: every request must be signed by a known key with a
+/// grant (or ownership) covering the bucket.
+pub struct Access(pub std::sync::Arc<KeyStore>);
+
+#[async_trait::async_trait]
+impl S3Access for Access {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let Some(cred) = cx.credentials() else {
+            return Err(s3_error!(AccessDenied, "requests must be signed"));
+        };
+        let Some(key) = self.0.key(&cred.access_key).await.map_err(to_s3)? else {
+            return Err(s3_error!(InvalidAccessKeyId));
+        };
+        let Some(need) = need_of(cx.s3_op().name()) else {
+            return Ok(());
+        };
+        let bucket = match cx.s3_path() {
+            S3Path::Root => return Ok(()),
+            S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => bucket.to_string(),
+        };
+        if self.0.allowed(&key, &bucket, need).await? {
+            Ok(())
+        } else {
+            Err(s3_error!(
+                AccessDenied,
+                "access key has no {need:?} grant on {bucket}"
+            ))
+        }
+    }
+}
+
+/// A fresh access key: a 20-character id (`CK` + 18 hex digits, the shape
+/// S3 tools expect) and a 40-character hex secret, both random.
+pub fn generate_key(name: &str, admin: bool) -> AccessKey {
+    let id = format!("CK{}", hex::encode_upper(rand::random::<[u8; 9]>()));
+    let secret = hex::encode(rand::random::<[u8; 20]>());
+    AccessKey {
+        id,
+        secret,
+        name: name.to_string(),
+        created_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        admin,
+        buckets: Default::default(),
+    }
+}

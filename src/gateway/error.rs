@@ -1,0 +1,37 @@
+//! The one mapping from Cairn's errors to S3 error codes.
+
+use cairn_client::ClientError;
+use s3s::{s3_error, S3Error};
+
+/// Turns a client error into the S3 error a client expects. Internal
+/// failures become `InternalError` / `ServiceUnavailable` with a message,
+/// never a panic.
+pub fn to_s3(e: ClientError) -> S3Error {
+    match e {
+        ClientError::NoSuchBucket(b) => s3_error!(NoSuchBucket, "no such bucket: {b}"),
+        ClientError::NoSuchKey { key, .. } => s3_error!(NoSuchKey, "no such key: {key}"),
+        ClientError::BucketExists(b) => {
+            s3_error!(BucketAlreadyOwnedByYou, "bucket already exists: {b}")
+        }
+        ClientError::BucketNotEmpty(b) => s3_error!(BucketNotEmpty, "bucket not empty: {b}"),
+        ClientError::PreconditionFailed(m) => s3_error!(PreconditionFailed, "{m}"),
+        ClientError::Invalid(m) => s3_error!(InvalidArgument, "{m}"),
+        ClientError::InvalidRange(m) => s3_error!(InvalidRange, "{m}"),
+        ClientError::NoSuchUpload(u) => s3_error!(NoSuchUpload, "no such upload: {u}"),
+        ClientError::InvalidPart(m) => s3_error!(InvalidPart, "{m}"),
+        ClientError::InvalidPartOrder(m) => s3_error!(InvalidPartOrder, "{m}"),
+        ClientError::EntityTooSmall(m) => s3_error!(EntityTooSmall, "{m}"),
+        ClientError::NoSuchAccessKey(_) => s3_error!(InvalidAccessKeyId),
+        e @ (ClientError::Unavailable(_)
+        | ClientError::Placement(_)
+        | ClientError::WriteQuorum(_)
+        | ClientError::NotEnoughShards { .. }) => {
+            tracing::warn!(error = %e, "request failed: cluster degraded");
+            s3_error!(ServiceUnavailable, "{e}")
+        }
+        e @ (ClientError::Io(_) | ClientError::Meta(_)) => {
+            tracing::warn!(error = %e, "request failed");
+            s3_error!(InternalError, "{e}")
+        }
+    }
+}

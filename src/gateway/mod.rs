@@ -1,0 +1,165 @@
+//! `cairn gateway`: the S3 API over a Cairn cluster. Stateless: it holds a
+//! client handle and caches, so run as many as you like behind a balancer.
+//!
+//! # Layout
+//! - this file: flags, the composition root, the HTTP server (the shared
+//!   `net::serve` loop: TCP_NODELAY, connection cap, graceful drain) and
+//!   virtual-host parsing.
+//! - [`s3`]: the S3 operations (s3s parses requests and writes XML).
+//! - [`auth`]: SigV4 secrets and per-bucket grants from the `keys` table.
+//! - [`body`]: streaming bodies, checksum verification before commit.
+//! - [`error`]: client errors -> S3 error codes.
+//!
+//! Memory is bounded: bodies stream through the client's stripe pipeline
+//! (a few stripes in flight per request), never buffered whole.
+
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod s3;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cairn_client::{Client, ClientConfig};
+use cairn_metadata::net::{self, ServerOptions};
+use http_body_util::BodyExt;
+use s3s::host::{S3Host, VirtualHost};
+use s3s::service::S3ServiceBuilder;
+use s3s::S3Result;
+use tokio::net::TcpListener;
+
+/// Options of `cairn gateway`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address to listen on; port 0 picks a free port (see --addr-file).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7900")]
+    pub listen: String,
+    /// Metadata service addresses (`host:port`, comma-separated).
+    #[arg(
+        long,
+        value_name = "ADDRS",
+        value_delimiter = ',',
+        env = "CAIRN_METADATA",
+        required = true
+    )]
+    pub metadata: Vec<String>,
+    /// Shared cluster secret.
+    #[arg(long, env = "CAIRN_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// Domain for virtual-host-style requests (`bucket.DOMAIN`); without
+    /// it only path-style requests are understood.
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// Write the bound address to this file once listening.
+    #[arg(long, value_name = "PATH")]
+    pub addr_file: Option<PathBuf>,
+    /// Connections served at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+}
+
+/// Virtual-host parsing: `bucket.DOMAIN[:port]` names a bucket; any other
+/// host (an IP address, `localhost`, the bare domain) is path-style.
+/// s3s's `SingleDomain` would take `127.0.0.1:7900` for a bucket name.
+pub struct Hosts {
+    domain: Option<String>,
+}
+
+impl S3Host for Hosts {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<VirtualHost<'a>> {
+        let bare = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        if let Some(d) = &self.domain {
+            if let Some(bucket) = bare
+                .strip_suffix(d.as_str())
+                .and_then(|b| b.strip_suffix('.'))
+                .filter(|b| !b.is_empty())
+            {
+                return Ok(VirtualHost::new(d.as_str()).with_bucket(bucket));
+            }
+        }
+        Ok(VirtualHost::new(bare))
+    }
+}
+
+/// The gateway's composition root.
+pub struct Gateway {
+    service: s3s::service::S3Service,
+}
+
+impl Gateway {
+    /// Builds the S3 service over `client`.
+    pub fn new(client: Client, domain: Option<String>) -> Gateway {
+        let keys = Arc::new(auth::KeyStore::new(client.clone()));
+        let shard_size = cairn_chunkserver::codec::DEFAULT_SHARD_SIZE as u32;
+        let mut b = S3ServiceBuilder::new(s3::CairnS3::new(client, keys.clone(), shard_size));
+        b.set_auth(auth::Auth(keys.clone()));
+        b.set_access(auth::Access(keys));
+        b.set_host(Hosts {
+            domain: domain.map(|d| d.trim_matches('.').to_ascii_lowercase()),
+        });
+        Gateway { service: b.build() }
+    }
+
+    /// Serves S3 on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+        opts: ServerOptions,
+    ) {
+        let service = self.service;
+        net::serve(
+            listener,
+            move |req, _peer| {
+                let service = service.clone();
+                async move {
+                    let req = req.map(s3s::Body::from);
+                    match service.call(req).await {
+                        Ok(resp) => resp.map(|b| b.boxed_unsync()),
+                        Err(e) => {
+                            tracing::warn!(error = ?e, "S3 request failed");
+                            net::error_response(
+                                http::StatusCode::INTERNAL_SERVER_ERROR,
+                                "InternalError",
+                                "internal error",
+                            )
+                        }
+                    }
+                }
+            },
+            shutdown,
+            opts,
+        )
+        .await;
+    }
+}
+
+/// Runs a gateway until SIGTERM or Ctrl-C.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = Client::new(ClientConfig::new(args.metadata.clone(), args.secret));
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    if let Some(path) = &args.addr_file {
+        net::write_addr_file(path, &addr)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    tracing::info!(%addr, domain = ?args.domain, "S3 gateway listening");
+    let opts = ServerOptions {
+        max_connections: args.max_connections.max(1),
+        ..ServerOptions::default()
+    };
+    Gateway::new(client, args.domain)
+        .serve(listener, crate::cmd::shutdown_signal(), opts)
+        .await;
+    tracing::info!("S3 gateway stopped");
+    Ok(())
+}
