@@ -551,7 +551,7 @@ fn complete_upload(
     {
         let t = txn.open_table(UPLOAD_PARTS)?;
         let mut prev = 0u32;
-        for (i, w) in wanted.iter().enumerate() {
+        for w in wanted {
             if w.number <= prev {
                 return Ok(Err(MetaError::InvalidPartOrder(format!(
                     "part {} follows part {prev}",
@@ -559,6 +559,8 @@ fn complete_upload(
                 ))));
             }
             prev = w.number;
+        }
+        for (i, w) in wanted.iter().enumerate() {
             let part: UploadPart = match t.get(part_key(upload, w.number).as_slice())? {
                 Some(v) => dec(v.value())?,
                 None => {
