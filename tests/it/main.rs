@@ -11,3 +11,4 @@ mod cluster;
 mod e2e;
 mod linearizability;
 mod metadata;
+mod s3;
