@@ -89,18 +89,45 @@ impl S3Env {
 
     /// The aws cli with only these credentials (no user config).
     fn aws(&self, args: &[&str]) -> anyhow::Result<Output> {
+        run(
+            self.aws_as(&self.key, &self.secret, args),
+            &format!("aws {}", args.join(" ")),
+        )
+    }
+
+    /// The aws cli command for another key.
+    fn aws_as(&self, key: &str, secret: &str, args: &[&str]) -> Command {
         let none = self.work.join("no-aws-config");
         let mut cmd = Command::new("aws");
         cmd.arg("--endpoint-url")
             .arg(self.endpoint())
             .args(args)
-            .env("AWS_ACCESS_KEY_ID", &self.key)
-            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .env("AWS_CONFIG_FILE", &none)
             .env("AWS_SHARED_CREDENTIALS_FILE", &none)
-            .env("AWS_EC2_METADATA_DISABLED", "true");
-        run(cmd, &format!("aws {}", args.join(" ")))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    /// Creates a non-admin key; returns (id, secret).
+    fn create_key(&self, name: &str) -> anyhow::Result<(String, String)> {
+        let out = self
+            .cluster
+            .cli(&["--json", "admin", "key", "create", name])?;
+        if !out.status.success() {
+            bail!(
+                "key create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok((
+            v["id"].as_str().context("no id")?.to_string(),
+            v["secret"].as_str().context("no secret")?.to_string(),
+        ))
     }
 
     fn rclone(&self, args: &[&str]) -> anyhow::Result<Output> {
@@ -317,6 +344,57 @@ async fn s3_clients_against_one_cluster() -> anyhow::Result<()> {
         let rss = env.gateway_peak_rss_kib().unwrap_or(0);
         eprintln!("gateway peak RSS after {mib} MiB up and down: {rss} KiB");
         assert!(rss < MAX_GATEWAY_RSS_KIB, "gateway peak RSS {rss} KiB");
+    }
+
+    if have("aws", &["--version"]) {
+        // A key with a read grant on `cli` only: reads work, writes and
+        // other buckets are AccessDenied; `key list` never shows secrets.
+        env.aws(&["s3", "mb", "s3://other-b"])?;
+        let (id, secret) = env.create_key("reader")?;
+        let out = env
+            .cluster
+            .cli(&["admin", "key", "allow", &id, "--bucket", "cli", "--read"])?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let head = [
+            "s3api",
+            "head-object",
+            "--bucket",
+            "cli",
+            "--key",
+            "big.bin",
+        ];
+        run(env.aws_as(&id, &secret, &head), "reader head-object")?;
+        let small = work.join("small.txt");
+        std::fs::write(&small, b"small")?;
+        let small_s = small.to_string_lossy().into_owned();
+        for args in [
+            vec!["s3", "cp", small_s.as_str(), "s3://cli/denied.txt"],
+            vec!["s3", "ls", "s3://other-b/"],
+            vec!["s3", "rb", "s3://cli"],
+        ] {
+            let out = env.aws_as(&id, &secret, &args).output()?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("AccessDenied"),
+                "{args:?}: {err}"
+            );
+        }
+        let ls = run(env.aws_as(&id, &secret, &["s3", "ls"]), "reader ls")?;
+        assert_eq!(
+            stdout(&ls).lines().count(),
+            1,
+            "reader sees: {}",
+            stdout(&ls)
+        );
+        let list = env.cluster.cli(&["admin", "key", "list"])?;
+        let list = stdout(&list);
+        assert!(list.contains(&id) && !list.contains(&secret) && !list.contains(&env.secret));
+        let out = env.cluster.cli(&["admin", "key", "delete", &id])?;
+        assert!(out.status.success());
     }
 
     if have("python3", &["-c", "import boto3"]) {
