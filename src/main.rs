@@ -48,6 +48,9 @@ enum Command {
     /// Cluster administration.
     #[command(subcommand)]
     Admin(cmd::admin::AdminCmd),
+    /// Benchmarks: machine limits, metadata commits, client throughput.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCmd),
 }
 
 fn init_tracing(server: bool) {
@@ -108,6 +111,7 @@ fn main() -> std::process::ExitCode {
             Command::Rm(a) => cmd::cli::rm(&conn, a).await,
             Command::Stat(a) => cmd::cli::stat(&conn, a, &out).await,
             Command::Admin(c) => cmd::admin::run(&conn, c, out.json).await,
+            Command::Bench(c) => cmd::bench::run(&conn, c, out.json).await,
         }
     });
     // Leave a stuck reader (stdin) behind rather than hang on exit.

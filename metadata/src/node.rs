@@ -88,7 +88,7 @@ impl MetaConfig {
 }
 
 /// Errors of the metadata API, mapped to HTTP in one place.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// This node is not the leader.
     #[error("not the leader")]
@@ -169,8 +169,84 @@ struct Liveness {
 pub struct MetaNode {
     cfg: MetaConfig,
     raft: Raft,
+    batcher: tokio::sync::mpsc::Sender<Pending>,
     sm: Arc<redb::Database>,
     liveness: Mutex<Liveness>,
+}
+
+/// A client write waiting to be proposed.
+type Pending = (
+    Command,
+    tokio::sync::oneshot::Sender<Result<CommandResult, ApiError>>,
+);
+
+/// Most client writes proposed as one log entry: bounds the entry size.
+const MAX_BATCH: usize = 256;
+
+/// Proposals in flight at once. While they are, new writes queue up and
+/// form the next batch: group commit that grows with load, one fsync per
+/// batch instead of one per write.
+const PROPOSALS_IN_FLIGHT: usize = 2;
+
+async fn propose(raft: &Raft, cmd: Command) -> Result<CommandResult, ApiError> {
+    match raft.client_write(cmd).await {
+        Ok(r) => Ok(r.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ApiError::NotLeader(f.leader_node.map(|n| n.addr)))
+        }
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
+}
+
+/// Collects concurrent client writes into `Command::Batch` entries. Ends
+/// when the node (the only sender) is dropped.
+async fn batch_loop(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            if batch.len() == 1 {
+                if let Some((cmd, tx)) = batch.pop() {
+                    let _ = tx.send(propose(&raft, cmd).await);
+                }
+                return;
+            }
+            let (cmds, txs): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let n = cmds.len();
+            match propose(&raft, Command::Batch { cmds }).await {
+                Ok(CommandResult::Batch(results)) if results.len() == n => {
+                    for (tx, r) in txs.into_iter().zip(results) {
+                        let _ = tx.send(Ok(r));
+                    }
+                }
+                Ok(other) => {
+                    let e = ApiError::Internal(format!("batch answered {other:?}"));
+                    for tx in txs {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for tx in txs {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
 }
 
 fn now_ms() -> u64 {
@@ -205,9 +281,12 @@ impl MetaNode {
         let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log_store, sm_store)
             .await
             .map_err(|e| err("raft", &e))?;
+        let (batcher, rx) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
+        tokio::spawn(batch_loop(raft.clone(), rx));
         Ok(Arc::new(MetaNode {
             cfg,
             raft,
+            batcher,
             sm,
             liveness: Mutex::new(Liveness::default()),
         }))
@@ -276,13 +355,21 @@ impl MetaNode {
 
     /// Proposes `cmd` and waits until it is committed and applied.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, ApiError> {
-        match self.raft.client_write(cmd).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ApiError::NotLeader(f.leader_node.map(|n| n.addr)))
-            }
-            Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        propose(&self.raft, cmd).await
+    }
+
+    /// Proposes a client's `cmd` through the group-commit batcher.
+    async fn client_write(&self, cmd: Command) -> Result<CommandResult, ApiError> {
+        if !self.is_leader() {
+            return Err(ApiError::NotLeader(self.leader_addr()));
         }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.batcher
+            .send((cmd, tx))
+            .await
+            .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Unavailable("write abandoned".into()))?
     }
 
     /// Waits until this node may serve a linearizable read.
@@ -528,7 +615,7 @@ impl MetaNode {
             Ok(match path.as_str() {
                 "/v1/write" => {
                     let cmd: Command = parse(&body)?;
-                    net::json_response(StatusCode::OK, &self.write(cmd).await?)
+                    net::json_response(StatusCode::OK, &self.client_write(cmd).await?)
                 }
                 "/v1/read" => {
                     let q: Query = parse(&body)?;

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod admin;
+pub mod bench;
 pub mod chunkserver;
 pub mod cli;
 pub mod dev;

@@ -8,6 +8,7 @@ mod common;
 
 mod chunkserver;
 mod cluster;
+mod dev;
 mod e2e;
 mod linearizability;
 mod metadata;
