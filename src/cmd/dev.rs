@@ -193,7 +193,16 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         },
     )?;
 
-    let ready = wait_ready(&meta_addrs, &secret, usize::from(a.chunkservers));
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let ready = wait_ready(
+        &meta_addrs,
+        &secret,
+        usize::from(a.chunkservers),
+        started_ms,
+    );
     tokio::select! {
         r = ready => r?,
         _ = crate::cmd::shutdown_signal() => {
@@ -279,7 +288,15 @@ async fn stop(mut roles: Vec<Role>) {
     }
 }
 
-async fn wait_ready(meta: &[String], secret: &str, chunkservers: usize) -> anyhow::Result<()> {
+/// Waits until `chunkservers` chunkservers have heartbeated since
+/// `started_ms`: on a second run the metadata service still remembers the
+/// previous run's servers as up, so "up" alone proves nothing.
+async fn wait_ready(
+    meta: &[String],
+    secret: &str,
+    chunkservers: usize,
+    started_ms: u64,
+) -> anyhow::Result<()> {
     let c = MetaClient::new(
         meta.to_vec(),
         secret.to_string(),
@@ -296,7 +313,7 @@ async fn wait_ready(meta: &[String], secret: &str, chunkservers: usize) -> anyho
         {
             let up = list
                 .iter()
-                .filter(|c| c.state == ChunkserverState::Up)
+                .filter(|c| c.state == ChunkserverState::Up && c.last_heartbeat_ms >= started_ms)
                 .count();
             if up >= chunkservers {
                 return Ok(());
