@@ -99,33 +99,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("no --metadata given: running standalone");
     }
 
-    cs.serve(listener, shutdown_signal()).await;
+    cs.serve(listener, crate::cmd::shutdown_signal()).await;
     stop_workers.stop(Duration::from_secs(5)).await;
     tracing::info!("chunkserver stopped");
     Ok(())
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
-        _ = term => tracing::info!("SIGTERM: shutting down"),
-    }
 }
