@@ -84,6 +84,9 @@ fn main() -> std::process::ExitCode {
         Command::Dev(_) | Command::Metadata(_) | Command::Chunkserver(_) | Command::Gateway(_)
     );
     init_tracing(server);
+    if matches!(cli.cmd, Command::Gateway(_)) {
+        gateway::limit_malloc_arenas();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

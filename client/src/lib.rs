@@ -45,6 +45,11 @@ pub struct ClientConfig {
     /// ahead by one `get`: overlaps encoding with the network while bounding
     /// memory to about this many stripes.
     pub stripes_in_flight: usize,
+    /// Stripes being written at once over every `put` of this client (a
+    /// permit per stripe, from reading its bytes until its shards are
+    /// durable): bounds a shared process's memory however many uploads run
+    /// concurrently. `None`: only `stripes_in_flight` per call.
+    pub stripe_budget: Option<Arc<tokio::sync::Semaphore>>,
     /// Timeout of one shard upload or download; a slower shard is treated
     /// as missing (reads go to parity, writes re-place it).
     pub shard_timeout: Duration,
@@ -64,6 +69,7 @@ impl ClientConfig {
             secret,
             write_quorum: None,
             stripes_in_flight: 4,
+            stripe_budget: None,
             shard_timeout: Duration::from_secs(10),
             shard_retries: 3,
             meta: MetaClientOptions::default(),

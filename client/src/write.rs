@@ -57,6 +57,10 @@ struct Encoded {
 /// Progress callback: called with the number of input bytes consumed.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// A stripe's share of `ClientConfig::stripe_budget`, held by everything
+/// that still references its bytes.
+type Permit = Arc<tokio::sync::OwnedSemaphorePermit>;
+
 /// Checksums computed while the body was read, asked for before commit.
 pub(crate) type LateChecksums = Box<dyn FnOnce() -> BTreeMap<String, String> + Send>;
 
@@ -180,6 +184,22 @@ impl Client {
             let mut stripes = Vec::new();
             let mut total = 0u64;
             loop {
+                // A process-wide budget (the gateway's) bounds the stripes
+                // in memory over all requests. Pending stripes keep being
+                // driven while waiting, so their permits always come back.
+                let permit = match &self.inner.cfg.stripe_budget {
+                    None => None,
+                    Some(sem) => loop {
+                        tokio::select! {
+                            p = sem.clone().acquire_owned() => {
+                                break Some(Arc::new(p.map_err(|_| {
+                                    ClientError::Io(std::io::Error::other("stripe budget closed"))
+                                })?));
+                            }
+                            Some(s) = pending.next(), if !pending.is_empty() => stripes.push(s?),
+                        }
+                    },
+                };
                 let buf = read_up_to(&mut reader, stripe_cap).await?;
                 if buf.is_empty() {
                     break;
@@ -189,7 +209,8 @@ impl Client {
                     p(buf.len() as u64);
                 }
                 if let Some(m) = &mut md5 {
-                    m.feed(buf.clone()).await;
+                    // The hasher holds the stripe too: it shares the permit.
+                    m.feed(buf.clone(), permit.clone()).await;
                 }
                 while pending.len() >= self.inner.cfg.stripes_in_flight.max(1) {
                     if let Some(s) = pending.next().await {
@@ -201,7 +222,9 @@ impl Client {
                 let bucket = bucket.to_string();
                 let written = written.clone();
                 pending.push_back(async move {
-                    inner.write_stripe(&bucket, codec, buf, &written).await
+                    let r = inner.write_stripe(&bucket, codec, buf, &written).await;
+                    drop(permit);
+                    r
                 });
             }
             while let Some(s) = pending.next().await {
@@ -271,17 +294,17 @@ fn blake3_etag(stripes: &[StripeManifest]) -> String {
 /// MD5 of the body on its own blocking thread, fed stripe by stripe, so the
 /// hash (slower than encoding) overlaps with everything else.
 struct Md5Task {
-    tx: tokio::sync::mpsc::Sender<Bytes>,
+    tx: tokio::sync::mpsc::Sender<(Bytes, Option<Permit>)>,
     handle: tokio::task::JoinHandle<String>,
 }
 
 impl Md5Task {
     fn start() -> Md5Task {
         use md5::Digest;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Bytes, Option<Permit>)>(4);
         let handle = tokio::task::spawn_blocking(move || {
             let mut h = md5::Md5::new();
-            while let Some(b) = rx.blocking_recv() {
+            while let Some((b, _permit)) = rx.blocking_recv() {
                 h.update(&b);
             }
             hex::encode(h.finalize())
@@ -289,9 +312,9 @@ impl Md5Task {
         Md5Task { tx, handle }
     }
 
-    async fn feed(&mut self, b: Bytes) {
+    async fn feed(&mut self, b: Bytes, permit: Option<Permit>) {
         // Only fails if the hashing thread died; finish() reports that.
-        let _ = self.tx.send(b).await;
+        let _ = self.tx.send((b, permit)).await;
     }
 
     async fn finish(self) -> Result<String> {

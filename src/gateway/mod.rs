@@ -58,6 +58,12 @@ pub struct Args {
     /// Connections served at once.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Stripes being written at once over all uploads. Each costs about
+    /// 2.5 stripe sizes (input, k+m shards): the default 12 keeps a
+    /// default-layout (4 MiB stripes) gateway near 128 MiB of upload
+    /// buffers however many clients upload in parallel.
+    #[arg(long, default_value_t = 12)]
+    pub max_stripes_in_flight: usize,
 }
 
 /// Virtual-host parsing: `bucket.DOMAIN[:port]` names a bucket; any other
@@ -139,9 +145,26 @@ impl Gateway {
     }
 }
 
+/// glibc gives threads that allocate their own malloc arenas (up to 8 per
+/// core) and keeps freed stripe buffers in them: with uploads spread over
+/// every worker thread, peak RSS reached 270 MiB for a 1 GiB multipart
+/// upload, 150 MiB with 2 arenas. Call before the runtime starts threads.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; it is called from main
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Runs a gateway until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let client = Client::new(ClientConfig::new(args.metadata.clone(), args.secret));
+    let mut cfg = ClientConfig::new(args.metadata.clone(), args.secret);
+    cfg.stripe_budget = Some(Arc::new(tokio::sync::Semaphore::new(
+        args.max_stripes_in_flight.max(1),
+    )));
+    let client = Client::new(cfg);
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
