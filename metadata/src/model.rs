@@ -1184,3 +1184,223 @@ pub fn list_objects(
     }
     Ok(Ok(page))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableDatabase;
+
+    fn db() -> redb::Database {
+        match redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
+        {
+            Ok(d) => d,
+            Err(e) => panic!("in-memory redb: {e}"),
+        }
+    }
+
+    fn run(db: &redb::Database, cmd: Command) -> CommandResult {
+        let txn = db.begin_write().expect("begin");
+        let r = apply(&txn, &cmd).expect("apply");
+        txn.commit().expect("commit");
+        r
+    }
+
+    fn gc(db: &redb::Database, cs: ChunkserverId) -> Vec<ShardId> {
+        let txn = db.begin_read().expect("read");
+        gc_pending(&txn, cs, 1000).expect("gc")
+    }
+
+    fn part(number: u32, size: u64, shard: u8) -> UploadPart {
+        UploadPart {
+            info: PartInfo {
+                number,
+                size,
+                etag: format!("{shard:032x}"),
+                checksums: Default::default(),
+                stripes: 1,
+            },
+            stripes: vec![StripeManifest {
+                id: StripeId([shard; 16]),
+                len: size,
+                shards: vec![ShardLoc {
+                    chunkserver: Some(1),
+                    shard: ShardId([shard; 16]),
+                    blake3: Hash32([0; 32]),
+                }],
+            }],
+            created_ms: 0,
+        }
+    }
+
+    fn complete(up: StripeId, parts: &[(u32, u8)], min: u64) -> Command {
+        Command::CompleteUpload {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            upload: up,
+            parts: parts
+                .iter()
+                .map(|&(number, s)| CompletePart {
+                    number,
+                    etag: format!("\"{s:032x}\""),
+                })
+                .collect(),
+            min_part_size: min,
+            etag: "x-2".into(),
+            version: StripeId([9; 16]),
+            checksums: Default::default(),
+            now_ms: 1,
+            condition: PutCondition::None,
+        }
+    }
+
+    /// Replaced, unused and aborted parts' shards all reach the GC queue;
+    /// a refused completion changes nothing; the completed manifest
+    /// concatenates the chosen parts' stripes.
+    #[test]
+    fn multipart_lifecycle_and_gc() {
+        let db = db();
+        let bucket = BucketInfo {
+            name: "bkt".into(),
+            ec: EcParams::default(),
+            shard_size: 1 << 20,
+            created_ms: 0,
+            owner: String::new(),
+        };
+        assert_eq!(
+            run(&db, Command::CreateBucket { bucket }),
+            CommandResult::Ok
+        );
+        let up = StripeId([7; 16]);
+        let upload = UploadInfo {
+            id: up,
+            bucket: "bkt".into(),
+            key: "k".into(),
+            initiated_ms: 0,
+            owner: String::new(),
+            content_type: Some("x/y".into()),
+            headers: Default::default(),
+            user_meta: Default::default(),
+            checksum_algorithm: None,
+            ec: EcParams::default(),
+            shard_size: 1 << 20,
+        };
+        assert_eq!(
+            run(&db, Command::CreateUpload { upload }),
+            CommandResult::Ok
+        );
+        let put = |p: UploadPart| Command::PutPart {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            upload: up,
+            part: p,
+        };
+        assert_eq!(run(&db, put(part(1, 10, 0xa))), CommandResult::Ok);
+        assert_eq!(run(&db, put(part(1, 10, 0xb))), CommandResult::Ok);
+        assert_eq!(gc(&db, 1), vec![ShardId([0xa; 16])]);
+        assert_eq!(run(&db, put(part(2, 5, 0xc))), CommandResult::Ok);
+        assert_eq!(run(&db, put(part(3, 5, 0xd))), CommandResult::Ok);
+
+        assert!(matches!(
+            run(&db, complete(up, &[(1, 0xb), (2, 0xc)], 100)),
+            CommandResult::Err(MetaError::EntityTooSmall(_))
+        ));
+        assert!(matches!(
+            run(&db, complete(up, &[(2, 0xc), (1, 0xb)], 0)),
+            CommandResult::Err(MetaError::InvalidPartOrder(_))
+        ));
+        assert!(matches!(
+            run(&db, complete(up, &[(1, 0xc)], 0)),
+            CommandResult::Err(MetaError::InvalidPart(_))
+        ));
+        assert_eq!(gc(&db, 1).len(), 1, "refusals change nothing");
+
+        assert_eq!(
+            run(&db, complete(up, &[(1, 0xb), (2, 0xc)], 0)),
+            CommandResult::Ok
+        );
+        let txn = db.begin_read().expect("read");
+        let m = match query(
+            &txn,
+            &Query::GetObject {
+                bucket: "bkt".into(),
+                key: "k".into(),
+            },
+        ) {
+            Ok(QueryResult::Object(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(m.size, 15);
+        assert_eq!(m.content_type.as_deref(), Some("x/y"));
+        assert_eq!(
+            m.stripes.iter().map(|s| s.id).collect::<Vec<_>>(),
+            vec![StripeId([0xb; 16]), StripeId([0xc; 16])]
+        );
+        assert_eq!(m.parts.len(), 2);
+        drop(txn);
+        let pending = gc(&db, 1);
+        assert!(pending.contains(&ShardId([0xd; 16])), "unused part 3");
+        assert!(!pending.contains(&ShardId([0xb; 16])));
+        assert!(matches!(
+            run(&db, complete(up, &[(1, 0xb)], 0)),
+            CommandResult::Err(MetaError::NoSuchUpload(_))
+        ));
+
+        let up2 = StripeId([8; 16]);
+        match db.begin_read().map(|t| {
+            query(
+                &t,
+                &Query::ListUploads {
+                    bucket: "bkt".into(),
+                    prefix: String::new(),
+                    after: None,
+                    max: 10,
+                },
+            )
+        }) {
+            Ok(Ok(QueryResult::Uploads { uploads, .. })) => assert!(uploads.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        let upload = UploadInfo {
+            id: up2,
+            bucket: "bkt".into(),
+            key: "k".into(),
+            initiated_ms: 0,
+            owner: String::new(),
+            content_type: None,
+            headers: Default::default(),
+            user_meta: Default::default(),
+            checksum_algorithm: None,
+            ec: EcParams::default(),
+            shard_size: 1 << 20,
+        };
+        assert_eq!(
+            run(&db, Command::CreateUpload { upload }),
+            CommandResult::Ok
+        );
+        let mut p = part(1, 10, 0xe);
+        p.info.number = 1;
+        assert_eq!(
+            run(
+                &db,
+                Command::PutPart {
+                    bucket: "bkt".into(),
+                    key: "k".into(),
+                    upload: up2,
+                    part: p,
+                }
+            ),
+            CommandResult::Ok
+        );
+        let abort = Command::AbortUpload {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            upload: up2,
+        };
+        assert_eq!(run(&db, abort.clone()), CommandResult::Ok);
+        assert!(gc(&db, 1).contains(&ShardId([0xe; 16])));
+        assert!(matches!(
+            run(&db, abort),
+            CommandResult::Err(MetaError::NoSuchUpload(_))
+        ));
+    }
+}
