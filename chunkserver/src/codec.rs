@@ -72,6 +72,46 @@ pub struct StripeSpan {
     pub pieces: Vec<ShardPiece>,
 }
 
+impl StripeSpan {
+    /// The span covering bytes `in_stripe` of stripe number `stripe`, which
+    /// starts at object offset `stripe_offset` and holds `stripe_len` real
+    /// bytes cut into `k` shards of `ceil(stripe_len / k)` bytes, for a
+    /// requested range that starts at object offset `range_start` (at or
+    /// before the span's first byte).
+    pub fn new(
+        stripe: u64,
+        stripe_offset: u64,
+        stripe_len: usize,
+        k: u8,
+        in_stripe: Range<usize>,
+        range_start: u64,
+    ) -> StripeSpan {
+        let shard_len = shard_len_for(stripe_len, k);
+        let mut pieces = Vec::new();
+        let mut at = in_stripe.start;
+        while shard_len > 0 && at < in_stripe.end {
+            let index = at / shard_len;
+            let shard_start = index * shard_len;
+            let piece_end = in_stripe.end.min(shard_start + shard_len);
+            pieces.push(ShardPiece {
+                // index < k <= 255.
+                index: index as u8,
+                range: (at - shard_start)..(piece_end - shard_start),
+                out_offset: (stripe_offset + at as u64).saturating_sub(range_start),
+            });
+            at = piece_end;
+        }
+        StripeSpan {
+            stripe,
+            stripe_offset,
+            stripe_len,
+            shard_len,
+            in_stripe,
+            pieces,
+        }
+    }
+}
+
 /// A byte range within one data shard, and where it lands in the output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardPiece {
@@ -176,33 +216,18 @@ impl Iterator for Spans {
         let stripe = self.pos / full;
         let stripe_offset = l.stripe_offset(stripe);
         let stripe_len = l.stripe_len(stripe);
-        let shard_len = shard_len_for(stripe_len, l.k);
         let stripe_end = stripe_offset + stripe_len as u64;
         let a = (self.pos - stripe_offset) as usize;
         let b = (self.end.min(stripe_end) - stripe_offset) as usize;
-        let mut pieces = Vec::new();
-        let mut at = a;
-        while at < b {
-            let index = at / shard_len;
-            let shard_start = index * shard_len;
-            let piece_end = b.min(shard_start + shard_len);
-            pieces.push(ShardPiece {
-                // index < k <= 255.
-                index: index as u8,
-                range: (at - shard_start)..(piece_end - shard_start),
-                out_offset: stripe_offset + at as u64 - self.start,
-            });
-            at = piece_end;
-        }
         self.pos = stripe_offset + b as u64;
-        Some(StripeSpan {
+        Some(StripeSpan::new(
             stripe,
             stripe_offset,
             stripe_len,
-            shard_len,
-            in_stripe: a..b,
-            pieces,
-        })
+            l.k,
+            a..b,
+            self.start,
+        ))
     }
 }
 

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cairn_chunkserver::codec::{shard_len_for, Codec, Layout, ShardPiece, StripeSpan};
+use cairn_chunkserver::codec::{shard_len_for, Codec, Layout, StripeSpan};
 use cairn_metadata::types::*;
 use futures::stream::{self, Stream, StreamExt};
 
@@ -123,28 +123,14 @@ fn walk_spans(m: &ObjectManifest, range: Range<u64>) -> Result<Vec<StripeSpan>> 
         // Both within the stripe, so they fit in usize.
         let a = (range.start.max(offset) - offset) as usize;
         let b = (range.end.min(stripe_end) - offset) as usize;
-        let mut pieces = Vec::new();
-        let mut at = a;
-        while at < b {
-            let index = at / shard_len;
-            let shard_start = index * shard_len;
-            let piece_end = b.min(shard_start + shard_len);
-            pieces.push(ShardPiece {
-                // index < k <= 255.
-                index: index as u8,
-                range: (at - shard_start)..(piece_end - shard_start),
-                out_offset: offset + at as u64 - range.start,
-            });
-            at = piece_end;
-        }
-        out.push(StripeSpan {
-            stripe: i as u64,
-            stripe_offset: offset,
+        out.push(StripeSpan::new(
+            i as u64,
+            offset,
             stripe_len,
-            shard_len,
-            in_stripe: a..b,
-            pieces,
-        });
+            k,
+            a..b,
+            range.start,
+        ));
         offset = stripe_end;
     }
     if offset < range.end {
