@@ -227,6 +227,23 @@ fn apply_once(
     Ok(result)
 }
 
+/// True when `def` (a table keyed by bucket NUL ...) has a row of `bucket`.
+fn has_bucket_rows(
+    txn: &redb::WriteTransaction,
+    def: TableDefinition<&[u8], &[u8]>,
+    bucket: &str,
+) -> StoreResult<bool> {
+    let t = txn.open_table(def)?;
+    let start = object_key(bucket, "");
+    let mut end = bucket.as_bytes().to_vec();
+    end.push(1);
+    let found = t
+        .range::<&[u8]>(start.as_slice()..end.as_slice())?
+        .next()
+        .is_some();
+    Ok(found)
+}
+
 fn apply_inner(
     txn: &redb::WriteTransaction,
     cmd: &Command,
@@ -250,26 +267,7 @@ fn apply_inner(
             if t.get(name.as_bytes())?.is_none() {
                 return Ok(Err(MetaError::NoSuchBucket(name.clone())));
             }
-            let uploads = txn.open_table(UPLOADS)?;
-            let start = object_key(name, "");
-            let mut end = name.as_bytes().to_vec();
-            end.push(1);
-            if uploads
-                .range::<&[u8]>(start.as_slice()..end.as_slice())?
-                .next()
-                .is_some()
-            {
-                return Ok(Err(MetaError::BucketNotEmpty(name.clone())));
-            }
-            let objects = txn.open_table(OBJECTS)?;
-            let start = object_key(name, "");
-            let mut end = name.as_bytes().to_vec();
-            end.push(1);
-            if objects
-                .range::<&[u8]>(start.as_slice()..end.as_slice())?
-                .next()
-                .is_some()
-            {
+            if has_bucket_rows(txn, UPLOADS, name)? || has_bucket_rows(txn, OBJECTS, name)? {
                 return Ok(Err(MetaError::BucketNotEmpty(name.clone())));
             }
             t.remove(name.as_bytes())?;
