@@ -99,6 +99,9 @@ impl Heartbeat {
             shard_count,
             bad_shards: self.bad.clone(),
             deleted: self.deleted.clone(),
+            repairs: Vec::new(),
+            repairs_running: 0,
+            scrub: None,
         };
         let resp = self.meta.heartbeat(&req).await.map_err(|e| e.to_string())?;
         self.sent += 1;
@@ -119,6 +122,8 @@ impl Heartbeat {
                         }
                     }
                 }
+                // Executed by the repair and inventory workers (issue 6).
+                ChunkserverCommand::Repair(_) | ChunkserverCommand::SendInventory { .. } => {}
             }
         }
         Ok(())

@@ -87,7 +87,9 @@ impl From<MetaError> for ClientError {
             MetaError::Placement { need, why } => {
                 ClientError::Placement(format!("need {need} chunkservers: {why}"))
             }
-            e @ MetaError::NoSuchChunkserver(_) => ClientError::Meta(e.to_string()),
+            e @ (MetaError::NoSuchChunkserver(_) | MetaError::Stale(_)) => {
+                ClientError::Meta(e.to_string())
+            }
             MetaError::NoSuchUpload(u) => ClientError::NoSuchUpload(u),
             MetaError::InvalidPart(m) => ClientError::InvalidPart(m),
             MetaError::InvalidPartOrder(m) => ClientError::InvalidPartOrder(m),

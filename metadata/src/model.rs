@@ -400,6 +400,14 @@ fn apply_inner(
             }
             Ok(Ok(CommandResult::Ok))
         }
+        // Implemented with the repair planner (issue 6); refused until then.
+        Command::ReportBadShards { .. }
+        | Command::ClearBadShards { .. }
+        | Command::CommitRepair { .. }
+        | Command::QueueGc { .. }
+        | Command::RemoveChunkserver { .. } => Ok(Err(MetaError::Invalid(
+            "command not supported by this build".into(),
+        ))),
         Command::GcDone {
             chunkserver,
             shards,

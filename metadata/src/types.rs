@@ -607,6 +607,62 @@ pub enum Command {
         /// Upload id.
         upload: StripeId,
     },
+    /// A chunkserver found these shards corrupt, truncated or missing
+    /// (scrub or read): they count as lost until repaired.
+    ReportBadShards {
+        /// Which chunkserver.
+        chunkserver: ChunkserverId,
+        /// The shards.
+        shards: Vec<ShardId>,
+    },
+    /// Forget bad-shard reports (repaired, or no longer named by any
+    /// manifest).
+    ClearBadShards {
+        /// Which chunkserver.
+        chunkserver: ChunkserverId,
+        /// The shards.
+        shards: Vec<ShardId>,
+    },
+    /// A rebuilt shard is durable on `to`: move the placement there, but
+    /// only if the object's live manifest is still `version` and the shard
+    /// at `index` of stripe `stripe` is still `shard` on `from`. Otherwise
+    /// the state is unchanged except that `(to, shard)` is queued for
+    /// garbage collection, and the result is `Err(Stale)`. On success the
+    /// old copy `(from, shard)` is queued for garbage collection and any
+    /// repair-queue entry and bad report for it are dropped.
+    CommitRepair {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The object version the repair was planned against.
+        version: StripeId,
+        /// Stripe number within the object.
+        stripe: u64,
+        /// Shard index within the stripe.
+        index: u8,
+        /// The shard.
+        shard: ShardId,
+        /// Where the manifest placed it when the repair was planned.
+        from: Option<ChunkserverId>,
+        /// Where the rebuilt copy now lives.
+        to: ChunkserverId,
+    },
+    /// Queue shards on a chunkserver for deletion (orphans found by
+    /// inventory reconciliation, rebuilt copies nobody needs). The proposer
+    /// has checked that no manifest or upload names them.
+    QueueGc {
+        /// Which chunkserver.
+        chunkserver: ChunkserverId,
+        /// The shards.
+        shards: Vec<ShardId>,
+    },
+    /// Forget a chunkserver. Refused (`Invalid`) while any manifest or
+    /// upload still places a shard on it.
+    RemoveChunkserver {
+        /// Which.
+        id: ChunkserverId,
+    },
 }
 
 /// What an access key may do with one bucket.
@@ -787,6 +843,10 @@ pub enum MetaError {
     /// No such access key.
     #[error("no such access key: {0}")]
     NoSuchAccessKey(String),
+    /// A repair or other conditional update was planned against state that
+    /// has since changed (overwrite, delete, another repair).
+    #[error("stale: {0}")]
+    Stale(String),
 }
 
 impl From<InvalidInput> for MetaError {
@@ -995,6 +1055,15 @@ pub struct HeartbeatRequest {
     /// Shards it deleted on command since the last heartbeat.
     #[serde(default)]
     pub deleted: Vec<ShardId>,
+    /// Repair tasks finished (or failed) since the last heartbeat.
+    #[serde(default)]
+    pub repairs: Vec<RepairReport>,
+    /// Repair tasks still running on it.
+    #[serde(default)]
+    pub repairs_running: u32,
+    /// Its scrubber's progress.
+    #[serde(default)]
+    pub scrub: Option<ScrubProgress>,
 }
 
 /// A command for a chunkserver, riding on a heartbeat reply.
@@ -1006,6 +1075,202 @@ pub enum ChunkserverCommand {
         /// Shards.
         shards: Vec<ShardId>,
     },
+    /// Rebuild one shard from the survivors and store it here.
+    Repair(RepairTask),
+    /// Post the full shard inventory to `/v1/inventory` (orphan
+    /// reconciliation), tagged with this round.
+    SendInventory {
+        /// Round number, echoed in every page.
+        round: u64,
+    },
+}
+
+/// One surviving shard a repair may read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairSource {
+    /// Shard index within the stripe.
+    pub index: u8,
+    /// The shard.
+    pub shard: ShardId,
+    /// Address of the chunkserver holding it.
+    pub addr: String,
+    /// Its BLAKE3 from the manifest (the fetched copy must match).
+    pub blake3: Hash32,
+}
+
+/// Rebuild shard `index` of a stripe and store it on the receiving
+/// chunkserver under `shard`. The rebuilt payload must hash to `blake3` or
+/// it is discarded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairTask {
+    /// Leader-assigned task id (echoed in the report).
+    pub task: u64,
+    /// Bucket of the object.
+    pub bucket: String,
+    /// Key of the object.
+    pub key: String,
+    /// The object version planned against.
+    pub version: StripeId,
+    /// Stripe number within the object.
+    pub stripe: u64,
+    /// The stripe's id (shard file header).
+    pub stripe_id: StripeId,
+    /// Erasure coding of the stripe.
+    pub ec: EcParams,
+    /// Length of every shard of the stripe.
+    pub shard_len: u64,
+    /// The shard index to rebuild.
+    pub index: u8,
+    /// The shard's id.
+    pub shard: ShardId,
+    /// The shard's BLAKE3 from the manifest.
+    pub blake3: Hash32,
+    /// Where the manifest placed the shard when planned (for the commit).
+    pub from: Option<ChunkserverId>,
+    /// Every healthy surviving shard of the stripe (the target reads any
+    /// k of them).
+    pub sources: Vec<RepairSource>,
+    /// Remaining redundancy of the stripe when planned (survivors - k).
+    pub redundancy: i32,
+}
+
+/// The outcome of a [`RepairTask`], reported on the next heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairReport {
+    /// The task, as received.
+    pub task: RepairTask,
+    /// Stored durably and verified.
+    pub ok: bool,
+    /// Why not.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// One page of a chunkserver's inventory, posted to `/v1/inventory`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryPage {
+    /// The chunkserver.
+    pub id: ChunkserverId,
+    /// The round from [`ChunkserverCommand::SendInventory`].
+    pub round: u64,
+    /// Shards with their age (ms since the file was written).
+    pub shards: Vec<InventoryEntry>,
+    /// The last page of this round.
+    pub last: bool,
+}
+
+/// One shard in an [`InventoryPage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryEntry {
+    /// The shard.
+    pub shard: ShardId,
+    /// Milliseconds since it was written.
+    pub age_ms: u64,
+}
+
+/// A scrubber's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScrubState {
+    /// Walking shards now.
+    Running,
+    /// Paused by an operator.
+    Paused,
+    /// Between passes.
+    Idle,
+}
+
+/// A chunkserver scrubber's progress (heartbeats, `cairn admin scrub
+/// status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubProgress {
+    /// State.
+    pub state: ScrubState,
+    /// When the current (or last) pass started, ms since the epoch.
+    pub pass_started_ms: u64,
+    /// When the last full pass finished, ms since the epoch.
+    pub last_full_pass_ms: Option<u64>,
+    /// Shards checked in the current pass.
+    pub scanned_shards: u64,
+    /// Shards stored (the pass's total).
+    pub total_shards: u64,
+    /// Bytes checked in the current pass.
+    pub scanned_bytes: u64,
+    /// Bad shards found since start.
+    pub bad_found: u64,
+    /// Throughput cap, MB/s (0 = none).
+    pub max_mbps: u64,
+    /// Tranquility: sleep this many times the time spent working.
+    pub tranquility: u32,
+}
+
+/// A scrub control request for a chunkserver's `/v1/admin/scrub`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubControl {
+    /// `start` (a new pass now), `pause`, `resume`, or `status` (no change).
+    pub action: String,
+    /// New throughput cap, MB/s.
+    #[serde(default)]
+    pub max_mbps: Option<u64>,
+    /// New tranquility factor.
+    #[serde(default)]
+    pub tranquility: Option<u32>,
+}
+
+/// One repair the leader dispatched, for `cairn admin status` and tests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairRecord {
+    /// Dispatch order (leader-local, from 1).
+    pub seq: u64,
+    /// Stripe redundancy when planned.
+    pub redundancy: i32,
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// Stripe number.
+    pub stripe: u64,
+    /// Shard index.
+    pub index: u8,
+    /// Target chunkserver.
+    pub to: ChunkserverId,
+    /// `dispatched`, `committed`, `stale` or `failed`.
+    pub outcome: String,
+}
+
+/// The leader's view of cluster health (`/v1/admin/cluster`, `cairn admin
+/// status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Raft view of the answering node (the leader).
+    pub raft: RaftStatus,
+    /// Chunkservers.
+    pub chunkservers: Vec<ChunkserverInfo>,
+    /// Scrub progress by chunkserver (from heartbeats).
+    pub scrub: BTreeMap<ChunkserverId, ScrubProgress>,
+    /// Objects stored (as of the last planner pass).
+    pub objects: u64,
+    /// Logical bytes stored.
+    pub bytes: u64,
+    /// Stripes by remaining redundancy (survivors - k; m = full).
+    pub redundancy: BTreeMap<i32, u64>,
+    /// Shards waiting for repair.
+    pub repair_queue: u64,
+    /// Repairs dispatched and not yet reported.
+    pub repairs_in_flight: u64,
+    /// Repairs committed since this node became leader.
+    pub repairs_done: u64,
+    /// Repairs committed per second over the last minute.
+    pub repair_rate: f64,
+    /// Shards queued for deletion (garbage and orphans).
+    pub gc_pending: u64,
+    /// Orphans found by inventory reconciliation, waiting out the grace
+    /// period.
+    pub orphans_pending: u64,
+    /// When the planner last finished a pass, ms since the epoch.
+    pub last_plan_ms: Option<u64>,
+    /// Recent dispatches, oldest first (bounded).
+    pub recent_repairs: Vec<RepairRecord>,
 }
 
 /// The metadata service's reply to a heartbeat.
