@@ -10,6 +10,8 @@
 //! DELETE /v1/shards/{id}   -> 204
 //! GET    /v1/shards?after=ID&limit=N -> InventoryPage (JSON)
 //! GET    /v1/stats         -> StatsReply (JSON)
+//! POST   /v1/admin/scrub   ScrubControl (JSON) -> ScrubProgress (JSON)
+//! POST   /v1/admin/workers -> [WorkerInfo] (JSON): this process's workers
 //! ```
 //!
 //! Every request carries the cluster secret in `x-cairn-secret`; every error
@@ -43,6 +45,10 @@ pub const HDR_LENGTH: &str = "x-cairn-length";
 pub const SHARDS_PATH: &str = "/v1/shards";
 /// Path of the stats resource.
 pub const STATS_PATH: &str = "/v1/stats";
+/// Path of the scrubber's control endpoint.
+pub const SCRUB_PATH: &str = "/v1/admin/scrub";
+/// Path of the worker listing.
+pub const WORKERS_PATH: &str = "/v1/admin/workers";
 
 /// Default page size of the inventory.
 pub const DEFAULT_LIST_LIMIT: usize = 1000;

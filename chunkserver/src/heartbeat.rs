@@ -4,6 +4,12 @@
 //! contact and carries commands (delete these shards), as in HDFS. The
 //! metadata service never calls a chunkserver.
 //!
+//! Each heartbeat also carries the scrubber's progress and the bad shards it
+//! (or a read) found. On `SendInventory` the worker posts the whole shard
+//! list with ages, in pages of at most [`INVENTORY_PAGE`] shards, to the
+//! metadata leader (orphan GC, `cairn_metadata::orphans`) before its next
+//! heartbeat, so a repair it reports cannot overtake its inventory.
+//!
 //! # The id file (format version 1)
 //! `<first data dir>/chunkserver-id`: the id in ASCII decimal, written
 //! temp-file + fsync + rename + fsync-dir, so a restart keeps its identity.
@@ -13,11 +19,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_metadata::client::MetaClient;
-use cairn_metadata::types::{ChunkserverCommand, ChunkserverId, HeartbeatRequest, ShardId};
+use cairn_metadata::types::{
+    ChunkserverCommand, ChunkserverId, HeartbeatRequest, InventoryEntry, InventoryPage, ShardId,
+};
 use cairn_metadata::worker::{BoxFuture, Worker, WorkerState};
 
 use crate::server::Chunkserver;
 use crate::Error;
+
+/// Shards per inventory page: the metadata service's limit
+/// (`cairn_metadata::orphans::MAX_PAGE`).
+pub const INVENTORY_PAGE: usize = cairn_metadata::orphans::MAX_PAGE;
 
 /// Name of the id file in the first data directory.
 pub const ID_FILE: &str = "chunkserver-id";
@@ -101,7 +113,7 @@ impl Heartbeat {
             deleted: self.deleted.clone(),
             repairs: Vec::new(),
             repairs_running: 0,
-            scrub: None,
+            scrub: Some(self.cs.scrub().progress()),
         };
         let resp = self.meta.heartbeat(&req).await.map_err(|e| e.to_string())?;
         self.sent += 1;
@@ -122,10 +134,56 @@ impl Heartbeat {
                         }
                     }
                 }
-                // Executed by the repair and inventory workers (issue 6).
-                ChunkserverCommand::Repair(_) | ChunkserverCommand::SendInventory { .. } => {}
+                // Executed by the repair worker (issue 6).
+                ChunkserverCommand::Repair(_) => {}
+                ChunkserverCommand::SendInventory { round } => {
+                    if let Err(e) = self.send_inventory(resp.id, round).await {
+                        // The leader asks again next interval.
+                        tracing::warn!(round, error = %e, "inventory not sent");
+                    }
+                }
             }
         }
+        Ok(())
+    }
+}
+
+impl Heartbeat {
+    /// Posts the whole inventory, page by page, to the metadata leader.
+    async fn send_inventory(&mut self, id: ChunkserverId, round: u64) -> Result<(), String> {
+        let mut after = None;
+        let mut pages = 0u64;
+        let mut queued = 0u64;
+        loop {
+            let list = self
+                .cs
+                .store()
+                .list_with_age(after, INVENTORY_PAGE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let last = list.len() < INVENTORY_PAGE;
+            after = list.last().map(|(s, _)| *s);
+            let page = InventoryPage {
+                id,
+                round,
+                shards: list
+                    .into_iter()
+                    .map(|(shard, age_ms)| InventoryEntry { shard, age_ms })
+                    .collect(),
+                last,
+            };
+            let reply = self
+                .meta
+                .inventory(&page)
+                .await
+                .map_err(|e| e.to_string())?;
+            pages += 1;
+            queued += reply.queued;
+            if last {
+                break;
+            }
+        }
+        tracing::debug!(round, pages, queued, "inventory sent");
         Ok(())
     }
 }

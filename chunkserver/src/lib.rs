@@ -22,7 +22,9 @@
 //! - [`api`]: wire-level names and JSON shapes shared by server and client.
 //! - [`server`]: the [`Chunkserver`] composition root and its HTTP handler.
 //! - [`heartbeat`]: the worker reporting to the metadata service and running
-//!   the commands of its replies.
+//!   the commands of its replies (deletes, inventory for orphan GC).
+//! - [`scrub`]: the throttled background scrubber that re-verifies every
+//!   shard, quarantines bad ones and checkpoints its cursor.
 //! - [`client`]: [`ShardClient`](client::ShardClient), the typed client of a
 //!   chunkserver.
 
@@ -33,6 +35,7 @@ pub mod error;
 pub mod format;
 pub mod heartbeat;
 pub mod ids;
+pub mod scrub;
 pub mod server;
 pub mod store;
 

@@ -27,7 +27,10 @@ use crate::api::{self, InventoryPage, StatsReply};
 use crate::error::{Error, Result};
 use crate::format::HEADER_LEN;
 use crate::ids::ShardId;
+use crate::scrub::{ScrubConfig, ScrubHandle};
 use crate::store::{PutStart, Store, StoreConfig};
+use cairn_metadata::types::ScrubControl;
+use cairn_metadata::worker::WorkerRunner;
 
 /// Granularity of the read memory budget.
 const BUDGET_UNIT: u64 = 1 << 20;
@@ -51,6 +54,8 @@ pub struct ChunkserverConfig {
     pub read_budget: u64,
     /// Connection-level limits of the HTTP server.
     pub server: ServerOptions,
+    /// The scrubber's pass period and throttle.
+    pub scrub: ScrubConfig,
 }
 
 impl ChunkserverConfig {
@@ -67,6 +72,7 @@ impl ChunkserverConfig {
             // Eight maximum-size (64 MiB) shards, or 512 default ones.
             read_budget: 512 << 20,
             server: ServerOptions::default(),
+            scrub: ScrubConfig::default(),
         }
     }
 }
@@ -81,6 +87,10 @@ pub struct Chunkserver {
     read_budget: Arc<Semaphore>,
     read_budget_units: u32,
     server_options: ServerOptions,
+    scrub: ScrubHandle,
+    /// The process's background workers, for `/v1/admin/workers`; set once
+    /// by whoever spawns them.
+    workers: std::sync::OnceLock<WorkerRunner>,
 }
 
 impl fmt::Debug for Chunkserver {
@@ -101,6 +111,12 @@ impl Chunkserver {
             ));
         }
         let store = Store::open(cfg.store).await?;
+        let first_dir = store
+            .data_dirs()
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::InvalidParams("no data directory".into()))?;
+        let scrub = ScrubHandle::open(&first_dir, cfg.scrub)?;
         let units = (cfg.read_budget / BUDGET_UNIT).clamp(1, u64::from(u32::MAX >> 3)) as u32;
         Ok(Arc::new(Chunkserver {
             store,
@@ -111,6 +127,8 @@ impl Chunkserver {
             read_budget: Arc::new(Semaphore::new(units as usize)),
             read_budget_units: units,
             server_options: cfg.server,
+            scrub,
+            workers: std::sync::OnceLock::new(),
         }))
     }
 
@@ -122,6 +140,17 @@ impl Chunkserver {
     /// The failure zone.
     pub fn zone(&self) -> &str {
         &self.zone
+    }
+
+    /// The scrubber's shared state (progress and controls).
+    pub fn scrub(&self) -> &ScrubHandle {
+        &self.scrub
+    }
+
+    /// Records the runner of this process's background workers, listed by
+    /// `POST /v1/admin/workers`. Only the first call counts.
+    pub fn attach_workers(&self, runner: WorkerRunner) {
+        let _ = self.workers.set(runner);
     }
 
     /// Space and usage, per data directory and in total.
@@ -182,6 +211,22 @@ impl Chunkserver {
         B::Error: fmt::Display,
     {
         let path = req.uri().path().to_string();
+        if path == api::SCRUB_PATH {
+            if req.method() != Method::POST {
+                return Ok(method_not_allowed());
+            }
+            let body = read_small_body(req.into_body()).await?;
+            let c: ScrubControl = serde_json::from_slice(&body)
+                .map_err(|e| Error::BadRequest(format!("bad scrub control: {e}")))?;
+            return Ok(json_response(StatusCode::OK, &self.scrub.control(&c)?));
+        }
+        if path == api::WORKERS_PATH {
+            if req.method() != Method::POST {
+                return Ok(method_not_allowed());
+            }
+            let list = self.workers.get().map(|w| w.list()).unwrap_or_default();
+            return Ok(json_response(StatusCode::OK, &list));
+        }
         if path == api::STATS_PATH {
             return match *req.method() {
                 Method::GET => Ok(json_response(StatusCode::OK, &self.stats().await?)),
@@ -407,6 +452,30 @@ impl Chunkserver {
             &InventoryPage { shards, next },
         ))
     }
+}
+
+/// Largest admin request body: a control message is a few dozen bytes.
+const MAX_ADMIN_BODY: usize = 64 << 10;
+
+/// Reads a small JSON request body (at most [`MAX_ADMIN_BODY`]).
+async fn read_small_body<B>(mut body: B) -> Result<Vec<u8>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin,
+    B::Error: fmt::Display,
+{
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::BadRequest(format!("reading the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > MAX_ADMIN_BODY {
+                return Err(Error::BadRequest(format!(
+                    "body over {MAX_ADMIN_BODY} bytes"
+                )));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
 }
 
 /// The JSON error reply for `e`.

@@ -23,6 +23,10 @@
 //! whole. A read verifies the payload hash before returning any byte; a
 //! shard that fails is renamed into `quarantine/` (never deleted) and
 //! recorded for the scrubber and the heartbeat.
+//!
+//! A shard file's mtime is its age for orphan garbage collection: set when
+//! it is written and reset when an identical PUT finds it already stored
+//! (see [`Store::list_with_age`] and `cairn_metadata::orphans`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -439,6 +443,70 @@ impl Store {
             .collect()
     }
 
+    /// Up to `limit` stored shards with ids greater than `after`, in id
+    /// order, each with its age in milliseconds (since its file was last
+    /// written or re-confirmed by an identical PUT): the inventory posted to
+    /// the metadata service for orphan reconciliation. Shards deleted while
+    /// listing are left out.
+    pub async fn list_with_age(
+        &self,
+        after: Option<ShardId>,
+        limit: usize,
+    ) -> Result<Vec<(ShardId, u64)>> {
+        let ids: Vec<(ShardId, Entry)> = {
+            use std::ops::Bound;
+            let st = lock(&self.inner.state);
+            let lower = match after {
+                Some(a) => Bound::Excluded(a),
+                None => Bound::Unbounded,
+            };
+            st.index
+                .range((lower, Bound::Unbounded))
+                .take(limit)
+                .map(|(id, e)| (*id, *e))
+                .collect()
+        };
+        let inner = self.inner.clone();
+        blocking(move || {
+            let now = SystemTime::now();
+            let mut out = Vec::with_capacity(ids.len());
+            for (id, e) in ids {
+                let path = inner.disks[e.disk].shard_path(&id);
+                let modified = match std::fs::metadata(&path).and_then(|m| m.modified()) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+                };
+                // A file from the future (clock stepped back) counts as new.
+                let age = now
+                    .duration_since(modified)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                out.push((id, age));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Fully verifies one stored shard for the scrubber: header checksum,
+    /// file length and payload BLAKE3. A corrupt or truncated shard is
+    /// quarantined, a shard whose file vanished is dropped from the index;
+    /// both are recorded as corruption events (reported by the heartbeat)
+    /// and returned as [`Error::CorruptShard`]. [`Error::NoSuchShard`] means
+    /// it was deleted meanwhile (nothing wrong). On success returns the
+    /// payload length checked.
+    pub async fn verify(&self, id: ShardId) -> Result<u64> {
+        let entry = self.entry(id)?;
+        let inner = self.inner.clone();
+        blocking(move || match inner.read_verified(id, entry) {
+            Ok((meta, _)) => Ok(meta.len),
+            Err(Error::NoSuchShard { .. }) => Err(inner.drop_missing(id, entry)),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
     /// Corruption events since the last call (oldest first), and how many
     /// older ones were dropped because nobody took them in time.
     pub fn take_corrupt_events(&self) -> (Vec<CorruptEvent>, u64) {
@@ -493,6 +561,12 @@ impl Store {
                     match blocking(move || inner.read_header(id, entry)).await {
                         Ok(stored) => {
                             return if stored == meta {
+                                // The writer relies on this copy now: its
+                                // age restarts, so orphan GC (which deletes
+                                // only old unnamed shards) cannot take it
+                                // while the writer's manifest commits.
+                                let inner = self.inner.clone();
+                                blocking(move || inner.touch(id, entry)).await?;
                                 Ok(PutStart::AlreadyStored)
                             } else {
                                 Err(Error::Conflict {
@@ -956,12 +1030,7 @@ impl Inner {
             }
         }
         tracing::warn!(%id, disk = %disk.root.display(), %reason, quarantined_to = ?moved, "corrupt shard");
-        let mut log = lock(&self.corrupt);
-        if log.events.len() >= MAX_CORRUPT_EVENTS {
-            log.events.pop_front();
-            log.dropped += 1;
-        }
-        log.events.push_back(CorruptEvent {
+        self.record_corrupt(CorruptEvent {
             id,
             disk: disk.root.clone(),
             reason: reason.clone(),
@@ -969,6 +1038,62 @@ impl Inner {
             at_unix_ms: now_unix_ms(),
         });
         Error::CorruptShard { id, reason }
+    }
+
+    /// Restarts the age of an existing shard file (sets its mtime to now).
+    fn touch(&self, id: ShardId, entry: Entry) -> Result<()> {
+        let path = self.disks[entry.disk].shard_path(&id);
+        let f = match std::fs::OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoSuchShard { id })
+            }
+            Err(e) => return Err(Error::io(format!("open {}", path.display()), e)),
+        };
+        f.set_modified(SystemTime::now())
+            .map_err(|e| Error::io(format!("set mtime of {}", path.display()), e))
+    }
+
+    /// A shard in the index whose file is gone: drops it from the index (if
+    /// the index still points at the same file generation; a concurrent
+    /// delete removes file and entry together under the state lock) and
+    /// records the event. Returns the error to report.
+    fn drop_missing(&self, id: ShardId, entry: Entry) -> Error {
+        let disk = &self.disks[entry.disk];
+        {
+            let mut st = lock(&self.state);
+            if st.index.get(&id).is_none_or(|e| e.gen != entry.gen) {
+                return Error::NoSuchShard { id };
+            }
+            // Checked under the lock: the file may have reappeared (a new
+            // put of the same id commits under this lock too).
+            if disk.shard_path(&id).exists() {
+                return Error::NoSuchShard { id };
+            }
+            st.index.remove(&id);
+            let u = &mut st.usage[entry.disk];
+            u.used = u.used.saturating_sub(entry.file_len);
+            u.count = u.count.saturating_sub(1);
+        }
+        let reason = "shard file is missing".to_string();
+        tracing::warn!(%id, disk = %disk.root.display(), %reason, "missing shard");
+        self.record_corrupt(CorruptEvent {
+            id,
+            disk: disk.root.clone(),
+            reason: reason.clone(),
+            quarantined_to: None,
+            at_unix_ms: now_unix_ms(),
+        });
+        Error::CorruptShard { id, reason }
+    }
+
+    fn record_corrupt(&self, event: CorruptEvent) {
+        let mut log = lock(&self.corrupt);
+        if log.events.len() >= MAX_CORRUPT_EVENTS {
+            log.events.pop_front();
+            log.dropped += 1;
+        }
+        log.events.push_back(event);
     }
 
     fn delete_blocking(&self, id: ShardId) -> Result<()> {

@@ -189,6 +189,16 @@ impl MetaClient {
         self.call("/v1/heartbeat", req).await
     }
 
+    /// Posts one page of a chunkserver's inventory to the leader (orphan
+    /// reconciliation); returns once the page was checked and any orphans
+    /// it held were queued for deletion.
+    pub async fn inventory(
+        &self,
+        page: &InventoryPage,
+    ) -> Result<crate::orphans::InventoryReply, MetaClientError> {
+        self.call("/v1/inventory", page).await
+    }
+
     /// The answering node's Raft view.
     pub async fn status(&self) -> Result<RaftStatus, MetaClientError> {
         self.call("/v1/status", &()).await

@@ -9,6 +9,7 @@
 //! - [`types`]: the model and API types (buckets, manifests, chunkservers,
 //!   commands, queries, heartbeats).
 //! - [`model`]: the state machine's tables, `apply` and `query`.
+//! - [`orphans`]: the leader's inventory reconciliation (orphan GC).
 //! - [`raft`]: openraft wiring: the redb log and state-machine stores, the
 //!   snapshot format and the HTTP transport.
 //! - [`worker`]: the background-worker runtime every role uses.
@@ -16,6 +17,7 @@ pub mod client;
 pub mod model;
 pub mod net;
 pub mod node;
+pub mod orphans;
 pub mod raft;
 pub mod types;
 pub mod worker;

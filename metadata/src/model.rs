@@ -404,10 +404,18 @@ fn apply_inner(
         Command::ReportBadShards { .. }
         | Command::ClearBadShards { .. }
         | Command::CommitRepair { .. }
-        | Command::QueueGc { .. }
         | Command::RemoveChunkserver { .. } => Ok(Err(MetaError::Invalid(
             "command not supported by this build".into(),
         ))),
+        // The proposer (orphan reconciliation, `crate::orphans`) checked
+        // that nothing names these shards on this chunkserver.
+        Command::QueueGc {
+            chunkserver,
+            shards,
+        } => {
+            queue_gc(txn, shards.iter().map(|s| (*chunkserver, *s)))?;
+            Ok(Ok(CommandResult::Ok))
+        }
         Command::GcDone {
             chunkserver,
             shards,

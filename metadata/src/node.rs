@@ -9,6 +9,11 @@
 //!   unless `stale=1`
 //! - `/v1/heartbeat`: [`HeartbeatRequest`] -> [`HeartbeatResponse`]
 //! - `/v1/status`: this node's [`RaftStatus`]
+//! - `/v1/inventory`: an [`InventoryPage`] of a chunkserver (leader only) ->
+//!   [`InventoryReply`](crate::orphans::InventoryReply); see
+//!   [`crate::orphans`]
+//! - `/v1/admin/workers`: this node's background workers
+//!   ([`WorkerInfo`](crate::worker::WorkerInfo) list)
 //! - `/v1/admin/init`, `/v1/admin/add-node`, `/v1/admin/remove-node`:
 //!   membership changes
 //! - `/raft/append`, `/raft/vote`, `/raft/snapshot`: Raft RPCs
@@ -33,6 +38,7 @@ use redb::ReadableDatabase;
 
 use crate::model;
 use crate::net::{self, Body, HttpClient, ServerOptions};
+use crate::orphans::{self, InventoryReply, OrphanConfig, Orphans};
 use crate::raft::{self, Raft};
 use crate::types::*;
 use crate::worker::{BoxFuture, Worker, WorkerRunner, WorkerState};
@@ -65,6 +71,8 @@ pub struct MetaConfig {
     pub down_after: Duration,
     /// Write a chunkserver's stats to the log at most this often.
     pub stats_every: Duration,
+    /// Orphan GC: grace period and inventory interval.
+    pub orphans: OrphanConfig,
 }
 
 impl MetaConfig {
@@ -83,6 +91,7 @@ impl MetaConfig {
             suspect_after: Duration::from_secs(6),
             down_after: Duration::from_secs(30),
             stats_every: Duration::from_secs(5),
+            orphans: OrphanConfig::default(),
         }
     }
 }
@@ -172,6 +181,9 @@ pub struct MetaNode {
     batcher: tokio::sync::mpsc::Sender<Pending>,
     sm: Arc<redb::Database>,
     liveness: Mutex<Liveness>,
+    orphans: Orphans,
+    /// The background workers, set when serving starts.
+    workers: std::sync::OnceLock<WorkerRunner>,
 }
 
 /// A client write waiting to be proposed.
@@ -284,11 +296,13 @@ impl MetaNode {
         let (batcher, rx) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
         tokio::spawn(batch_loop(raft.clone(), rx));
         Ok(Arc::new(MetaNode {
-            cfg,
             raft,
             batcher,
             sm,
             liveness: Mutex::new(Liveness::default()),
+            orphans: Orphans::new(cfg.orphans),
+            workers: std::sync::OnceLock::new(),
+            cfg,
         }))
     }
 
@@ -305,6 +319,7 @@ impl MetaNode {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         let (runner, stop) = WorkerRunner::new();
+        let _ = self.workers.set(runner.clone());
         runner.spawn(FailureDetector { node: self.clone() });
         let node = self.clone();
         let handler = move |req: Request<Incoming>, _peer: SocketAddr| {
@@ -505,7 +520,79 @@ impl MetaNode {
         if !pending.is_empty() {
             commands.push(ChunkserverCommand::Delete { shards: pending });
         }
+        if let Some(round) = self.inventory_due(id) {
+            commands.push(ChunkserverCommand::SendInventory { round });
+        }
         Ok(HeartbeatResponse { id, commands })
+    }
+
+    /// The inventory round to ask chunkserver `id` for, when due.
+    fn inventory_due(&self, id: ChunkserverId) -> Option<u64> {
+        let term = self.raft.metrics().borrow().current_term;
+        self.orphans.inventory_due(id, term)
+    }
+
+    /// Orphans found by inventory reconciliation that are still inside the
+    /// grace period (for `ClusterStatus::orphans_pending`).
+    pub fn orphans_pending(&self) -> u64 {
+        self.orphans.pending()
+    }
+
+    /// Checks one inventory page (see [`crate::orphans`]): after the page
+    /// arrived, confirm leadership (so every committed write is applied
+    /// here), sort its entries on one read transaction, and queue the old
+    /// unnamed ones for deletion through the log.
+    async fn inventory(&self, page: InventoryPage) -> Result<InventoryReply, ApiError> {
+        if !self.is_leader() {
+            return Err(ApiError::NotLeader(self.leader_addr()));
+        }
+        if page.shards.len() > orphans::MAX_PAGE {
+            return Err(ApiError::BadRequest(format!(
+                "an inventory page holds at most {} shards",
+                orphans::MAX_PAGE
+            )));
+        }
+        let id = page.id;
+        let known = self
+            .read(move |txn| Ok(model::chunkservers(txn)?.iter().any(|c| c.id == id)))
+            .await?;
+        if !known {
+            return Err(ApiError::BadRequest(format!("unknown chunkserver {id}")));
+        }
+        // A chunkserver posting its inventory is alive, even if the pages
+        // delay its next heartbeat.
+        if let Ok(mut l) = self.liveness.lock() {
+            l.last_seen.insert(id, Instant::now());
+        }
+        let _scan = self.orphans.scan_permit().await;
+        self.linearize().await?;
+        let grace_ms = self.orphans.config().grace.as_millis() as u64;
+        let entries = page.shards.clone();
+        let verdict = self
+            .read(move |txn| orphans::check_page(txn, id, &entries, grace_ms))
+            .await?;
+        for chunk in verdict.orphans.chunks(model::GC_BATCH) {
+            tracing::info!(
+                chunkserver = id,
+                orphans = chunk.len(),
+                "queueing orphan shards for deletion"
+            );
+            match self
+                .write(Command::QueueGc {
+                    chunkserver: id,
+                    shards: chunk.to_vec(),
+                })
+                .await?
+            {
+                CommandResult::Ok => {}
+                other => return Err(ApiError::Internal(format!("queue gc: {other:?}"))),
+            }
+        }
+        self.orphans.record(&page, verdict.pending);
+        Ok(InventoryReply {
+            queued: verdict.orphans.len() as u64,
+            pending: verdict.pending,
+        })
     }
 
     fn status(&self) -> RaftStatus {
@@ -626,6 +713,14 @@ impl MetaNode {
                     net::json_response(StatusCode::OK, &self.heartbeat(hb).await?)
                 }
                 "/v1/status" => net::json_response(StatusCode::OK, &self.status()),
+                "/v1/inventory" => {
+                    let page: InventoryPage = parse(&body)?;
+                    net::json_response(StatusCode::OK, &self.inventory(page).await?)
+                }
+                "/v1/admin/workers" => {
+                    let list = self.workers.get().map(|w| w.list()).unwrap_or_default();
+                    net::json_response(StatusCode::OK, &list)
+                }
                 "/v1/admin/init" => {
                     let r: InitRequest = parse(&body)?;
                     self.initialize(r.members).await?;

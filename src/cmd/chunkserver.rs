@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_chunkserver::heartbeat::Heartbeat;
+use cairn_chunkserver::scrub::{ScrubConfig, Scrubber};
 use cairn_chunkserver::store::DEFAULT_MAX_SHARD_SIZE;
 use cairn_chunkserver::{Chunkserver, ChunkserverConfig, Reserve, StoreConfig};
 use cairn_metadata::client::{MetaClient, MetaClientOptions};
@@ -55,6 +56,17 @@ pub struct Args {
     /// Interval between heartbeats, in milliseconds.
     #[arg(long, default_value_t = 3000)]
     pub heartbeat_ms: u64,
+    /// Scrubber throughput cap in MB/s (0 = none); changeable at runtime
+    /// with `cairn admin scrub`.
+    #[arg(long, default_value_t = cairn_chunkserver::scrub::DEFAULT_MAX_MBPS)]
+    pub scrub_mbps: u64,
+    /// Scrubber tranquility: after each shard, sleep this many times the
+    /// time it took.
+    #[arg(long, default_value_t = cairn_chunkserver::scrub::DEFAULT_TRANQUILITY)]
+    pub scrub_tranquility: u32,
+    /// Seconds between the starts of full scrub passes (default 7 days).
+    #[arg(long, default_value_t = cairn_chunkserver::scrub::DEFAULT_PERIOD.as_secs())]
+    pub scrub_period_secs: u64,
 }
 
 /// Runs a chunkserver until SIGTERM or Ctrl-C.
@@ -64,6 +76,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     store.max_shard_size = args.max_shard_size;
     let mut cfg = ChunkserverConfig::new(store, args.zone, args.secret.clone());
     cfg.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
+    cfg.scrub = ScrubConfig {
+        period: Duration::from_secs(args.scrub_period_secs.max(1)),
+        max_mbps: args.scrub_mbps,
+        tranquility: args.scrub_tranquility,
+    };
 
     // Composition root: built once; background workers get clones of it.
     let cs = Chunkserver::open(cfg)
@@ -83,6 +100,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(%addr, zone = cs.zone(), shards = cs.store().shard_count(), "chunkserver listening");
 
     let (workers, stop_workers) = WorkerRunner::new();
+    cs.attach_workers(workers.clone());
+    workers.spawn(Scrubber::new(cs.store().clone(), cs.scrub().clone()));
     if !args.metadata.is_empty() {
         let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
         if args.advertise.is_none() && addr.ip().is_unspecified() {

@@ -57,6 +57,14 @@ pub struct Args {
     /// Seconds of silence after which a chunkserver is marked down.
     #[arg(long, default_value_t = 30)]
     pub chunkserver_down_secs: u64,
+    /// Orphan GC: a shard no manifest or upload names is deleted only once
+    /// it is this many seconds old.
+    #[arg(long, default_value_t = 3600)]
+    pub orphan_grace_secs: u64,
+    /// Orphan GC: ask each chunkserver for its inventory this often
+    /// (seconds).
+    #[arg(long, default_value_t = 3600)]
+    pub inventory_every_secs: u64,
 }
 
 /// Parses `1=ADDR,2=ADDR`.
@@ -106,6 +114,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     cfg.keep_logs = args.keep_logs;
     cfg.down_after = Duration::from_secs(args.chunkserver_down_secs);
     cfg.suspect_after = cfg.down_after.min(Duration::from_secs(6));
+    cfg.orphans = cairn_metadata::orphans::OrphanConfig {
+        grace: Duration::from_secs(args.orphan_grace_secs),
+        inventory_every: Duration::from_secs(args.inventory_every_secs.max(1)),
+    };
     let node = MetaNode::start(cfg).await?;
     tracing::info!(id = args.id, addr = %bound, "metadata node listening");
     if let Some(p) = &args.addr_file {
