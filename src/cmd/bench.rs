@@ -1,36 +1,53 @@
-//! `cairn bench`: measures this machine's ceilings (`limits`), the metadata
-//! service's commit rate (`meta`) and the native client's large-object
-//! throughput (`put`, `get`), each with the machine's limits measured in the
-//! same process so the figures can be read as ratios (absolute numbers are
-//! noisy on shared machines).
+//! `cairn bench`: Cairn's own load generator and the machine's ceilings.
+//!
+//! - `limits`: memcpy, BLAKE3, EC encode, the PUT and GET paths' CPU work
+//!   per core, loopback TCP, fsync'd disk writes ([`limits`]).
+//! - `meta`: committed metadata writes per second at several client counts.
+//! - `put|get|mixed|small`: object load against an S3 endpoint
+//!   (`--endpoint`, signed with `aws-sigv4`, [`s3`]) or the native client
+//!   library (`--native`), driven by [`load`] and reported by [`report`]
+//!   (throughput, latency percentiles from an HDR histogram, errors by kind,
+//!   CPU seconds per GB, each figure next to the matching limit measured in
+//!   the same process, since ratios from one run are what we compare on
+//!   shared machines).
+//!
+//! Everything a run writes goes under a fresh key prefix in a bucket it
+//! creates (`bench-<random>` unless `--bucket`), and is deleted at the end
+//! together with the bucket if the run created it, unless `--keep`.
 
-use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+pub mod limits;
+pub mod load;
+pub mod report;
+pub mod s3;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::Bytes;
-use cairn_chunkserver::codec::{shard_len_for, Codec};
-use cairn_client::PutOptions;
 use cairn_metadata::types::*;
 use futures::StreamExt;
-use serde::Serialize;
 
 use crate::config::ConnArgs;
+use limits::{limits_table, measure_limits};
+use load::{Mix, Op, Run, Stop, Target, Work};
+use report::{Objects, OpStats, Report, Row};
 
 /// `cairn bench ...`
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
     /// This machine's ceilings: memcpy, BLAKE3, EC encode, the single-core
-    /// copy+BLAKE3+encode rate, fsync'd sequential writes.
+    /// PUT and GET CPU rates, loopback TCP, fsync'd writes.
     Limits(LimitArgs),
     /// Committed metadata writes per second at several client counts.
     Meta(MetaArgs),
-    /// Large-object PUT throughput through the client library.
-    Put(ObjArgs),
-    /// Large-object GET throughput through the client library.
-    Get(ObjArgs),
+    /// PUT throughput: new objects of --size.
+    Put(LoadArgs),
+    /// GET throughput over a working set written first (not timed).
+    Get(LoadArgs),
+    /// A GET/PUT/DELETE mix (--mix, default 60,30,10) over a working set.
+    Mixed(LoadArgs),
+    /// Small objects (default 4 KiB): PUTs, then GETs, reported separately.
+    Small(LoadArgs),
 }
 
 /// Flags of `cairn bench limits`.
@@ -55,27 +72,67 @@ pub struct MetaArgs {
     pub duration: u64,
 }
 
-/// Flags of `cairn bench put|get`.
+/// Flags of `cairn bench put|get|mixed|small`.
 #[derive(clap::Args, Debug, Clone)]
-pub struct ObjArgs {
-    /// Object size, e.g. 64MiB.
-    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
-    pub size: u64,
-    /// Concurrency levels, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,4")]
-    pub concurrency: Vec<usize>,
-    /// Objects per concurrency level.
-    #[arg(long, default_value_t = 16)]
-    pub count: usize,
-    /// Bucket (created if missing, objects deleted afterwards).
-    #[arg(long, default_value = "cairn-bench")]
-    pub bucket: String,
-    /// Erasure coding of the bench bucket when it is created.
-    #[arg(long, default_value = "4+2")]
-    pub ec: EcParams,
-    /// Compute MD5 ETags on PUT (what the S3 gateway does).
+#[command(group(clap::ArgGroup::new("target").required(true).args(["endpoint", "native"])))]
+pub struct LoadArgs {
+    /// S3 endpoint, e.g. http://127.0.0.1:7900 (path-style requests).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Use the native client library (metadata addresses from
+    /// --metadata, CAIRN_METADATA or the config file).
+    #[arg(long)]
+    pub native: bool,
+    /// S3 access key id.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub access_key: Option<String>,
+    /// S3 secret key.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// S3 region to sign for.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// Object size, e.g. 64MiB, 4KiB (default 64 MiB; 4 KiB for `small`).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Concurrent requests.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// How long each timed phase runs, e.g. 10s, 500ms, 2m (default 10s).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "count")]
+    pub duration: Option<Duration>,
+    /// Operations per timed phase instead of a duration.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Objects written before a `get` or `mixed` phase (default: about
+    /// 256 MiB worth, at least 2 per worker, at most 1000).
+    #[arg(long)]
+    pub objects: Option<u64>,
+    /// GET,PUT,DELETE weights of `mixed`.
+    #[arg(long, default_value = "60,30,10")]
+    pub mix: Mix,
+    /// Erasure coding of the bucket when the bench creates it (S3: sent as
+    /// `x-cairn-ec`). Default: the target's default (4+2 on Cairn).
+    #[arg(long)]
+    pub ec: Option<EcParams>,
+    /// Bucket (default: a fresh `bench-<random>`); created if missing.
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// Keep the objects (and the bucket) instead of deleting them.
+    #[arg(long)]
+    pub keep: bool,
+    /// Native PUTs compute an MD5 ETag, as the S3 gateway does.
     #[arg(long)]
     pub md5: bool,
+    /// Time allowed for one operation.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub timeout: Duration,
+    /// Skip measuring this machine's limits.
+    #[arg(long)]
+    pub no_limits: bool,
+    /// Directory for the limits' disk test.
+    #[arg(long, default_value = ".")]
+    pub limits_dir: std::path::PathBuf,
 }
 
 /// Parses `64MiB`, `4KiB`, `1GiB`, `1000`.
@@ -99,197 +156,213 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("bad size {s:?}"))
 }
 
-/// Ceilings measured on this machine.
-#[derive(Debug, Clone, Serialize)]
-pub struct Limits {
-    /// memcpy, one thread, GB/s.
-    pub memcpy_gbps: f64,
-    /// BLAKE3 over 1 MiB buffers, one thread, GB/s.
-    pub blake3_gbps: f64,
-    /// EC encode of full stripes, one thread, GB/s of data.
-    pub encode_gbps: f64,
-    /// Copy + BLAKE3 of every shard + encode, one thread, GB/s of data: the
-    /// CPU cost of the PUT path per core.
-    pub put_cpu_gbps: f64,
-    /// Copy + BLAKE3 of the data shards: the CPU cost of the GET path.
-    pub get_cpu_gbps: f64,
-    /// Sequential writes of 4 MiB followed by fdatasync, MB/s.
-    pub fsync_write_mbps: f64,
+/// Parses `10s`, `500ms`, `2m`, `1h`, `1.5s` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = [("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+        .iter()
+        .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim(), *m)))
+        .unwrap_or((t, 1.0));
+    num.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0 && *v * unit <= 366.0 * 86400.0)
+        .map(|v| Duration::from_secs_f64(v * unit))
+        .ok_or_else(|| format!("bad duration {s:?}: expected e.g. 10s, 500ms, 2m"))
 }
 
-fn gbps(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / d.as_secs_f64().max(1e-9) / 1e9
-}
-
-/// Repeats `f` (each call processing `bytes`) for at least `min`, returns GB/s.
-fn rate(bytes: u64, min: Duration, mut f: impl FnMut()) -> f64 {
-    f();
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < min {
-        f();
-        n += 1;
+/// `64MiB`, `4KiB`, `1000B`.
+pub fn human(n: u64) -> String {
+    if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
+        format!("{}GiB", n >> 30)
+    } else if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{}MiB", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{}KiB", n >> 10)
+    } else {
+        format!("{n}B")
     }
-    gbps(bytes * n, start.elapsed())
-}
-
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for c in v.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        c.copy_from_slice(&b[..c.len()]);
-    }
-    v
-}
-
-/// Measures the ceilings (takes a few seconds).
-pub fn measure_limits(ec: EcParams, dir: &std::path::Path) -> anyhow::Result<Limits> {
-    let t = Duration::from_millis(600);
-    let stripe = usize::from(ec.k) << 20;
-    let src = random_bytes(stripe);
-    let mut dst = vec![0u8; stripe];
-    let memcpy_gbps = rate(stripe as u64, t, || {
-        dst.copy_from_slice(&src);
-        std::hint::black_box(&dst);
-    });
-    let blake3_gbps = rate(1 << 20, t, || {
-        std::hint::black_box(blake3::hash(&src[..1 << 20]));
-    });
-    let codec = Codec::new(ec)?;
-    let shard_len = shard_len_for(stripe, ec.k);
-    let encode_gbps = rate(stripe as u64, t, || {
-        std::hint::black_box(codec.encode(&src, shard_len).ok());
-    });
-    let put_cpu_gbps = rate(stripe as u64, t, || {
-        if let Ok(shards) = codec.encode(&src, shard_len) {
-            for s in &shards {
-                std::hint::black_box(blake3::hash(s));
-            }
-        }
-    });
-    let get_cpu_gbps = rate(stripe as u64, t, || {
-        for s in src.chunks(shard_len) {
-            std::hint::black_box(blake3::hash(s));
-        }
-        dst.copy_from_slice(&src);
-        std::hint::black_box(&dst);
-    });
-    let path = dir.join(format!(".cairn-bench-{}", std::process::id()));
-    let fsync = (|| -> anyhow::Result<f64> {
-        let mut f = std::fs::File::create(&path)?;
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < Duration::from_secs(1) && n < 256 {
-            f.write_all(&src[..4 << 20])?;
-            f.sync_data()?;
-            n += 1;
-        }
-        Ok((n * (4 << 20)) as f64 / start.elapsed().as_secs_f64() / 1e6)
-    })();
-    let _ = std::fs::remove_file(&path);
-    Ok(Limits {
-        memcpy_gbps,
-        blake3_gbps,
-        encode_gbps,
-        put_cpu_gbps,
-        get_cpu_gbps,
-        fsync_write_mbps: fsync.context("disk test")?,
-    })
-}
-
-/// Latency summary in milliseconds.
-#[derive(Debug, Clone, Serialize)]
-pub struct Latency {
-    /// Median.
-    pub p50_ms: f64,
-    /// 90th percentile.
-    pub p90_ms: f64,
-    /// 99th percentile.
-    pub p99_ms: f64,
-    /// Worst.
-    pub max_ms: f64,
-}
-
-fn latency(mut v: Vec<Duration>) -> Latency {
-    v.sort();
-    let q = |p: f64| -> f64 {
-        if v.is_empty() {
-            return 0.0;
-        }
-        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-        v[i.min(v.len() - 1)].as_secs_f64() * 1e3
-    };
-    Latency {
-        p50_ms: q(0.5),
-        p90_ms: q(0.9),
-        p99_ms: q(0.99),
-        max_ms: q(1.0),
-    }
-}
-
-/// One row of results.
-#[derive(Debug, Clone, Serialize)]
-pub struct Row {
-    /// What was measured.
-    pub op: String,
-    /// Concurrency.
-    pub concurrency: usize,
-    /// Operations done.
-    pub ops: u64,
-    /// Errors.
-    pub errors: u64,
-    /// Operations per second.
-    pub ops_per_sec: f64,
-    /// MB/s (10^6 bytes), for data operations.
-    pub mbps: f64,
-    /// Latency.
-    pub latency: Latency,
-    /// Process CPU seconds per GB moved (data operations).
-    pub cpu_s_per_gb: f64,
-}
-
-fn cpu_seconds() -> f64 {
-    // utime + stime from /proc/self/stat, in clock ticks (100 Hz on Linux).
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Runs a bench command.
 pub async fn run(conn: &ConnArgs, cmd: BenchCmd, json: bool) -> anyhow::Result<()> {
-    match cmd {
+    let (mode, a) = match cmd {
         BenchCmd::Limits(a) => {
             let l = tokio::task::spawn_blocking(move || measure_limits(a.ec, &a.dir)).await??;
             if json {
                 println!("{}", serde_json::to_string_pretty(&l)?);
             } else {
-                print_limits(&l);
+                print!("{}", limits_table(&l));
             }
-            Ok(())
+            return Ok(());
         }
-        BenchCmd::Meta(a) => bench_meta(conn, a, json).await,
-        BenchCmd::Put(a) => bench_objects(conn, a, json, true).await,
-        BenchCmd::Get(a) => bench_objects(conn, a, json, false).await,
+        BenchCmd::Meta(a) => return bench_meta(conn, a, json).await,
+        BenchCmd::Put(a) => ("put", a),
+        BenchCmd::Get(a) => ("get", a),
+        BenchCmd::Mixed(a) => ("mixed", a),
+        BenchCmd::Small(a) => ("small", a),
+    };
+    let report = bench_load(conn, mode, a).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_table());
     }
+    if report.errors > 0 {
+        eprintln!("cairn bench: {} operations failed", report.errors);
+    }
+    Ok(())
 }
 
-fn print_limits(l: &Limits) {
-    println!("machine limits (one thread):");
-    println!("  memcpy                      {:>8.2} GB/s", l.memcpy_gbps);
-    println!("  BLAKE3                      {:>8.2} GB/s", l.blake3_gbps);
-    println!("  EC encode                   {:>8.2} GB/s", l.encode_gbps);
-    println!("  copy+encode+BLAKE3 (PUT)    {:>8.2} GB/s", l.put_cpu_gbps);
-    println!("  copy+BLAKE3 (GET)           {:>8.2} GB/s", l.get_cpu_gbps);
-    println!(
-        "  fsync'd sequential write    {:>8.0} MB/s",
-        l.fsync_write_mbps
+/// Runs `put|get|mixed|small` and returns the report.
+async fn bench_load(conn: &ConnArgs, mode: &str, a: LoadArgs) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        (1..=4096).contains(&a.concurrency),
+        "--concurrency must be 1 to 4096"
     );
+    if let Some(ec) = a.ec {
+        ec.validate().map_err(|e| anyhow::anyhow!("{}", e.0))?;
+    }
+    let default_size = if mode == "small" { 4096 } else { 64 << 20 };
+    let size = a.size.unwrap_or(default_size);
+    anyhow::ensure!(
+        size <= 5 << 30,
+        "--size above 5 GiB (S3's single PUT limit)"
+    );
+    let size_usize = usize::try_from(size).context("--size too large")?;
+    let stop = match (a.count, a.duration) {
+        (Some(0), _) => anyhow::bail!("--count must be at least 1"),
+        (Some(n), _) => Stop::Count(n),
+        (None, Some(d)) => Stop::Duration(d),
+        (None, None) => Stop::Duration(Duration::from_secs(10)),
+    };
+    let bucket = match &a.bucket {
+        Some(b) => b.clone(),
+        None => format!("bench-{}", hex::encode(rand::random::<[u8; 6]>())),
+    };
+    validate_bucket_name(&bucket).map_err(|e| anyhow::anyhow!("--bucket: {}", e.0))?;
+
+    let target = match &a.endpoint {
+        Some(ep) => {
+            let key = a
+                .access_key
+                .as_deref()
+                .context("--endpoint needs --access-key (or AWS_ACCESS_KEY_ID)")?;
+            let secret = a
+                .secret_key
+                .as_deref()
+                .context("--endpoint needs --secret-key (or AWS_SECRET_ACCESS_KEY)")?;
+            Target::S3(Box::new(s3::S3Target::new(
+                ep,
+                key,
+                secret,
+                &a.region,
+                a.concurrency,
+                a.timeout,
+            )?))
+        }
+        None => Target::native(crate::cmd::cli::client(conn).await?, a.md5),
+    };
+
+    // The limits first, while nothing else runs.
+    let limits = if a.no_limits {
+        None
+    } else {
+        let ec = a.ec.unwrap_or_default();
+        let dir = a.limits_dir.clone();
+        Some(tokio::task::spawn_blocking(move || measure_limits(ec, &dir)).await??)
+    };
+
+    let created = target
+        .create_bucket(&bucket, a.ec)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create bucket {bucket}: {}: {}", e.kind, e.message))?;
+    let run = Arc::new(Run::new(target, bucket.clone(), size_usize, a.timeout));
+    let progress = true;
+    let conc = a.concurrency;
+    let working_set = a
+        .objects
+        .unwrap_or_else(|| ((256u64 << 20) / size.max(1)).clamp(2 * conc as u64, 1000));
+
+    let mut rows: Vec<Row> = Vec::new();
+    let res = async {
+        match mode {
+            "put" => {
+                let p = run
+                    .phase("put", Work::Only(Op::Put), conc, stop, progress)
+                    .await?;
+                rows.extend(p.rows(None, size, conc));
+            }
+            "get" | "mixed" => {
+                let p = run
+                    .phase(
+                        "prepare",
+                        Work::Only(Op::Put),
+                        conc,
+                        Stop::Count(working_set),
+                        progress,
+                    )
+                    .await?;
+                rows.extend(p.rows(Some("prepare"), size, conc));
+                anyhow::ensure!(run.live() > 0, "could not write any object to read");
+                let work = if mode == "get" {
+                    Work::Only(Op::Get)
+                } else {
+                    Work::Mixed(a.mix)
+                };
+                let p = run.phase(mode, work, conc, stop, progress).await?;
+                rows.extend(p.rows(None, size, conc));
+            }
+            "small" => {
+                let p = run
+                    .phase("put", Work::Only(Op::Put), conc, stop, progress)
+                    .await?;
+                rows.extend(p.rows(None, size, conc));
+                anyhow::ensure!(run.live() > 0, "could not write any object to read");
+                let p = run
+                    .phase("get", Work::Only(Op::Get), conc, stop, progress)
+                    .await?;
+                rows.extend(p.rows(None, size, conc));
+            }
+            other => anyhow::bail!("unknown bench mode {other}"),
+        }
+        Ok(())
+    }
+    .await;
+
+    let mut objects = Objects {
+        written: run.written(),
+        deleted: run.deleted(),
+        live: run.live(),
+        ..Default::default()
+    };
+    if !a.keep {
+        let (cleaned, failed) = run.cleanup(conc).await;
+        objects.cleaned = cleaned;
+        objects.cleanup_errors = failed;
+        if created && failed == 0 {
+            if let Err(e) = run.target().delete_bucket(&bucket).await {
+                eprintln!("cairn bench: cannot delete bucket {bucket}: {}", e.message);
+            }
+        }
+    }
+    res?;
+    let mut report = Report {
+        mode: mode.to_string(),
+        target: run.target().name().to_string(),
+        endpoint: a.endpoint.clone(),
+        bucket,
+        bucket_created: created,
+        kept: a.keep,
+        size,
+        concurrency: conc,
+        ec: a.ec.map(|e| e.to_string()),
+        results: rows,
+        errors: 0,
+        objects,
+        limits,
+    };
+    report.finish();
+    Ok(report)
 }
 
 async fn bench_meta(conn: &ConnArgs, a: MetaArgs, json: bool) -> anyhow::Result<()> {
@@ -299,7 +372,7 @@ async fn bench_meta(conn: &ConnArgs, a: MetaArgs, json: bool) -> anyhow::Result<
         secret,
         Default::default(),
     ));
-    let bucket = format!("bench-meta-{}", std::process::id());
+    let bucket = format!("bench-meta-{}", hex::encode(rand::random::<[u8; 4]>()));
     meta.write(&Command::CreateBucket {
         bucket: BucketInfo {
             name: bucket.clone(),
@@ -311,24 +384,18 @@ async fn bench_meta(conn: &ConnArgs, a: MetaArgs, json: bool) -> anyhow::Result<
     })
     .await?;
     let mut rows = Vec::new();
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for &clients in &a.clients {
         let deadline = Instant::now() + Duration::from_secs(a.duration);
-        let lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
-        let errors = Arc::new(AtomicU64::new(0));
-        let seq = Arc::new(AtomicU64::new(0));
+        let cpu0 = load::cpu_seconds();
         let start = Instant::now();
         let mut tasks = Vec::new();
-        for _ in 0..clients {
-            let (meta, lat, errors, seq, bucket) = (
-                meta.clone(),
-                lat.clone(),
-                errors.clone(),
-                seq.clone(),
-                bucket.clone(),
-            );
+        for _ in 0..clients.max(1) {
+            let (meta, seq, bucket) = (meta.clone(), seq.clone(), bucket.clone());
             tasks.push(tokio::spawn(async move {
+                let mut stats = OpStats::default();
                 while Instant::now() < deadline {
-                    let i = seq.fetch_add(1, Ordering::Relaxed);
+                    let i = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let t = Instant::now();
                     let r = meta
                         .write(&Command::PutObject {
@@ -347,253 +414,71 @@ async fn bench_meta(conn: &ConnArgs, a: MetaArgs, json: bool) -> anyhow::Result<
                                 shard_size: 1 << 20,
                                 stripes: Vec::new(),
                                 parts: Vec::new(),
+                                inline: None,
                             },
                             condition: PutCondition::None,
                         })
                         .await;
                     match r {
-                        Ok(CommandResult::Ok) => {
-                            if let Ok(mut l) = lat.lock() {
-                                l.push(t.elapsed());
-                            }
-                        }
-                        _ => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
+                        Ok(CommandResult::Ok) => stats.ok(0, t.elapsed()),
+                        Ok(other) => stats.err(&format!("{other:?}")),
+                        Err(e) => stats.err(&e.to_string()),
                     }
                 }
+                stats
             }));
         }
+        let mut merged = OpStats::default();
         for t in tasks {
-            t.await?;
+            merged.merge(&t.await?);
         }
-        let elapsed = start.elapsed();
-        let l = lat.lock().map(|l| l.clone()).unwrap_or_default();
-        rows.push(Row {
-            op: "meta-commit".into(),
-            concurrency: clients,
-            ops: l.len() as u64,
-            errors: errors.load(Ordering::Relaxed),
-            ops_per_sec: l.len() as f64 / elapsed.as_secs_f64(),
-            mbps: 0.0,
-            latency: latency(l),
-            cpu_s_per_gb: 0.0,
-        });
+        rows.push(Row::new(
+            "meta-commit",
+            0,
+            clients,
+            &merged,
+            start.elapsed(),
+            load::cpu_seconds() - cpu0,
+        ));
     }
-    print_rows(&rows, None, json)?;
-    Ok(())
-}
-
-fn print_rows(rows: &[Row], limits: Option<&Limits>, json: bool) -> anyhow::Result<()> {
+    // The keys are manifests without data: delete them and the bucket.
+    let n = seq.load(std::sync::atomic::Ordering::Relaxed);
+    let deletes = futures::stream::iter(0..n)
+        .map(|i| {
+            let (meta, bucket) = (meta.clone(), bucket.clone());
+            async move {
+                meta.write(&Command::DeleteObject {
+                    bucket,
+                    key: format!("k{i:09}"),
+                    condition: PutCondition::None,
+                })
+                .await
+                .is_ok()
+            }
+        })
+        .buffer_unordered(64);
+    let failed = deletes
+        .filter(|ok| futures::future::ready(!ok))
+        .count()
+        .await;
+    if failed == 0 {
+        let _ = meta
+            .write(&Command::DeleteBucket {
+                name: bucket.clone(),
+            })
+            .await;
+    } else {
+        eprintln!("cairn bench: {failed} metadata test keys left in bucket {bucket}");
+    }
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "limits": limits, "results": rows })
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({ "results": rows }))?
         );
-        return Ok(());
-    }
-    if let Some(l) = limits {
-        print_limits(l);
-    }
-    println!(
-        "{:<12} {:>5} {:>7} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "op",
-        "conc",
-        "ops",
-        "errors",
-        "ops/s",
-        "MB/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "max ms",
-        "cpu s/GB"
-    );
-    for r in rows {
-        println!(
-            "{:<12} {:>5} {:>7} {:>6} {:>10.1} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-            r.op,
-            r.concurrency,
-            r.ops,
-            r.errors,
-            r.ops_per_sec,
-            r.mbps,
-            r.latency.p50_ms,
-            r.latency.p90_ms,
-            r.latency.p99_ms,
-            r.latency.max_ms,
-            r.cpu_s_per_gb
-        );
-        if let Some(l) = limits {
-            let base = if r.op.starts_with("put") {
-                l.put_cpu_gbps
-            } else {
-                l.get_cpu_gbps
-            };
-            println!(
-                "{:<12} {:>5} = {:.0}% of the single-core {} CPU rate ({:.2} GB/s)",
-                "",
-                "",
-                r.mbps / 1e3 / base * 100.0,
-                if r.op.starts_with("put") {
-                    "copy+encode+BLAKE3"
-                } else {
-                    "copy+BLAKE3"
-                },
-                base
-            );
-        }
+    } else {
+        print!("{}", report::rows_table(&rows));
     }
     Ok(())
-}
-
-async fn bench_objects(conn: &ConnArgs, a: ObjArgs, json: bool, put: bool) -> anyhow::Result<()> {
-    let limits = {
-        let ec = a.ec;
-        tokio::task::spawn_blocking(move || measure_limits(ec, std::path::Path::new("."))).await??
-    };
-    let client = crate::cmd::cli::client(conn).await?;
-    match client.create_bucket(&a.bucket, a.ec, 1 << 20).await {
-        Ok(()) | Err(cairn_client::ClientError::BucketExists(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let size = usize::try_from(a.size).context("size too large")?;
-    let body = Bytes::from(random_bytes(size));
-    let mut rows = Vec::new();
-    let progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    for &conc in &a.concurrency {
-        let keys: Vec<String> = (0..a.count)
-            .map(|i| format!("bench/{size}/{conc}/{i}"))
-            .collect();
-        if !put {
-            // GET needs the objects: write them first (not measured).
-            for k in &keys {
-                client
-                    .put(
-                        &a.bucket,
-                        k,
-                        std::io::Cursor::new(body.clone()),
-                        PutOptions::default(),
-                    )
-                    .await?;
-            }
-        }
-        let next = Arc::new(AtomicU64::new(0));
-        let lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
-        let errors = Arc::new(AtomicU64::new(0));
-        let keys = Arc::new(keys);
-        let cpu0 = cpu_seconds();
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..conc.max(1) {
-            let (client, next, lat, errors, keys, body, bucket) = (
-                client.clone(),
-                next.clone(),
-                lat.clone(),
-                errors.clone(),
-                keys.clone(),
-                body.clone(),
-                a.bucket.clone(),
-            );
-            let md5 = a.md5;
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some(key) = keys.get(i) else { break };
-                    let t = Instant::now();
-                    let ok = if put {
-                        client
-                            .put(
-                                &bucket,
-                                key,
-                                std::io::Cursor::new(body.clone()),
-                                PutOptions {
-                                    md5,
-                                    ..Default::default()
-                                },
-                            )
-                            .await
-                            .is_ok()
-                    } else {
-                        match client.get(&bucket, key, None).await {
-                            Ok((_, mut s)) => {
-                                let mut n = 0usize;
-                                let mut ok = true;
-                                while let Some(c) = s.next().await {
-                                    match c {
-                                        Ok(c) => n += c.len(),
-                                        Err(_) => {
-                                            ok = false;
-                                            break;
-                                        }
-                                    }
-                                }
-                                ok && n == body.len()
-                            }
-                            Err(_) => false,
-                        }
-                    };
-                    if ok {
-                        if let Ok(mut l) = lat.lock() {
-                            l.push(t.elapsed());
-                        }
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if progress {
-                        eprint!(
-                            "\r{} {}/{}",
-                            if put { "put" } else { "get" },
-                            i + 1,
-                            keys.len()
-                        );
-                    }
-                }
-            }));
-        }
-        for t in tasks {
-            t.await?;
-        }
-        let elapsed = start.elapsed();
-        let cpu = cpu_seconds() - cpu0;
-        if progress {
-            eprintln!();
-        }
-        let l = lat.lock().map(|l| l.clone()).unwrap_or_default();
-        let bytes = l.len() as f64 * size as f64;
-        rows.push(Row {
-            op: format!("{}-{}", if put { "put" } else { "get" }, human(a.size)),
-            concurrency: conc,
-            ops: l.len() as u64,
-            errors: errors.load(Ordering::Relaxed),
-            ops_per_sec: l.len() as f64 / elapsed.as_secs_f64(),
-            mbps: bytes / elapsed.as_secs_f64() / 1e6,
-            latency: latency(l),
-            cpu_s_per_gb: if bytes > 0.0 {
-                cpu / (bytes / 1e9)
-            } else {
-                0.0
-            },
-        });
-        for k in keys.iter() {
-            let _ = client.delete(&a.bucket, k).await;
-        }
-    }
-    print_rows(&rows, Some(&limits), json)
-}
-
-fn human(n: u64) -> String {
-    if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
-        format!("{}GiB", n >> 30)
-    } else if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
-        format!("{}MiB", n >> 20)
-    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
-        format!("{}KiB", n >> 10)
-    } else {
-        format!("{n}B")
-    }
 }
 
 #[cfg(test)]
@@ -607,12 +492,20 @@ mod tests {
         assert_eq!(parse_size("1000"), Ok(1000));
         assert!(parse_size("lots").is_err());
         assert_eq!(human(64 << 20), "64MiB");
+        assert_eq!(human(4096), "4KiB");
+        assert_eq!(human(1000), "1000B");
     }
 
     #[test]
-    fn latency_percentiles() {
-        let l = latency((1..=100).map(Duration::from_millis).collect());
-        assert_eq!(l.p50_ms.round(), 51.0);
-        assert_eq!(l.max_ms.round(), 100.0);
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("1e30h").is_err());
     }
 }

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod bench;
 mod chunkserver;
 mod cluster;
 mod dev;
