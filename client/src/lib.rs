@@ -45,6 +45,10 @@ pub struct ClientConfig {
     /// ahead by one `get`: overlaps encoding with the network while bounding
     /// memory to about this many stripes.
     pub stripes_in_flight: usize,
+    /// Objects of at most this many bytes are stored inline in their
+    /// manifest (replicated by Raft) instead of as erasure-coded stripes;
+    /// 0 disables it. Capped at [`MAX_INLINE`](cairn_metadata::types::MAX_INLINE).
+    pub inline_max: usize,
     /// Stripes being written at once over every `put` of this client (a
     /// permit per stripe, from reading its bytes until its shards are
     /// durable): bounds a shared process's memory however many uploads run
@@ -69,6 +73,7 @@ impl ClientConfig {
             secret,
             write_quorum: None,
             stripes_in_flight: 4,
+            inline_max: DEFAULT_INLINE_MAX,
             stripe_budget: None,
             shard_timeout: Duration::from_secs(10),
             shard_retries: 3,
@@ -79,6 +84,11 @@ impl ClientConfig {
 }
 
 /// How long the chunkserver address map is trusted before a refresh.
+/// Default [`ClientConfig::inline_max`]: small objects (a few KiB) cost six
+/// fsynced shard writes and k + m round trips when erasure coded; inline
+/// they cost one Raft commit.
+pub const DEFAULT_INLINE_MAX: usize = 16 * 1024;
+
 const CHUNKSERVER_CACHE_TTL: Duration = Duration::from_secs(10);
 
 pub(crate) struct Inner {

@@ -121,16 +121,42 @@ impl Client {
         late_checksums: Option<LateChecksums>,
     ) -> Result<ObjectManifest> {
         validate_key(key).map_err(|e| ClientError::Invalid(e.0))?;
+        let mut reader = reader;
         let b = self.bucket(bucket).await?;
-        let w = self.write_stripes(&b, reader, opts.md5, progress).await?;
+        // Small objects live in the manifest: read up to one byte past the
+        // threshold; only a body that ends within it is stored inline.
+        let inline_max = self.inner.cfg.inline_max.min(MAX_INLINE);
+        let head = if inline_max > 0 {
+            read_up_to(&mut reader, inline_max + 1).await?
+        } else {
+            Bytes::new()
+        };
+        let (stripes, size, etag, inline, w) = if inline_max > 0 && head.len() <= inline_max {
+            if let Some(p) = &progress {
+                p(head.len() as u64);
+            }
+            let etag = if opts.md5 {
+                use md5::Digest;
+                hex::encode(md5::Md5::digest(&head))
+            } else {
+                hex::encode(&blake3::hash(&head).as_bytes()[..16])
+            };
+            let size = head.len() as u64;
+            (Vec::new(), size, etag, Some(InlineData::new(head)), None)
+        } else {
+            let body = std::io::Cursor::new(head).chain(reader);
+            let w = self.write_stripes(&b, body, opts.md5, progress).await?;
+            let stripes = w.stripes.clone();
+            (stripes, w.size, w.etag.clone(), None, Some(w))
+        };
         let checksums = match late_checksums {
             Some(f) => f(),
             None => opts.checksums,
         };
         let manifest = ObjectManifest {
             version: StripeId::random(),
-            size: w.size,
-            etag: w.etag,
+            size,
+            etag,
             content_type: opts.content_type,
             headers: opts.headers,
             user_meta: opts.user_meta,
@@ -138,8 +164,9 @@ impl Client {
             created_ms: now_ms(),
             ec: b.ec,
             shard_size: b.shard_size,
-            stripes: w.stripes,
+            stripes,
             parts: Vec::new(),
+            inline,
         };
         let res = self
             .inner
@@ -154,7 +181,7 @@ impl Client {
             // Refused (precondition, bucket deleted) or unknown outcome
             // (cluster unavailable): only a definite refusal may free the
             // shards, or a committed object could lose its data.
-            if !matches!(e, ClientError::Unavailable(_)) {
+            if let (false, Some(w)) = (matches!(e, ClientError::Unavailable(_)), &w) {
                 self.inner.discard(&w.written).await;
             }
             return Err(e);

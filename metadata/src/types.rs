@@ -367,6 +367,79 @@ pub struct ObjectManifest {
     /// For multipart objects, the parts in order.
     #[serde(default)]
     pub parts: Vec<PartInfo>,
+    /// A small object's bytes, kept in the manifest itself (no stripes):
+    /// see [`MAX_INLINE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<InlineData>,
+}
+
+/// Largest object stored inline in its manifest. Inline objects are
+/// replicated by Raft to every metadata node (3 or 5 copies) instead of
+/// being erasure coded: below this size six fsynced shard writes cost far
+/// more than the bytes, and the copies cost little. Bounded so Raft entries
+/// and snapshots stay small.
+pub const MAX_INLINE: usize = 64 * 1024;
+
+/// Bytes kept inline in a manifest, with their BLAKE3 (checked on every
+/// read like a shard). Base64 in JSON.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InlineData {
+    /// The bytes.
+    pub data: bytes::Bytes,
+    /// BLAKE3 of `data`.
+    pub blake3: Hash32,
+}
+
+impl InlineData {
+    /// Wraps `data`, hashing it.
+    pub fn new(data: bytes::Bytes) -> Self {
+        let blake3 = Hash32::from(blake3::hash(&data));
+        InlineData { data, blake3 }
+    }
+
+    /// Whether the bytes still match their hash.
+    pub fn verify(&self) -> bool {
+        Hash32::from(blake3::hash(&self.data)) == self.blake3
+    }
+}
+
+impl fmt::Debug for InlineData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InlineData({} bytes, {})", self.data.len(), self.blake3)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct InlineWire<'a> {
+    #[serde(borrow)]
+    data: std::borrow::Cow<'a, str>,
+    blake3: Hash32,
+}
+
+impl Serialize for InlineData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD.encode(&self.data);
+        InlineWire {
+            data: data.into(),
+            blake3: self.blake3,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for InlineData {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let w = InlineWire::deserialize(d)?;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(w.data.as_bytes())
+            .map_err(serde::de::Error::custom)?;
+        Ok(InlineData {
+            data: data.into(),
+            blake3: w.blake3,
+        })
+    }
 }
 
 impl ObjectManifest {
@@ -725,6 +798,9 @@ pub struct UploadInfo {
     /// Checksum algorithm the client announced, if any.
     #[serde(default)]
     pub checksum_algorithm: Option<String>,
+    /// `COMPOSITE` or `FULL_OBJECT`, when an algorithm is set.
+    #[serde(default)]
+    pub checksum_type: Option<String>,
     /// Erasure coding of the parts (the bucket's at creation).
     pub ec: EcParams,
     /// Shard size of the parts' full stripes.

@@ -295,6 +295,7 @@ pub fn fake_manifest(tag: &str) -> ObjectManifest {
         shard_size: 1 << 20,
         stripes: Vec::new(),
         parts: Vec::new(),
+        inline: None,
     }
 }
 

@@ -87,7 +87,12 @@ async fn sizes_round_trip_and_ranges() -> anyhow::Result<()> {
             )
             .await?;
         assert_eq!(m.size, len as u64);
-        assert_eq!(m.stripes.len(), len.div_ceil(stripe));
+        if len <= cairn_client::DEFAULT_INLINE_MAX {
+            assert!(m.inline.is_some() && m.stripes.is_empty(), "{key} inline");
+        } else {
+            assert!(m.inline.is_none(), "{key} not inline");
+            assert_eq!(m.stripes.len(), len.div_ceil(stripe));
+        }
         assert_eq!(m.etag, md5_hex(&body));
         let got = get_all(&client, "bkt", &key).await?;
         assert!(got == body, "{key} differs");
@@ -422,4 +427,91 @@ async fn cli_commands_and_json() -> anyhow::Result<()> {
     );
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
+}
+
+/// Small objects live in their manifest: no shard is written for them, the
+/// threshold is exact, ranges and overwrites work, and they survive the loss
+/// of the metadata leader (Raft replicates them) and of chunkservers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_objects_are_inline_and_survive_a_leader_kill() -> anyhow::Result<()> {
+    let mut c = Cluster::start(six())?;
+    let client = ready(&c).await?;
+    let max = cairn_client::DEFAULT_INLINE_MAX;
+    let shard_files = |c: &Cluster| -> usize {
+        (0..c.chunkservers.len())
+            .map(|i| count_shard_files(&c.cs_data(i)))
+            .sum()
+    };
+    let before = shard_files(&c);
+    let mut bodies = Vec::new();
+    for (i, len) in [0usize, 1, 4096, max - 1, max].into_iter().enumerate() {
+        let body = data(len, 500 + i as u64);
+        let key = format!("small-{len}");
+        let m = client
+            .put("bkt", &key, &body[..], PutOptions::default())
+            .await?;
+        assert!(m.inline.is_some(), "{key} should be inline");
+        assert!(m.stripes.is_empty());
+        bodies.push((key, body));
+    }
+    assert_eq!(shard_files(&c), before, "inline objects write no shards");
+    // One byte over the threshold: erasure coded.
+    let big = data(max + 1, 9);
+    let m = client
+        .put("bkt", "over", &big[..], PutOptions::default())
+        .await?;
+    assert!(m.inline.is_none());
+    assert_eq!(m.stripes.len(), 1);
+    assert!(shard_files(&c) > before);
+    // Ranges over inline data.
+    let (_, mut s) = client.get("bkt", "small-4096", Some(100..4000)).await?;
+    let mut out = Vec::new();
+    while let Some(ch) = s.next().await {
+        out.extend_from_slice(&ch?);
+    }
+    assert_eq!(out, bodies[2].1[100..4000]);
+    assert!(matches!(
+        client.get("bkt", "small-4096", Some(100..5000)).await,
+        Err(ClientError::InvalidRange(_))
+    ));
+    // Kill the metadata leader and a chunkserver: inline objects are in the
+    // replicated manifests, not on chunkservers.
+    let leader = c.leader().await?;
+    c.metas[leader].kill_9();
+    c.chunkservers[0].kill_9();
+    for (key, body) in &bodies {
+        let got = get_all(&client, "bkt", key).await?;
+        assert!(&got == body, "{key} differs after the leader kill");
+    }
+    // Overwrite an inline object with a striped one and back.
+    client
+        .put("bkt", "small-1", &big[..], PutOptions::default())
+        .await?;
+    assert_eq!(get_all(&client, "bkt", "small-1").await?, big);
+    client
+        .put("bkt", "small-1", &b"x"[..], PutOptions::default())
+        .await?;
+    assert_eq!(get_all(&client, "bkt", "small-1").await?, b"x");
+    Ok(())
+}
+
+/// Shard files (named by their 32-hex-digit id) under `dir`, recursively.
+fn count_shard_files(dir: &Path) -> usize {
+    let mut n = 0;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            n += count_shard_files(&p);
+        } else if p
+            .file_name()
+            .and_then(|f| f.to_str())
+            .is_some_and(|f| f.len() == 32 && f.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            n += 1;
+        }
+    }
+    n
 }
