@@ -44,6 +44,7 @@ impl Client {
         key: &str,
         opts: &PutOptions,
         checksum_algorithm: Option<String>,
+        checksum_type: Option<String>,
         owner: &str,
     ) -> Result<UploadInfo> {
         validate_key(key).map_err(|e| ClientError::Invalid(e.0))?;
@@ -58,6 +59,7 @@ impl Client {
             headers: opts.headers.clone(),
             user_meta: opts.user_meta.clone(),
             checksum_algorithm,
+            checksum_type,
             ec: b.ec,
             shard_size: b.shard_size,
         };

@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod mpu_checksum;
 pub mod s3;
 
 use std::path::PathBuf;

@@ -19,6 +19,7 @@ use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result, S3};
 use super::auth::{KeyStore, Need};
 use super::body::{SyncStream, Verdict, VerifyingReader, ALGORITHMS};
 use super::error::to_s3;
+use super::mpu_checksum;
 
 /// Header choosing a new bucket's erasure coding, e.g. `x-cairn-ec: 6+3`.
 pub const EC_HEADER: &str = "x-cairn-ec";
@@ -41,6 +42,85 @@ impl CairnS3 {
             keys,
             shard_size,
         }
+    }
+
+    /// The whole-object checksum to record when completing an upload with
+    /// a checksum algorithm (see [`mpu_checksum`]), checked against the
+    /// per-part values the client listed and the whole-object value it
+    /// sent, if any.
+    async fn whole_object_checksum(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: StripeId,
+        parts: &[CompletePart],
+        given: &[BTreeMap<String, String>],
+        expected: &BTreeMap<String, String>,
+    ) -> S3Result<BTreeMap<String, String>> {
+        let u = self.client.upload(bucket, key, id).await.map_err(to_s3)?;
+        let (Some(algo), Some(ty)) = (u.checksum_algorithm, u.checksum_type) else {
+            return Ok(BTreeMap::new());
+        };
+        let mut stored = BTreeMap::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .client
+                .list_parts(bucket, key, id, after, 1000)
+                .await
+                .map_err(to_s3)?;
+            for (p, _) in page.parts {
+                after = after.max(p.number);
+                stored.insert(p.number, p);
+            }
+            if !page.truncated {
+                break;
+            }
+        }
+        let mut values = Vec::with_capacity(parts.len());
+        for (cp, given) in parts.iter().zip(given) {
+            // Unknown parts and ETag mismatches are refused by the commit.
+            let Some(p) = stored.get(&cp.number) else {
+                return Err(s3_error!(
+                    InvalidPart,
+                    "part {} was not uploaded",
+                    cp.number
+                ));
+            };
+            let Some(v) = p.checksums.get(&algo) else {
+                return Err(s3_error!(
+                    InvalidPart,
+                    "part {} has no {algo} checksum; the upload was created with one",
+                    cp.number
+                ));
+            };
+            if let Some(g) = given.get(&algo) {
+                if g != v {
+                    return Err(s3_error!(
+                        InvalidPart,
+                        "part {}: {algo} is {v}, the request said {g}",
+                        cp.number
+                    ));
+                }
+            }
+            values.push((v.clone(), p.size));
+        }
+        let whole = mpu_checksum::combine(&algo, &ty, &values)
+            .map_err(|e| s3_error!(InvalidPart, "{e}"))?;
+        if let Some(want) = expected.get(&algo) {
+            // A composite value may be sent with or without its -N suffix.
+            let bare = whole.split('-').next().unwrap_or(&whole);
+            if want != &whole && want != bare {
+                return Err(s3_error!(
+                    BadDigest,
+                    "{algo} of the object is {whole}, the request said {want}"
+                ));
+            }
+        }
+        let mut out = BTreeMap::new();
+        out.insert(algo, whole);
+        out.insert(mpu_checksum::TYPE_KEY.to_string(), ty);
+        Ok(out)
     }
 
     /// Requires read access to a copy source.
@@ -210,6 +290,49 @@ fn body_err(e: ClientError, verdict: &std::sync::Mutex<Verdict>, cond: &PutCondi
 
 fn checksum_of(m: &ObjectManifest, algo: &str) -> Option<String> {
     m.checksums.get(algo).cloned()
+}
+
+/// The byte range of part `n` (GetObject/HeadObject `partNumber`): a
+/// multipart object's part, or the whole of a single-part object as its
+/// part 1.
+fn part_range(m: &ObjectManifest, n: i32) -> S3Result<std::ops::Range<u64>> {
+    if !(1..=10_000).contains(&n) {
+        return Err(s3_error!(
+            InvalidArgument,
+            "part number must be an integer between 1 and 10000"
+        ));
+    }
+    let bad = || {
+        let mut e = S3Error::with_message(
+            s3s::S3ErrorCode::Custom("InvalidPartNumber".into()),
+            "the requested partnumber is not satisfiable",
+        );
+        e.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+        e
+    };
+    if m.parts.is_empty() {
+        return if n == 1 { Ok(0..m.size) } else { Err(bad()) };
+    }
+    let idx = (n - 1) as usize;
+    let Some(p) = m.parts.get(idx) else {
+        return Err(bad());
+    };
+    let start: u64 = m.parts[..idx].iter().map(|p| p.size).sum();
+    Ok(start..start + p.size)
+}
+
+/// The checksum type of an object with a checksum: multipart objects record
+/// theirs; a single-part object's checksum covers the whole object.
+fn checksum_type_of(m: &ObjectManifest) -> Option<ChecksumType> {
+    if !ALGORITHMS.iter().any(|a| m.checksums.contains_key(*a)) {
+        return None;
+    }
+    Some(ChecksumType::from(
+        m.checksums
+            .get(mpu_checksum::TYPE_KEY)
+            .cloned()
+            .unwrap_or_else(|| mpu_checksum::FULL_OBJECT.to_string()),
+    ))
 }
 
 /// Percent-encodes for `encoding-type=url` listings (S3 encodes everything
@@ -488,12 +611,16 @@ impl S3 for CairnS3 {
                 return Err(s3_error!(NotModified));
             }
         }
-        if i.part_number.is_some() {
-            return Err(s3_error!(NotImplemented, "GetObject by partNumber"));
-        }
-        let range = match &i.range {
-            Some(r) => Some(r.check(m.size)?),
-            None => None,
+        let range = match (&i.range, i.part_number) {
+            (Some(_), Some(_)) => {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "cannot specify both Range and partNumber"
+                ))
+            }
+            (Some(r), None) => Some(r.check(m.size)?),
+            (None, Some(n)) => Some(part_range(&m, n)?),
+            (None, None) => None,
         };
         let stream = self
             .client
@@ -524,6 +651,7 @@ impl S3 for CairnS3 {
             }
         };
         let out = GetObjectOutput {
+            checksum_type: with_checksums.then(|| checksum_type_of(&m)).flatten(),
             body: Some(StreamingBlob::wrap(SyncStream::new(stream))),
             accept_ranges: Some("bytes".into()),
             content_length: Some(len as i64),
@@ -574,19 +702,27 @@ impl S3 for CairnS3 {
                 return Err(s3_error!(NotModified));
             }
         }
-        let (len, content_range) = match &i.range {
-            Some(r) => {
-                let r = r.check(m.size)?;
-                (
-                    r.end - r.start,
-                    Some(format!(
-                        "bytes {}-{}/{}",
-                        r.start,
-                        r.end.saturating_sub(1),
-                        m.size
-                    )),
-                )
+        let range = match (&i.range, i.part_number) {
+            (Some(_), Some(_)) => {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "cannot specify both Range and partNumber"
+                ))
             }
+            (Some(r), None) => Some(r.check(m.size)?),
+            (None, Some(n)) => Some(part_range(&m, n)?),
+            (None, None) => None,
+        };
+        let (len, content_range) = match range {
+            Some(r) => (
+                r.end - r.start,
+                Some(format!(
+                    "bytes {}-{}/{}",
+                    r.start,
+                    r.end.saturating_sub(1),
+                    m.size
+                )),
+            ),
             None => (m.size, None),
         };
         let with_checksums = i
@@ -601,6 +737,7 @@ impl S3 for CairnS3 {
             }
         };
         Ok(S3Response::new(HeadObjectOutput {
+            checksum_type: with_checksums.then(|| checksum_type_of(&m)).flatten(),
             accept_ranges: Some("bytes".into()),
             content_length: Some(len as i64),
             content_range,
@@ -920,21 +1057,23 @@ impl S3 for CairnS3 {
             user_meta: user_meta(i.metadata),
             ..Default::default()
         };
+        let algo = announced(i.checksum_algorithm.as_ref());
+        let ty = mpu_checksum::effective_type(
+            algo.as_deref(),
+            i.checksum_type.as_ref().map(|t| t.as_str()),
+        )
+        .map_err(|e| s3_error!(InvalidRequest, "{e}"))?;
         let u = self
             .client
-            .create_upload(
-                &i.bucket,
-                &i.key,
-                &opts,
-                announced(i.checksum_algorithm.as_ref()),
-                &owner,
-            )
+            .create_upload(&i.bucket, &i.key, &opts, algo, ty, &owner)
             .await
             .map_err(to_s3)?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(i.bucket),
             key: Some(i.key),
             upload_id: Some(u.id.to_hex()),
+            checksum_algorithm: i.checksum_algorithm,
+            checksum_type: u.checksum_type.map(ChecksumType::from),
             ..Default::default()
         }))
     }
@@ -1058,10 +1197,22 @@ impl S3 for CairnS3 {
         check_key(&i.key)?;
         let id = upload_id(&i.upload_id)?;
         let cond = condition(i.if_match.as_ref(), i.if_none_match.as_ref())?;
-        let parts: Vec<CompletePart> = i
-            .multipart_upload
-            .and_then(|m| m.parts)
-            .unwrap_or_default()
+        let listed = i.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
+        // Checksum values the client gives per part, to compare with the
+        // stored ones.
+        let given: Vec<BTreeMap<String, String>> = listed
+            .iter()
+            .map(|p| {
+                header_checksums(
+                    p.checksum_crc32.clone(),
+                    p.checksum_crc32c.clone(),
+                    p.checksum_crc64nvme.clone(),
+                    p.checksum_sha1.clone(),
+                    p.checksum_sha256.clone(),
+                )
+            })
+            .collect();
+        let parts: Vec<CompletePart> = listed
             .into_iter()
             .map(|p| {
                 Ok(CompletePart {
@@ -1082,16 +1233,33 @@ impl S3 for CairnS3 {
         if parts.len() > 10_000 {
             return Err(s3_error!(InvalidArgument, "at most 10000 parts"));
         }
+        let expected = header_checksums(
+            i.checksum_crc32,
+            i.checksum_crc32c,
+            i.checksum_crc64nvme,
+            i.checksum_sha1,
+            i.checksum_sha256,
+        );
+        let checksums = self
+            .whole_object_checksum(&i.bucket, &i.key, id, &parts, &given, &expected)
+            .await?;
         let m = self
             .client
-            .complete_upload(&i.bucket, &i.key, id, parts, BTreeMap::new(), cond.clone())
+            .complete_upload(&i.bucket, &i.key, id, parts, checksums, cond.clone())
             .await
             .map_err(|e| write_err(e, &cond))?;
+        let ck = |a: &str| checksum_of(&m, a);
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(i.bucket.clone()),
             key: Some(i.key.clone()),
             e_tag: Some(etag(&m.etag)),
             location: Some(format!("/{}/{}", i.bucket, i.key)),
+            checksum_crc32: ck("crc32"),
+            checksum_crc32c: ck("crc32c"),
+            checksum_crc64nvme: ck("crc64nvme"),
+            checksum_sha1: ck("sha1"),
+            checksum_sha256: ck("sha256"),
+            checksum_type: checksum_type_of(&m),
             ..Default::default()
         }))
     }

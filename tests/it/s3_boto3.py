@@ -231,6 +231,59 @@ assert body(s3.get_object(Bucket="boto", Key="mp/obj", Range=f"bytes={start}-{st
 expect_error("NoSuchUpload", s3.list_parts, Bucket="boto", Key="mp/obj", UploadId=uid)
 ok("multipart")
 
+# GetObject/HeadObject by partNumber.
+g = s3.get_object(Bucket="boto", Key="mp/obj", PartNumber=2)
+assert body(g) == p2 and g["PartsCount"] == 2, g
+assert g["ResponseMetadata"]["HTTPStatusCode"] == 206
+assert g["ContentRange"] == f"bytes {len(p1)}-{len(p1) + len(p2) - 1}/{len(p1) + len(p2)}", g["ContentRange"]
+h = s3.head_object(Bucket="boto", Key="mp/obj", PartNumber=1)
+assert h["ContentLength"] == len(p1) and h["PartsCount"] == 2, h
+expect_error("InvalidPartNumber", s3.get_object, Bucket="boto", Key="mp/obj", PartNumber=3)
+ok("get by part number")
+
+
+def crc32_b64(b):
+    return base64.b64encode(zlib.crc32(b).to_bytes(4, "big")).decode()
+
+
+def sha256_b64(b):
+    return base64.b64encode(hashlib.sha256(b).digest()).decode()
+
+
+# Multipart checksums: COMPOSITE (checksum of the part checksums, -N) and
+# FULL_OBJECT (the CRC of the whole object).
+for algo, ctype, part_ck, whole in [
+    ("SHA256", "COMPOSITE", sha256_b64,
+     lambda parts: base64.b64encode(hashlib.sha256(b"".join(base64.b64decode(sha256_b64(x)) for x in parts)).digest()).decode() + f"-{len(parts)}"),
+    ("CRC32", "COMPOSITE", crc32_b64,
+     lambda parts: crc32_b64(b"".join(base64.b64decode(crc32_b64(x)) for x in parts)) + f"-{len(parts)}"),
+    ("CRC32", "FULL_OBJECT", crc32_b64, lambda parts: crc32_b64(b"".join(parts))),
+]:
+    key = f"mp/ck-{algo}-{ctype}"
+    u = s3.create_multipart_upload(Bucket="boto", Key=key, ChecksumAlgorithm=algo, ChecksumType=ctype)
+    uid = u["UploadId"]
+    parts = [p1, p2]
+    listed = []
+    for n, part in enumerate(parts, 1):
+        r = s3.upload_part(Bucket="boto", Key=key, UploadId=uid, PartNumber=n, Body=part, ChecksumAlgorithm=algo)
+        assert r[f"Checksum{algo}"] == part_ck(part), (r, algo)
+        listed.append({"PartNumber": n, "ETag": r["ETag"], f"Checksum{algo}": r[f"Checksum{algo}"]})
+    want = whole(parts)
+    extra = {}
+    if ctype == "FULL_OBJECT":
+        # A wrong whole-object value is a BadDigest, and nothing completes.
+        expect_error("BadDigest", s3.complete_multipart_upload, Bucket="boto", Key=key, UploadId=uid,
+                     MultipartUpload={"Parts": listed}, ChecksumCRC32=crc32_b64(b"wrong"), ChecksumType=ctype)
+        extra = {"ChecksumCRC32": want, "ChecksumType": ctype}
+    done = s3.complete_multipart_upload(Bucket="boto", Key=key, UploadId=uid, MultipartUpload={"Parts": listed}, **extra)
+    assert done[f"Checksum{algo}"] == want, (done, want)
+    h = s3.head_object(Bucket="boto", Key=key, ChecksumMode="ENABLED")
+    assert h[f"Checksum{algo}"] == want and h["ChecksumType"] == ctype, (h, want)
+    assert body(s3.get_object(Bucket="boto", Key=key)) == p1 + p2
+expect_error("InvalidRequest", s3.create_multipart_upload, Bucket="boto", Key="mp/bad",
+             ChecksumAlgorithm="SHA256", ChecksumType="FULL_OBJECT")
+ok("multipart checksums (COMPOSITE and FULL_OBJECT)")
+
 u = s3.create_multipart_upload(Bucket="boto", Key="mp/small")
 uid = u["UploadId"]
 a = s3.upload_part(Bucket="boto", Key="mp/small", UploadId=uid, PartNumber=1, Body=b"a" * 1000)["ETag"]
