@@ -67,6 +67,9 @@ pub enum ClientError {
     /// A part other than the last is too small.
     #[error("entity too small: {0}")]
     EntityTooSmall(String),
+    /// The object would exceed the maximum object size.
+    #[error("entity too large: {0}")]
+    EntityTooLarge(String),
     /// No such access key.
     #[error("no such access key: {0}")]
     NoSuchAccessKey(String),
@@ -94,6 +97,7 @@ impl From<MetaError> for ClientError {
             MetaError::InvalidPart(m) => ClientError::InvalidPart(m),
             MetaError::InvalidPartOrder(m) => ClientError::InvalidPartOrder(m),
             MetaError::EntityTooSmall(m) => ClientError::EntityTooSmall(m),
+            MetaError::EntityTooLarge(m) => ClientError::EntityTooLarge(m),
             MetaError::NoSuchAccessKey(k) => ClientError::NoSuchAccessKey(k),
         }
     }

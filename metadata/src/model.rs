@@ -279,7 +279,10 @@ fn apply_inner(
             manifest,
             condition,
         } => {
-            if let Err(e) = validate_key(key).and_then(|_| manifest.ec.validate()) {
+            if let Err(e) = validate_key(key)
+                .and_then(|_| manifest.ec.validate())
+                .and_then(|_| validate_inline(manifest))
+            {
                 return Ok(Err(e.into()));
             }
             if txn.open_table(BUCKETS)?.get(bucket.as_bytes())?.is_none() {
@@ -610,11 +613,15 @@ fn complete_upload(
     if let Err(e) = check_condition(condition, old.as_ref(), bucket, key) {
         return Ok(Err(e));
     }
+    let size: u64 = chosen.iter().map(|p| p.info.size).sum();
+    if size > MAX_OBJECT_SIZE {
+        return Ok(Err(MetaError::EntityTooLarge(format!(
+            "the parts hold {size} bytes; an object holds at most {MAX_OBJECT_SIZE}"
+        ))));
+    }
     let mut stripes = Vec::new();
     let mut part_infos = Vec::with_capacity(chosen.len());
-    let mut size = 0u64;
     for p in &chosen {
-        size += p.info.size;
         let mut info = p.info.clone();
         info.stripes = p.stripes.len() as u32;
         part_infos.push(info);
@@ -633,6 +640,7 @@ fn complete_upload(
         shard_size: info.shard_size,
         stripes,
         parts: part_infos,
+        inline: None,
     };
     objects.insert(ok.as_slice(), enc(&manifest)?.as_slice())?;
     drop(objects);
@@ -649,6 +657,28 @@ fn complete_upload(
     }
     queue_gc(txn, garbage.into_iter())?;
     Ok(Ok(CommandResult::Ok))
+}
+
+/// An inline manifest holds exactly its bytes (bounded) and no stripes.
+fn validate_inline(m: &ObjectManifest) -> Result<(), InvalidInput> {
+    let Some(inline) = &m.inline else {
+        return Ok(());
+    };
+    if inline.data.len() > MAX_INLINE {
+        return Err(InvalidInput(format!(
+            "inline data of {} bytes is over {MAX_INLINE}",
+            inline.data.len()
+        )));
+    }
+    if inline.data.len() as u64 != m.size || !m.stripes.is_empty() || !m.parts.is_empty() {
+        return Err(InvalidInput(
+            "an inline manifest holds its whole object and no stripes".into(),
+        ));
+    }
+    if !inline.verify() {
+        return Err(InvalidInput("inline data does not match its BLAKE3".into()));
+    }
+    Ok(())
 }
 
 fn repair_key(item: &RepairItem) -> [u8; 25] {
@@ -1271,6 +1301,59 @@ mod tests {
     /// a refused completion changes nothing; the completed manifest
     /// concatenates the chosen parts' stripes.
     #[test]
+    fn multipart_completion_over_5_tib_is_refused() {
+        let db = db();
+        let bucket = BucketInfo {
+            name: "bkt".into(),
+            ec: EcParams::default(),
+            shard_size: 1 << 20,
+            created_ms: 0,
+            owner: String::new(),
+        };
+        assert_eq!(
+            run(&db, Command::CreateBucket { bucket }),
+            CommandResult::Ok
+        );
+        let up = StripeId([8; 16]);
+        let upload = UploadInfo {
+            id: up,
+            bucket: "bkt".into(),
+            key: "k".into(),
+            initiated_ms: 0,
+            owner: String::new(),
+            content_type: None,
+            headers: Default::default(),
+            user_meta: Default::default(),
+            checksum_algorithm: None,
+            checksum_type: None,
+            ec: EcParams::default(),
+            shard_size: 1 << 20,
+        };
+        assert_eq!(
+            run(&db, Command::CreateUpload { upload }),
+            CommandResult::Ok
+        );
+        for (n, shard) in [(1, 0x1), (2, 0x2)] {
+            let cmd = Command::PutPart {
+                bucket: "bkt".into(),
+                key: "k".into(),
+                upload: up,
+                part: part(n, 3 << 40, shard),
+            };
+            assert_eq!(run(&db, cmd), CommandResult::Ok);
+        }
+        assert!(matches!(
+            run(&db, complete(up, &[(1, 0x1), (2, 0x2)], 0)),
+            CommandResult::Err(MetaError::EntityTooLarge(_))
+        ));
+        assert_eq!(
+            run(&db, complete(up, &[(1, 0x1)], 0)),
+            CommandResult::Ok,
+            "one 3 TiB part is within the limit"
+        );
+    }
+
+    #[test]
     fn multipart_lifecycle_and_gc() {
         let db = db();
         let bucket = BucketInfo {
@@ -1295,6 +1378,7 @@ mod tests {
             headers: Default::default(),
             user_meta: Default::default(),
             checksum_algorithm: None,
+            checksum_type: None,
             ec: EcParams::default(),
             shard_size: 1 << 20,
         };
@@ -1384,6 +1468,7 @@ mod tests {
             headers: Default::default(),
             user_meta: Default::default(),
             checksum_algorithm: None,
+            checksum_type: None,
             ec: EcParams::default(),
             shard_size: 1 << 20,
         };

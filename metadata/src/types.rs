@@ -373,6 +373,9 @@ pub struct ObjectManifest {
     pub inline: Option<InlineData>,
 }
 
+/// Largest object (S3's limit, reached with multipart uploads).
+pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
+
 /// Largest object stored inline in its manifest. Inline objects are
 /// replicated by Raft to every metadata node (3 or 5 copies) instead of
 /// being erasure coded: below this size six fsynced shard writes cost far
@@ -916,6 +919,9 @@ pub enum MetaError {
     /// A part other than the last is below the minimum size.
     #[error("entity too small: {0}")]
     EntityTooSmall(String),
+    /// The object would be larger than [`MAX_OBJECT_SIZE`].
+    #[error("entity too large: {0}")]
+    EntityTooLarge(String),
     /// No such access key.
     #[error("no such access key: {0}")]
     NoSuchAccessKey(String),

@@ -21,6 +21,7 @@ pub fn to_s3(e: ClientError) -> S3Error {
         ClientError::InvalidPart(m) => s3_error!(InvalidPart, "{m}"),
         ClientError::InvalidPartOrder(m) => s3_error!(InvalidPartOrder, "{m}"),
         ClientError::EntityTooSmall(m) => s3_error!(EntityTooSmall, "{m}"),
+        ClientError::EntityTooLarge(m) => s3_error!(EntityTooLarge, "{m}"),
         ClientError::NoSuchAccessKey(_) => s3_error!(InvalidAccessKeyId),
         e @ (ClientError::Unavailable(_)
         | ClientError::Placement(_)

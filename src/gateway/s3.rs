@@ -24,8 +24,9 @@ use super::mpu_checksum;
 /// Header choosing a new bucket's erasure coding, e.g. `x-cairn-ec: 6+3`.
 pub const EC_HEADER: &str = "x-cairn-ec";
 
-/// S3's largest object.
-pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
+/// S3's largest single PUT (larger objects need a multipart upload, up to
+/// [`cairn_metadata::types::MAX_OBJECT_SIZE`]).
+pub const MAX_PUT_SIZE: u64 = 5 << 30;
 
 /// The S3 service: a client handle and the key store.
 pub struct CairnS3 {
@@ -522,9 +523,12 @@ impl S3 for CairnS3 {
         let i = req.input;
         check_key(&i.key)?;
         if i.content_length
-            .is_some_and(|l| l < 0 || l as u64 > MAX_OBJECT_SIZE)
+            .is_some_and(|l| l < 0 || l as u64 > MAX_PUT_SIZE)
         {
-            return Err(s3_error!(EntityTooLarge));
+            return Err(s3_error!(
+                EntityTooLarge,
+                "a single PUT holds at most 5 GiB; use a multipart upload"
+            ));
         }
         let cond = condition(i.if_match.as_ref(), i.if_none_match.as_ref())?;
         let expected = header_checksums(
