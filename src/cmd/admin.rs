@@ -7,6 +7,10 @@ use cairn_metadata::types::{
 };
 use serde::Serialize;
 
+use cairn_metadata::net::HttpClient;
+use cairn_metadata::types::{ChunkserverInfo, ScrubControl, ScrubProgress};
+use cairn_metadata::worker::WorkerInfo;
+
 use crate::config::ConnArgs;
 
 /// `cairn admin ...`
@@ -21,6 +25,11 @@ pub enum AdminCmd {
     /// S3 access keys.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Chunkserver scrubbing: start a pass, pause, resume, or show
+    /// progress; every chunkserver unless `--chunkserver`.
+    Scrub(ScrubArgs),
+    /// Background workers of every metadata node and chunkserver.
+    Workers,
 }
 
 /// `cairn admin key ...`
@@ -292,5 +301,228 @@ pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<(
             Ok(())
         }
         AdminCmd::Key(c) => key_cmd(&meta, c, json).await,
+        AdminCmd::Scrub(a) => scrub_cmd(&meta, &secret, a, json).await,
+        AdminCmd::Workers => workers_cmd(&meta, &addrs, &secret, json).await,
     }
+}
+
+/// What `cairn admin scrub` does.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScrubAction {
+    /// Start a new full pass now.
+    Start,
+    /// Pause (persisted across restarts).
+    Pause,
+    /// Resume where it paused.
+    Resume,
+    /// Show progress only.
+    Status,
+}
+
+/// `cairn admin scrub ...`
+#[derive(clap::Args, Debug)]
+pub struct ScrubArgs {
+    /// start, pause, resume or status.
+    #[arg(value_enum)]
+    pub action: ScrubAction,
+    /// Only this chunkserver (default: every chunkserver).
+    #[arg(long)]
+    pub chunkserver: Option<cairn_metadata::types::ChunkserverId>,
+    /// New throughput cap in MB/s (0 = none).
+    #[arg(long)]
+    pub max_mbps: Option<u64>,
+    /// New tranquility factor.
+    #[arg(long)]
+    pub tranquility: Option<u32>,
+}
+
+/// Timeout of one admin call to a chunkserver or metadata node.
+const ADMIN_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[derive(Serialize)]
+struct ScrubView {
+    id: cairn_metadata::types::ChunkserverId,
+    addr: String,
+    zone: String,
+    progress: Option<ScrubProgress>,
+    error: Option<String>,
+}
+
+async fn list_chunkservers(meta: &MetaClient) -> anyhow::Result<Vec<ChunkserverInfo>> {
+    match meta
+        .query(&Query::ListChunkservers, Consistency::Linearizable)
+        .await?
+    {
+        QueryResult::Chunkservers(c) => Ok(c),
+        QueryResult::Err(e) => anyhow::bail!("{e}"),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+}
+
+/// Sends the scrub control to each chunkserver directly (the metadata
+/// service never calls chunkservers), with the cluster secret.
+async fn scrub_cmd(
+    meta: &MetaClient,
+    secret: &str,
+    a: ScrubArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut targets = list_chunkservers(meta).await?;
+    if let Some(id) = a.chunkserver {
+        targets.retain(|c| c.id == id);
+        anyhow::ensure!(!targets.is_empty(), "no chunkserver {id}");
+    }
+    let ctl = ScrubControl {
+        action: match a.action {
+            ScrubAction::Start => "start",
+            ScrubAction::Pause => "pause",
+            ScrubAction::Resume => "resume",
+            ScrubAction::Status => "status",
+        }
+        .into(),
+        max_mbps: a.max_mbps,
+        tranquility: a.tranquility,
+    };
+    let http = HttpClient::default();
+    let calls = targets.iter().map(|c| {
+        let url = format!("http://{}/v1/admin/scrub", c.addr);
+        let (http, ctl) = (&http, &ctl);
+        async move {
+            http.post_json::<_, ScrubProgress>(&url, secret, ctl, ADMIN_CALL_TIMEOUT)
+                .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let views: Vec<ScrubView> = targets
+        .into_iter()
+        .zip(results)
+        .map(|(c, r)| {
+            let (progress, error) = match r {
+                Ok(p) => (Some(p), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            ScrubView {
+                id: c.id,
+                addr: c.addr,
+                zone: c.zone,
+                progress,
+                error,
+            }
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+    } else {
+        for v in &views {
+            match &v.progress {
+                Some(p) => println!(
+                    "cs{} {} {:?} {}/{} shards {} MB bad={} last-full-pass={} cap={} MB/s tranquility={}",
+                    v.id,
+                    v.addr,
+                    p.state,
+                    p.scanned_shards,
+                    p.total_shards,
+                    p.scanned_bytes / 1_000_000,
+                    p.bad_found,
+                    p.last_full_pass_ms
+                        .map(|t| format!("{t} ms"))
+                        .unwrap_or_else(|| "never".into()),
+                    p.max_mbps,
+                    p.tranquility
+                ),
+                None => println!(
+                    "cs{} {} UNREACHABLE ({})",
+                    v.id,
+                    v.addr,
+                    v.error.as_deref().unwrap_or("")
+                ),
+            }
+        }
+    }
+    let failed = views.iter().filter(|v| v.error.is_some()).count();
+    if failed > 0 && (a.chunkserver.is_some() || failed == views.len()) {
+        anyhow::bail!("{failed} chunkserver(s) did not answer");
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct WorkersView {
+    role: &'static str,
+    id: Option<u64>,
+    addr: String,
+    workers: Vec<WorkerInfo>,
+    error: Option<String>,
+}
+
+/// Lists the workers of every metadata node and every chunkserver.
+async fn workers_cmd(
+    meta: &MetaClient,
+    meta_addrs: &[String],
+    secret: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let chunkservers = list_chunkservers(meta).await?;
+    let mut targets: Vec<(&'static str, Option<u64>, String)> = meta_addrs
+        .iter()
+        .map(|a| ("metadata", None, a.clone()))
+        .collect();
+    targets.extend(
+        chunkservers
+            .into_iter()
+            .map(|c| ("chunkserver", Some(c.id), c.addr)),
+    );
+    let http = HttpClient::default();
+    let calls = targets.iter().map(|(_, _, addr)| {
+        let url = format!("http://{addr}/v1/admin/workers");
+        let http = &http;
+        async move {
+            http.post_json::<_, Vec<WorkerInfo>>(&url, secret, &(), ADMIN_CALL_TIMEOUT)
+                .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let views: Vec<WorkersView> = targets
+        .into_iter()
+        .zip(results)
+        .map(|((role, id, addr), r)| {
+            let (workers, error) = match r {
+                Ok(w) => (w, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
+            WorkersView {
+                role,
+                id,
+                addr,
+                workers,
+                error,
+            }
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(());
+    }
+    for v in &views {
+        let who = match v.id {
+            Some(id) => format!("{} cs{id} {}", v.role, v.addr),
+            None => format!("{} {}", v.role, v.addr),
+        };
+        match &v.error {
+            Some(e) => println!("{who}: UNREACHABLE ({e})"),
+            None => {
+                println!("{who}:");
+                for w in &v.workers {
+                    println!(
+                        "  {:<32} {:<10} errors={} {}",
+                        w.name,
+                        format!("{:?}", w.state).to_lowercase(),
+                        w.errors,
+                        w.status
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }

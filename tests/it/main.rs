@@ -14,3 +14,4 @@ mod e2e;
 mod linearizability;
 mod metadata;
 mod s3;
+mod scrub_gc;
