@@ -433,7 +433,12 @@ impl Run {
     }
 
     /// One operation; records it in `stats`.
-    async fn one(&self, op: Op, stats: &mut [OpStats; 3], first_errors: &Mutex<Vec<String>>) {
+    async fn one(
+        &self,
+        op: Op,
+        stats: &mut [OpStats; 3],
+        first_errors: &Mutex<Vec<(String, String)>>,
+    ) {
         // With nothing live, GET and DELETE turn into a PUT.
         let op = match op {
             Op::Get | Op::Delete if self.live() == 0 => Op::Put,
@@ -511,7 +516,10 @@ impl Run {
             Err(e) => {
                 if !s.errors.contains_key(&e.kind) {
                     if let Ok(mut f) = first_errors.lock() {
-                        f.push(format!("{} {}: {}", op.name(), e.kind, e.message));
+                        let tag = format!("{} {}", op.name(), e.kind);
+                        if !f.iter().any(|(t, _)| *t == tag) {
+                            f.push((tag, e.message.clone()));
+                        }
                     }
                 }
                 s.err(&e.kind);
@@ -530,7 +538,7 @@ impl Run {
         show_progress: bool,
     ) -> anyhow::Result<PhaseResult> {
         let tickets = Arc::new(AtomicU64::new(0));
-        let first_errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let first_errors: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         for c in [
             &self.progress.ops,
             &self.progress.bytes,
@@ -599,8 +607,8 @@ impl Run {
             anyhow::bail!("a bench worker failed: {e}");
         }
         if let Ok(f) = first_errors.lock() {
-            for e in f.iter() {
-                eprintln!("cairn bench: {label}: first error of its kind: {e}");
+            for (tag, message) in f.iter() {
+                eprintln!("cairn bench: {label}: first {tag} error: {message}");
             }
         }
         Ok(PhaseResult {
