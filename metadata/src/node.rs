@@ -179,11 +179,48 @@ pub struct MetaNode {
     cfg: MetaConfig,
     raft: Raft,
     batcher: tokio::sync::mpsc::Sender<Pending>,
+    /// Linearizable reads waiting for the next shared leadership check.
+    reads: tokio::sync::mpsc::Sender<ReadWaiter>,
     sm: Arc<redb::Database>,
     liveness: Mutex<Liveness>,
     orphans: Orphans,
     /// The background workers, set when serving starts.
     workers: std::sync::OnceLock<WorkerRunner>,
+}
+
+/// A linearizable read waiting for a leadership check.
+type ReadWaiter = tokio::sync::oneshot::Sender<Result<(), ApiError>>;
+
+/// Most reads answered by one leadership check.
+const MAX_READ_BATCH: usize = 4096;
+
+/// Linearizable reads share leadership checks (read batching, the read-side
+/// twin of group commit): one `ensure_linearizable` round (a heartbeat to a
+/// quorum, then waiting for the read index to be applied) answers every
+/// read that was waiting when the round *started*. A read that arrives
+/// during a round waits for the next one, so every check a read relies on
+/// began after the read arrived: linearizable, at one quorum round trip per
+/// batch instead of per read.
+async fn read_barrier_loop(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<ReadWaiter>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while waiters.len() < MAX_READ_BATCH {
+            match rx.try_recv() {
+                Ok(w) => waiters.push(w),
+                Err(_) => break,
+            }
+        }
+        let r = match raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ApiError::NotLeader(f.leader_node.map(|n| n.addr)))
+            }
+            Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        };
+        for w in waiters {
+            let _ = w.send(r.clone());
+        }
+    }
 }
 
 /// A client write waiting to be proposed.
@@ -295,9 +332,12 @@ impl MetaNode {
             .map_err(|e| err("raft", &e))?;
         let (batcher, rx) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
         tokio::spawn(batch_loop(raft.clone(), rx));
+        let (reads, rx) = tokio::sync::mpsc::channel(MAX_READ_BATCH * 4);
+        tokio::spawn(read_barrier_loop(raft.clone(), rx));
         Ok(Arc::new(MetaNode {
             raft,
             batcher,
+            reads,
             sm,
             liveness: Mutex::new(Liveness::default()),
             orphans: Orphans::new(cfg.orphans),
@@ -387,15 +427,16 @@ impl MetaNode {
             .map_err(|_| ApiError::Unavailable("write abandoned".into()))?
     }
 
-    /// Waits until this node may serve a linearizable read.
+    /// Waits until this node may serve a linearizable read: joins the next
+    /// shared leadership check (see [`read_barrier_loop`]).
     async fn linearize(&self) -> Result<(), ApiError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(ApiError::NotLeader(f.leader_node.map(|n| n.addr)))
-            }
-            Err(e) => Err(ApiError::Unavailable(e.to_string())),
-        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.reads
+            .send(tx)
+            .await
+            .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Unavailable("shutting down".into()))?
     }
 
     /// Runs `f` on a read transaction of the state machine, off the reactor.
