@@ -83,19 +83,25 @@ impl ClientConfig {
     }
 }
 
-/// How long the chunkserver address map is trusted before a refresh.
 /// Default [`ClientConfig::inline_max`]: small objects (a few KiB) cost six
 /// fsynced shard writes and k + m round trips when erasure coded; inline
 /// they cost one Raft commit.
 pub const DEFAULT_INLINE_MAX: usize = 16 * 1024;
 
+/// How long the chunkserver address map is trusted before a refresh.
 const CHUNKSERVER_CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// How long a bucket's settings are reused by writes. Safe to cache: a
+/// manifest records its own erasure coding, and the commit itself checks
+/// that the bucket exists.
+const BUCKET_CACHE_TTL: Duration = Duration::from_secs(5);
 
 pub(crate) struct Inner {
     pub(crate) cfg: ClientConfig,
     pub(crate) meta: MetaClient,
     pub(crate) shards: ShardClient,
     chunkservers: RwLock<(Option<Instant>, HashMap<ChunkserverId, ChunkserverInfo>)>,
+    buckets: RwLock<HashMap<String, (Instant, BucketInfo)>>,
 }
 
 /// A handle on a Cairn cluster. Cheap to clone; share one per process.
@@ -142,6 +148,7 @@ impl Client {
                 meta,
                 shards,
                 chunkservers: RwLock::new((None, HashMap::new())),
+                buckets: RwLock::new(HashMap::new()),
             }),
         }
     }
@@ -186,11 +193,34 @@ impl Client {
 
     /// Deletes an empty bucket.
     pub async fn delete_bucket(&self, name: &str) -> Result<()> {
+        if let Ok(mut m) = self.inner.buckets.write() {
+            m.remove(name);
+        }
         self.inner
             .write(Command::DeleteBucket {
                 name: name.to_string(),
             })
             .await
+    }
+
+    /// A bucket's settings for a write: from a short-lived cache (see
+    /// `BUCKET_CACHE_TTL`), saving a linearizable read per PUT.
+    pub(crate) async fn bucket_for_write(&self, name: &str) -> Result<BucketInfo> {
+        if let Ok(m) = self.inner.buckets.read() {
+            if let Some((t, b)) = m.get(name) {
+                if t.elapsed() < BUCKET_CACHE_TTL {
+                    return Ok(b.clone());
+                }
+            }
+        }
+        let b = self.bucket(name).await?;
+        if let Ok(mut m) = self.inner.buckets.write() {
+            if m.len() > 10_000 {
+                m.clear();
+            }
+            m.insert(name.to_string(), (Instant::now(), b.clone()));
+        }
+        Ok(b)
     }
 
     /// One bucket.

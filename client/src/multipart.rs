@@ -48,7 +48,7 @@ impl Client {
         owner: &str,
     ) -> Result<UploadInfo> {
         validate_key(key).map_err(|e| ClientError::Invalid(e.0))?;
-        let b = self.bucket(bucket).await?;
+        let b = self.bucket_for_write(bucket).await?;
         let upload = UploadInfo {
             id: StripeId::random(),
             bucket: bucket.to_string(),

@@ -122,7 +122,7 @@ impl Client {
     ) -> Result<ObjectManifest> {
         validate_key(key).map_err(|e| ClientError::Invalid(e.0))?;
         let mut reader = reader;
-        let b = self.bucket(bucket).await?;
+        let b = self.bucket_for_write(bucket).await?;
         // Small objects live in the manifest: read up to one byte past the
         // threshold; only a body that ends within it is stored inline.
         let inline_max = self.inner.cfg.inline_max.min(MAX_INLINE);
