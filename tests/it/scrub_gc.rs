@@ -300,8 +300,8 @@ async fn scrub_finds_corrupt_and_missing_shards_and_repair_heals() -> anyhow::Re
         );
     }
     // A second pass finds nothing new: the rebuilt shards verify.
-    scrub(&c, &["start"])?;
     let second = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    scrub(&c, &["start"])?;
     wait_for("a second scrub pass", 60, || async {
         let all = scrub(&c, &["status"])?;
         let mut done = 0;
@@ -480,7 +480,10 @@ async fn gc_leaves_exactly_what_manifests_and_uploads_name() -> anyhow::Result<(
             .sum::<usize>()
     );
     for (key, body) in &bodies {
-        assert!(&get_all(&client, "gcb", key).await? == body, "{key} differs");
+        assert!(
+            &get_all(&client, "gcb", key).await? == body,
+            "{key} differs"
+        );
     }
     Ok(())
 }
