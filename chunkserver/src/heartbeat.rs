@@ -20,10 +20,12 @@ use std::time::Duration;
 
 use cairn_metadata::client::MetaClient;
 use cairn_metadata::types::{
-    ChunkserverCommand, ChunkserverId, HeartbeatRequest, InventoryEntry, InventoryPage, ShardId,
+    ChunkserverCommand, ChunkserverId, HeartbeatRequest, InventoryEntry, InventoryPage,
+    RepairReport, RepairTask, ShardId,
 };
 use cairn_metadata::worker::{BoxFuture, Worker, WorkerState};
 
+use crate::repair::RepairExecutor;
 use crate::server::Chunkserver;
 use crate::Error;
 
@@ -68,6 +70,15 @@ pub struct Heartbeat {
     /// Shards found bad, to report in the next heartbeat (kept until sent).
     bad: Vec<ShardId>,
     sent: u64,
+    /// Runs the repair tasks of the replies.
+    repair: Option<RepairExecutor>,
+    /// Finished repairs, to report in the next heartbeat (kept until sent).
+    repairs: Vec<RepairReport>,
+    /// Wait before the next heartbeat (cut short by a finished repair).
+    next_wait: Duration,
+    /// The last heartbeat reported repairs: ask again soon for the tasks
+    /// the leader plans next.
+    reported_last: bool,
 }
 
 impl Heartbeat {
@@ -90,7 +101,18 @@ impl Heartbeat {
             deleted: Vec::new(),
             bad: Vec::new(),
             sent: 0,
+            repair: None,
+            repairs: Vec::new(),
+            next_wait: interval,
+            reported_last: false,
         }
+    }
+
+    /// Executes the repair tasks of heartbeat replies with `exec` (without
+    /// it they are reported failed at once).
+    pub fn with_repair(mut self, exec: RepairExecutor) -> Self {
+        self.repair = Some(exec);
+        self
     }
 
     async fn beat(&mut self) -> Result<(), String> {
@@ -111,14 +133,16 @@ impl Heartbeat {
             shard_count,
             bad_shards: self.bad.clone(),
             deleted: self.deleted.clone(),
-            repairs: Vec::new(),
-            repairs_running: 0,
+            repairs: self.take_repairs(),
+            repairs_running: self.repair.as_ref().map_or(0, |r| r.accepted() as u32),
             scrub: Some(self.cs.scrub().progress()),
         };
         let resp = self.meta.heartbeat(&req).await.map_err(|e| e.to_string())?;
         self.sent += 1;
         self.bad.clear();
         self.deleted.clear();
+        self.repairs.clear();
+        self.reported_last = !req.repairs.is_empty();
         if self.id != Some(resp.id) {
             write_id(&self.id_dir, resp.id).map_err(|e| format!("cannot persist id: {e}"))?;
             tracing::info!(id = resp.id, "registered with the metadata service");
@@ -134,8 +158,7 @@ impl Heartbeat {
                         }
                     }
                 }
-                // Executed by the repair worker (issue 6).
-                ChunkserverCommand::Repair(_) => {}
+                ChunkserverCommand::Repair(task) => self.start_repair(task),
                 ChunkserverCommand::SendInventory { round } => {
                     if let Err(e) = self.send_inventory(resp.id, round).await {
                         // The leader asks again next interval.
@@ -149,6 +172,27 @@ impl Heartbeat {
 }
 
 impl Heartbeat {
+    /// Finished repairs to report: the unsent ones plus the executor's new
+    /// ones (kept until a heartbeat is answered).
+    fn take_repairs(&mut self) -> Vec<RepairReport> {
+        if let Some(r) = &self.repair {
+            self.repairs.extend(r.take_reports());
+        }
+        self.repairs.clone()
+    }
+
+    /// Hands a repair task to the executor (never blocks the heartbeat).
+    fn start_repair(&mut self, task: RepairTask) {
+        match &self.repair {
+            Some(r) => r.submit(task),
+            None => self.repairs.push(RepairReport {
+                task,
+                ok: false,
+                error: Some("this chunkserver runs no repair executor".into()),
+            }),
+        }
+    }
+
     /// Posts the whole inventory, page by page, to the metadata leader.
     async fn send_inventory(&mut self, id: ChunkserverId, round: u64) -> Result<(), String> {
         let mut after = None;
@@ -213,7 +257,45 @@ impl Worker for Heartbeat {
             } else {
                 self.interval.min(Duration::from_millis(200))
             };
-            Ok(WorkerState::Throttled(next))
+            if self.repair.is_none() {
+                return Ok(WorkerState::Throttled(next));
+            }
+            self.next_wait = if self.reported_last {
+                next.min(REPAIR_POLL)
+            } else {
+                next
+            };
+            Ok(WorkerState::Idle)
+        })
+    }
+
+    /// Sleeps the interval, but a finished repair is reported at once
+    /// (after a short pause that lets others finishing with it join the
+    /// same heartbeat): the leader commits it and can send the next task.
+    fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
+        let wait = self.next_wait;
+        let repair = self.repair.clone();
+        Box::pin(async move {
+            let report = async {
+                match repair {
+                    Some(r) => {
+                        r.report_ready().await;
+                        tokio::time::sleep(REPORT_PAUSE).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = report => {}
+            }
         })
     }
 }
+
+/// Pause between a finished repair and the heartbeat that reports it.
+const REPORT_PAUSE: Duration = Duration::from_millis(50);
+
+/// After reporting repairs, the next heartbeat comes this soon: the leader
+/// commits them and plans the next tasks in between.
+const REPAIR_POLL: Duration = Duration::from_millis(250);

@@ -25,6 +25,8 @@
 //!   the commands of its replies (deletes, inventory for orphan GC).
 //! - [`scrub`]: the throttled background scrubber that re-verifies every
 //!   shard, quarantines bad ones and checkpoints its cursor.
+//! - [`repair`]: the executor of the leader's repair tasks: fetch k
+//!   survivors, rebuild, verify against the manifest's BLAKE3, store.
 //! - [`client`]: [`ShardClient`](client::ShardClient), the typed client of a
 //!   chunkserver.
 
@@ -35,6 +37,7 @@ pub mod error;
 pub mod format;
 pub mod heartbeat;
 pub mod ids;
+pub mod repair;
 pub mod scrub;
 pub mod server;
 pub mod store;

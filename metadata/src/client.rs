@@ -203,4 +203,15 @@ impl MetaClient {
     pub async fn status(&self) -> Result<RaftStatus, MetaClientError> {
         self.call("/v1/status", &()).await
     }
+
+    /// The leader's cluster health view: chunkservers, stripes by remaining
+    /// redundancy, repair and GC queues, scrub progress.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, MetaClientError> {
+        self.call("/v1/admin/cluster", &()).await
+    }
+
+    /// The answering node's background workers.
+    pub async fn workers(&self) -> Result<Vec<crate::worker::WorkerInfo>, MetaClientError> {
+        self.call("/v1/admin/workers", &()).await
+    }
 }

@@ -10,6 +10,8 @@
 //!   commands, queries, heartbeats).
 //! - [`model`]: the state machine's tables, `apply` and `query`.
 //! - [`orphans`]: the leader's inventory reconciliation (orphan GC).
+//! - [`planner`]: the leader's repair planner (lost shards, priority by
+//!   remaining redundancy, dispatch on heartbeat replies, commits).
 //! - [`raft`]: openraft wiring: the redb log and state-machine stores, the
 //!   snapshot format and the HTTP transport.
 //! - [`worker`]: the background-worker runtime every role uses.
@@ -18,6 +20,7 @@ pub mod model;
 pub mod net;
 pub mod node;
 pub mod orphans;
+pub mod planner;
 pub mod raft;
 pub mod types;
 pub mod worker;

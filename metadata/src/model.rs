@@ -22,8 +22,13 @@
 //!   [`UploadInfo`]: multipart uploads in progress, by bucket then key.
 //! - `upload_parts`: upload id (16 bytes) ++ part number (u32 BE) -> JSON
 //!   [`UploadPart`]: the durable stripes of each uploaded part.
+//! - `bad`: chunkserver id (u64 BE) ++ shard id (16 bytes) -> empty: shards
+//!   a chunkserver reported corrupt, truncated or missing (scrub or read).
+//!   The repair planner counts them as lost; `CommitRepair` drops the entry
+//!   once the shard is rebuilt, and the planner clears entries no manifest
+//!   or upload names any more (`ClearBadShards`).
 //!
-//! `keys`, `uploads` and `upload_parts` were added within format version 1:
+//! `keys`, `uploads`, `upload_parts` and `bad` were added within format version 1:
 //! the state machine creates every table of [`MODEL_TABLES`] when it opens a
 //! file, so an older file simply has them empty; no migration is needed.
 //!
@@ -68,6 +73,9 @@ pub const UPLOADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("uploads
 /// Uploaded parts by upload id ++ part number.
 pub const UPLOAD_PARTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("upload_parts");
 
+/// Shards reported bad: chunkserver id ++ shard id -> empty.
+pub const BAD: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bad");
+
 /// Every model table: what a snapshot contains.
 pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>] = &[
     BUCKETS,
@@ -81,6 +89,7 @@ pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>
     KEYS,
     UPLOADS,
     UPLOAD_PARTS,
+    BAD,
 ];
 
 /// S3's largest multipart part number.
@@ -403,13 +412,6 @@ fn apply_inner(
             }
             Ok(Ok(CommandResult::Ok))
         }
-        // Implemented with the repair planner (issue 6); refused until then.
-        Command::ReportBadShards { .. }
-        | Command::ClearBadShards { .. }
-        | Command::CommitRepair { .. }
-        | Command::RemoveChunkserver { .. } => Ok(Err(MetaError::Invalid(
-            "command not supported by this build".into(),
-        ))),
         // The proposer (orphan reconciliation, `crate::orphans`) checked
         // that nothing names these shards on this chunkserver.
         Command::QueueGc {
@@ -419,6 +421,39 @@ fn apply_inner(
             queue_gc(txn, shards.iter().map(|s| (*chunkserver, *s)))?;
             Ok(Ok(CommandResult::Ok))
         }
+        Command::ReportBadShards {
+            chunkserver,
+            shards,
+        } => {
+            let mut t = txn.open_table(BAD)?;
+            for s in shards {
+                t.insert(gc_key(*chunkserver, s).as_slice(), [].as_slice())?;
+            }
+            Ok(Ok(CommandResult::Ok))
+        }
+        Command::ClearBadShards {
+            chunkserver,
+            shards,
+        } => {
+            let mut t = txn.open_table(BAD)?;
+            for s in shards {
+                t.remove(gc_key(*chunkserver, s).as_slice())?;
+            }
+            Ok(Ok(CommandResult::Ok))
+        }
+        Command::CommitRepair {
+            bucket,
+            key,
+            version,
+            stripe,
+            index,
+            shard,
+            from,
+            to,
+        } => commit_repair(
+            txn, bucket, key, *version, *stripe, *index, shard, *from, *to,
+        ),
+        Command::RemoveChunkserver { id } => remove_chunkserver(txn, *id),
         Command::GcDone {
             chunkserver,
             shards,
@@ -657,6 +692,246 @@ fn complete_upload(
     }
     queue_gc(txn, garbage.into_iter())?;
     Ok(Ok(CommandResult::Ok))
+}
+
+/// Applies `Command::CommitRepair` (see its documentation). Every
+/// outcome is decided from the tables alone, so replicas agree.
+#[allow(clippy::too_many_arguments)]
+fn commit_repair(
+    txn: &redb::WriteTransaction,
+    bucket: &str,
+    key: &str,
+    version: StripeId,
+    stripe: u64,
+    index: u8,
+    shard: &ShardId,
+    from: Option<ChunkserverId>,
+    to: ChunkserverId,
+) -> StoreResult<Result<CommandResult, MetaError>> {
+    let mut objects = txn.open_table(OBJECTS)?;
+    let ok = object_key(bucket, key);
+    let live: Option<ObjectManifest> = match objects.get(ok.as_slice())? {
+        Some(v) => Some(dec(v.value())?),
+        None => None,
+    };
+    let item_key = repair_key(&RepairItem {
+        bucket: String::new(),
+        key: String::new(),
+        version,
+        stripe,
+        index,
+        chunkserver: None,
+        reason: String::new(),
+    });
+    let Some(mut m) = live else {
+        drop(objects);
+        txn.open_table(REPAIR)?.remove(item_key.as_slice())?;
+        queue_gc(txn, std::iter::once((to, *shard)))?;
+        return Ok(Err(MetaError::Stale(format!("{bucket}/{key} is gone"))));
+    };
+    let matches = m.version == version
+        && usize::try_from(stripe)
+            .ok()
+            .and_then(|i| m.stripes.get(i))
+            .and_then(|s| s.shards.get(usize::from(index)))
+            .is_some_and(|l| l.shard == *shard && l.chunkserver == from);
+    if !matches {
+        // The rebuilt copy is garbage unless the live manifest already
+        // places exactly this shard on `to` (a duplicate report of a
+        // committed repair).
+        let placed = m.placed_shards().any(|(c, s)| c == to && s == *shard);
+        drop(objects);
+        if m.version != version {
+            txn.open_table(REPAIR)?.remove(item_key.as_slice())?;
+        }
+        if !placed {
+            queue_gc(txn, std::iter::once((to, *shard)))?;
+        }
+        return Ok(Err(MetaError::Stale(format!(
+            "{bucket}/{key} stripe {stripe} shard {index} changed since the repair was planned"
+        ))));
+    }
+    if let Some(l) = usize::try_from(stripe)
+        .ok()
+        .and_then(|i| m.stripes.get_mut(i))
+        .and_then(|s| s.shards.get_mut(usize::from(index)))
+    {
+        l.chunkserver = Some(to);
+    }
+    objects.insert(ok.as_slice(), enc(&m)?.as_slice())?;
+    drop(objects);
+    txn.open_table(REPAIR)?.remove(item_key.as_slice())?;
+    if let Some(f) = from {
+        txn.open_table(BAD)?.remove(gc_key(f, shard).as_slice())?;
+        if f != to {
+            queue_gc(txn, std::iter::once((f, *shard)))?;
+        }
+    }
+    txn.open_table(BAD)?.remove(gc_key(to, shard).as_slice())?;
+    Ok(Ok(CommandResult::Ok))
+}
+
+/// Whether any manifest or uploaded part places a shard on `cs`.
+fn places_on(txn: &redb::WriteTransaction, cs: ChunkserverId) -> StoreResult<bool> {
+    for r in txn.open_table(OBJECTS)?.iter()? {
+        let (_, v) = r?;
+        let m: ObjectManifest = dec(v.value())?;
+        if m.placed_shards().any(|(c, _)| c == cs) {
+            return Ok(true);
+        }
+    }
+    for r in txn.open_table(UPLOAD_PARTS)?.iter()? {
+        let (_, v) = r?;
+        let p: UploadPart = dec(v.value())?;
+        if placed_in(&p.stripes).any(|(c, _)| c == cs) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Forgets a drained or dead chunkserver that no manifest or upload names:
+/// its row, its GC queue and its bad reports. A full scan: removal is rare.
+fn remove_chunkserver(
+    txn: &redb::WriteTransaction,
+    id: ChunkserverId,
+) -> StoreResult<Result<CommandResult, MetaError>> {
+    let info: ChunkserverInfo = match txn
+        .open_table(CHUNKSERVERS)?
+        .get(id.to_be_bytes().as_slice())?
+    {
+        Some(v) => dec(v.value())?,
+        None => return Ok(Err(MetaError::NoSuchChunkserver(id))),
+    };
+    if !matches!(
+        info.state,
+        ChunkserverState::Draining | ChunkserverState::Down
+    ) {
+        return Ok(Err(MetaError::Invalid(format!(
+            "chunkserver {id} is {:?}: drain it first (cairn admin chunkserver drain {id}), \
+             or wait until it is down",
+            info.state
+        ))));
+    }
+    if places_on(txn, id)? {
+        return Ok(Err(MetaError::Invalid(format!(
+            "chunkserver {id} still holds shards named by objects or uploads; \
+             wait until the drain (or repair) has moved them"
+        ))));
+    }
+    txn.open_table(CHUNKSERVERS)?
+        .remove(id.to_be_bytes().as_slice())?;
+    let start = gc_key(id, &ShardId([0; 16]));
+    let end = gc_key(id, &ShardId([0xff; 16]));
+    for def in [GC, BAD] {
+        let mut t = txn.open_table(def)?;
+        let keys: Vec<Vec<u8>> = t
+            .range::<&[u8]>(start.as_slice()..=end.as_slice())?
+            .map(|r| r.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()?;
+        for k in keys {
+            t.remove(k.as_slice())?;
+        }
+    }
+    Ok(Ok(CommandResult::Ok))
+}
+
+/// Every (chunkserver, shard) reported bad.
+pub fn bad_shards(txn: &redb::ReadTransaction) -> StoreResult<HashSet<(ChunkserverId, ShardId)>> {
+    let mut out = HashSet::new();
+    let Some(t) = open_ro(txn, BAD)? else {
+        return Ok(out);
+    };
+    for r in t.iter()? {
+        let (k, _) = r?;
+        if let Some(x) = split_cs_shard(k.value()) {
+            out.insert(x);
+        }
+    }
+    Ok(out)
+}
+
+/// Rows in a model table (redb keeps table lengths: O(1)).
+pub fn table_len(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<'static, &'static [u8], &'static [u8]>,
+) -> StoreResult<u64> {
+    match open_ro(txn, def)? {
+        Some(t) => Ok(t.len()?),
+        None => Ok(0),
+    }
+}
+
+/// Whether `(cs, shard)` waits in the GC queue.
+pub fn gc_contains(
+    txn: &redb::ReadTransaction,
+    cs: ChunkserverId,
+    shard: &ShardId,
+) -> StoreResult<bool> {
+    match open_ro(txn, GC)? {
+        Some(t) => Ok(t.get(gc_key(cs, shard).as_slice())?.is_some()),
+        None => Ok(false),
+    }
+}
+
+fn split_cs_shard(k: &[u8]) -> Option<(ChunkserverId, ShardId)> {
+    if k.len() != 24 {
+        return None;
+    }
+    let mut cs = [0u8; 8];
+    cs.copy_from_slice(&k[..8]);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&k[8..]);
+    Some((u64::from_be_bytes(cs), ShardId(id)))
+}
+
+/// Calls `f` with every (bucket, key, manifest), in key order.
+pub fn for_each_object(
+    txn: &redb::ReadTransaction,
+    mut f: impl FnMut(&str, &str, ObjectManifest),
+) -> StoreResult<()> {
+    let Some(t) = open_ro(txn, OBJECTS)? else {
+        return Ok(());
+    };
+    for r in t.iter()? {
+        let (k, v) = r?;
+        let Ok(k) = std::str::from_utf8(k.value()) else {
+            continue;
+        };
+        let Some((bucket, key)) = k.split_once('\0') else {
+            continue;
+        };
+        f(bucket, key, dec(v.value())?);
+    }
+    Ok(())
+}
+
+/// Calls `f` with the stripes of every uploaded part of every upload in
+/// progress.
+pub fn for_each_part(
+    txn: &redb::ReadTransaction,
+    mut f: impl FnMut(&UploadPart),
+) -> StoreResult<()> {
+    let Some(t) = open_ro(txn, UPLOAD_PARTS)? else {
+        return Ok(());
+    };
+    for r in t.iter()? {
+        let (_, v) = r?;
+        f(&dec(v.value())?);
+    }
+    Ok(())
+}
+
+/// Every repair-queue item.
+pub fn repair_items(txn: &redb::ReadTransaction) -> StoreResult<Vec<RepairItem>> {
+    let mut out = Vec::new();
+    if let Some(t) = open_ro(txn, REPAIR)? {
+        for r in t.iter()? {
+            let (_, v) = r?;
+            out.push(dec(v.value())?);
+        }
+    }
+    Ok(out)
 }
 
 /// An inline manifest holds exactly its bytes (bounded) and no stripes.
@@ -1295,6 +1570,164 @@ mod tests {
             now_ms: 1,
             condition: PutCondition::None,
         }
+    }
+
+    fn stripe_on(servers: &[u64], tag: u8) -> StripeManifest {
+        StripeManifest {
+            id: StripeId([tag; 16]),
+            len: 4,
+            shards: servers
+                .iter()
+                .enumerate()
+                .map(|(i, cs)| ShardLoc {
+                    chunkserver: Some(*cs),
+                    shard: ShardId([tag.wrapping_add(i as u8); 16]),
+                    blake3: Hash32([0; 32]),
+                })
+                .collect(),
+        }
+    }
+
+    fn object(db: &redb::Database) -> ObjectManifest {
+        let txn = db.begin_read().expect("read");
+        match query(
+            &txn,
+            &Query::GetObject {
+                bucket: "bkt".into(),
+                key: "k".into(),
+            },
+        ) {
+            Ok(QueryResult::Object(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// CommitRepair moves a placement only against the planned version and
+    /// location; otherwise the rebuilt copy goes to GC (unless the manifest
+    /// already places it there). RemoveChunkserver waits until nothing
+    /// names the chunkserver.
+    #[test]
+    fn commit_repair_is_conditional() {
+        let db = db();
+        let bucket = BucketInfo {
+            name: "bkt".into(),
+            ec: EcParams { k: 1, m: 1 },
+            shard_size: 4,
+            created_ms: 0,
+            owner: String::new(),
+        };
+        assert_eq!(
+            run(&db, Command::CreateBucket { bucket }),
+            CommandResult::Ok
+        );
+        for id in 1..=3u64 {
+            let r = run(
+                &db,
+                Command::RegisterChunkserver {
+                    addr: format!("cs{id}"),
+                    zone: "z".into(),
+                    capacity: 1,
+                    free: 1,
+                    now_ms: 0,
+                },
+            );
+            assert_eq!(r, CommandResult::Registered { id });
+        }
+        let mut m = crate::types::ObjectManifest {
+            version: StripeId([1; 16]),
+            size: 4,
+            etag: "e".into(),
+            content_type: None,
+            headers: Default::default(),
+            user_meta: Default::default(),
+            checksums: Default::default(),
+            created_ms: 0,
+            ec: EcParams { k: 1, m: 1 },
+            shard_size: 4,
+            stripes: vec![stripe_on(&[1, 2], 0x10)],
+            parts: Vec::new(),
+            inline: None,
+        };
+        let put = |m: &ObjectManifest| Command::PutObject {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            manifest: m.clone(),
+            condition: PutCondition::None,
+        };
+        assert_eq!(run(&db, put(&m)), CommandResult::Ok);
+        let shard = ShardId([0x10; 16]);
+        let bad = Command::ReportBadShards {
+            chunkserver: 1,
+            shards: vec![shard],
+        };
+        assert_eq!(run(&db, bad), CommandResult::Ok);
+        let commit = |version: StripeId, from: Option<u64>, to: u64| Command::CommitRepair {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version,
+            stripe: 0,
+            index: 0,
+            shard,
+            from,
+            to,
+        };
+        // Planned against cs1, rebuilt on cs3: moves, old copy to GC.
+        assert_eq!(run(&db, commit(m.version, Some(1), 3)), CommandResult::Ok);
+        assert_eq!(object(&db).stripes[0].shards[0].chunkserver, Some(3));
+        assert_eq!(gc(&db, 1), vec![shard]);
+        assert!(bad_shards(&db.begin_read().expect("read"))
+            .expect("bad")
+            .is_empty());
+        // The same report again: stale, and the copy on cs3 is kept.
+        assert!(matches!(
+            run(&db, commit(m.version, Some(1), 3)),
+            CommandResult::Err(MetaError::Stale(_))
+        ));
+        assert!(gc(&db, 3).is_empty());
+        // A repair planned against an overwritten version: its copy is GC'd.
+        m.version = StripeId([2; 16]);
+        m.stripes = vec![stripe_on(&[2, 3], 0x20)];
+        assert_eq!(run(&db, put(&m)), CommandResult::Ok);
+        assert!(matches!(
+            run(&db, commit(StripeId([1; 16]), Some(3), 2)),
+            CommandResult::Err(MetaError::Stale(_))
+        ));
+        assert!(gc(&db, 2).contains(&shard));
+        // Rebuilt in place (the bad copy was quarantined): nothing to GC.
+        let in_place = Command::CommitRepair {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version: m.version,
+            stripe: 0,
+            index: 1,
+            shard: ShardId([0x21; 16]),
+            from: Some(3),
+            to: 3,
+        };
+        assert_eq!(run(&db, in_place), CommandResult::Ok);
+        assert!(!gc(&db, 3).contains(&ShardId([0x21; 16])));
+        // Removal: refused while Up, and while a manifest names it.
+        let remove = |id| Command::RemoveChunkserver { id };
+        assert!(matches!(
+            run(&db, remove(2)),
+            CommandResult::Err(MetaError::Invalid(_))
+        ));
+        let drain = |id| Command::SetChunkserverState {
+            id,
+            state: ChunkserverState::Draining,
+        };
+        assert_eq!(run(&db, drain(2)), CommandResult::Ok);
+        assert!(matches!(
+            run(&db, remove(2)),
+            CommandResult::Err(MetaError::Invalid(_))
+        ));
+        assert_eq!(run(&db, drain(1)), CommandResult::Ok);
+        assert_eq!(run(&db, remove(1)), CommandResult::Ok);
+        assert!(gc(&db, 1).is_empty(), "its GC entries went with it");
+        assert!(matches!(
+            run(&db, remove(1)),
+            CommandResult::Err(MetaError::NoSuchChunkserver(1))
+        ));
     }
 
     /// Replaced, unused and aborted parts' shards all reach the GC queue;

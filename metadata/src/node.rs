@@ -12,6 +12,8 @@
 //! - `/v1/inventory`: an [`InventoryPage`] of a chunkserver (leader only) ->
 //!   [`InventoryReply`](crate::orphans::InventoryReply); see
 //!   [`crate::orphans`]
+//! - `/v1/admin/cluster`: the leader's [`ClusterStatus`] (repair planner,
+//!   queues, scrub progress; leader only)
 //! - `/v1/admin/workers`: this node's background workers
 //!   ([`WorkerInfo`](crate::worker::WorkerInfo) list)
 //! - `/v1/admin/init`, `/v1/admin/add-node`, `/v1/admin/remove-node`:
@@ -39,6 +41,7 @@ use redb::ReadableDatabase;
 use crate::model;
 use crate::net::{self, Body, HttpClient, ServerOptions};
 use crate::orphans::{self, InventoryReply, OrphanConfig, Orphans};
+use crate::planner::{self, Planner, PlannerConfig, Repairs};
 use crate::raft::{self, Raft};
 use crate::types::*;
 use crate::worker::{BoxFuture, Worker, WorkerRunner, WorkerState};
@@ -73,6 +76,10 @@ pub struct MetaConfig {
     pub stats_every: Duration,
     /// Orphan GC: grace period and inventory interval.
     pub orphans: OrphanConfig,
+    /// Repair tasks queued or running per target chunkserver.
+    pub repair_per_chunkserver: usize,
+    /// A repair task not reported within this is forgotten and re-planned.
+    pub repair_task_timeout: Duration,
 }
 
 impl MetaConfig {
@@ -92,6 +99,8 @@ impl MetaConfig {
             down_after: Duration::from_secs(30),
             stats_every: Duration::from_secs(5),
             orphans: OrphanConfig::default(),
+            repair_per_chunkserver: 4,
+            repair_task_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -186,6 +195,8 @@ pub struct MetaNode {
     orphans: Orphans,
     /// The background workers, set when serving starts.
     workers: std::sync::OnceLock<WorkerRunner>,
+    /// The repair planner's state (leader memory).
+    repairs: Arc<Repairs>,
 }
 
 /// A linearizable read waiting for a leadership check.
@@ -298,7 +309,7 @@ async fn batch_loop(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -334,7 +345,13 @@ impl MetaNode {
         tokio::spawn(batch_loop(raft.clone(), rx));
         let (reads, rx) = tokio::sync::mpsc::channel(MAX_READ_BATCH * 4);
         tokio::spawn(read_barrier_loop(raft.clone(), rx));
+        let repairs = Arc::new(Repairs::new(PlannerConfig {
+            per_chunkserver: cfg.repair_per_chunkserver.max(1),
+            task_timeout: cfg.repair_task_timeout,
+            silent_after: cfg.down_after + cfg.stats_every,
+        }));
         Ok(Arc::new(MetaNode {
+            repairs,
             raft,
             batcher,
             reads,
@@ -361,6 +378,7 @@ impl MetaNode {
         let (runner, stop) = WorkerRunner::new();
         let _ = self.workers.set(runner.clone());
         runner.spawn(FailureDetector { node: self.clone() });
+        runner.spawn(Planner::new(self.clone()));
         let node = self.clone();
         let handler = move |req: Request<Incoming>, _peer: SocketAddr| {
             let node = node.clone();
@@ -403,6 +421,25 @@ impl MetaNode {
             .map(|n| n.addr.clone())
     }
 
+    /// This node's Raft id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    /// The repair planner's shared state.
+    pub(crate) fn repairs(&self) -> &Repairs {
+        &self.repairs
+    }
+
+    pub(crate) fn repairs_arc(&self) -> Arc<Repairs> {
+        self.repairs.clone()
+    }
+
+    /// The local state machine database (for the planner's scans).
+    pub(crate) fn state_db(&self) -> Arc<redb::Database> {
+        self.sm.clone()
+    }
+
     fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
         m.current_leader == Some(self.cfg.id)
@@ -440,7 +477,7 @@ impl MetaNode {
     }
 
     /// Runs `f` on a read transaction of the state machine, off the reactor.
-    async fn read<T: Send + 'static>(
+    pub(crate) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -545,13 +582,7 @@ impl MetaNode {
             })
             .await?;
         }
-        if !hb.bad_shards.is_empty() {
-            tracing::warn!(
-                id,
-                bad = hb.bad_shards.len(),
-                "chunkserver reports bad shards"
-            );
-        }
+        self.repair_heartbeat(id, &hb).await?;
         let done: BTreeSet<ShardId> = hb.deleted.iter().copied().collect();
         let pending = self
             .read(move |txn| model::gc_pending(txn, id, model::GC_BATCH))
@@ -564,7 +595,56 @@ impl MetaNode {
         if let Some(round) = self.inventory_due(id) {
             commands.push(ChunkserverCommand::SendInventory { round });
         }
+        let term = self.raft.metrics().borrow().current_term;
+        commands.extend(
+            self.repairs
+                .take_tasks(id, term, hb.repairs_running == 0 && hb.repairs.is_empty())
+                .into_iter()
+                .map(ChunkserverCommand::Repair),
+        );
         Ok(HeartbeatResponse { id, commands })
+    }
+
+    /// The repair side of a heartbeat: record bad shards, commit finished
+    /// repairs, keep the scrub progress.
+    async fn repair_heartbeat(
+        &self,
+        id: ChunkserverId,
+        hb: &HeartbeatRequest,
+    ) -> Result<(), ApiError> {
+        if !hb.bad_shards.is_empty() {
+            tracing::warn!(
+                id,
+                bad = hb.bad_shards.len(),
+                "chunkserver reports bad shards"
+            );
+            self.write(Command::ReportBadShards {
+                chunkserver: id,
+                shards: hb.bad_shards.clone(),
+            })
+            .await?;
+            self.repairs.trigger();
+        }
+        if !hb.repairs.is_empty() {
+            planner::handle_reports(self, id, &hb.repairs).await?;
+        }
+        if let Some(p) = &hb.scrub {
+            self.repairs.set_scrub(id, p.clone());
+        }
+        Ok(())
+    }
+
+    /// The leader's cluster health view.
+    async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        if !self.is_leader() {
+            return Err(ApiError::NotLeader(self.leader_addr()));
+        }
+        let (chunkservers, gc) = self
+            .read(|txn| Ok((model::chunkservers(txn)?, model::gc_len(txn)?)))
+            .await?;
+        let mut st = self.repairs.status(self.status(), chunkservers, gc);
+        st.orphans_pending = self.orphans_pending();
+        Ok(st)
     }
 
     /// The inventory round to ask chunkserver `id` for, when due.
@@ -754,6 +834,9 @@ impl MetaNode {
                     net::json_response(StatusCode::OK, &self.heartbeat(hb).await?)
                 }
                 "/v1/status" => net::json_response(StatusCode::OK, &self.status()),
+                "/v1/admin/cluster" => {
+                    net::json_response(StatusCode::OK, &self.cluster_status().await?)
+                }
                 "/v1/inventory" => {
                     let page: InventoryPage = parse(&body)?;
                     net::json_response(StatusCode::OK, &self.inventory(page).await?)

@@ -3,7 +3,8 @@
 use cairn_metadata::client::{Consistency, MetaClient, MetaClientOptions};
 use cairn_metadata::node::{AddNodeRequest, RemoveNodeRequest};
 use cairn_metadata::types::{
-    BucketGrant, Command, CommandResult, NodeId, Query, QueryResult, RaftStatus,
+    BucketGrant, ChunkserverId, ChunkserverState, ClusterStatus, Command, CommandResult, NodeId,
+    Query, QueryResult, RaftStatus,
 };
 use serde::Serialize;
 
@@ -16,9 +17,13 @@ use crate::config::ConnArgs;
 /// `cairn admin ...`
 #[derive(clap::Subcommand, Debug)]
 pub enum AdminCmd {
-    /// Metadata nodes, leader and term; chunkservers with zone, state and
-    /// space; queues.
+    /// Metadata nodes, leader and term; chunkservers with zone, state,
+    /// capacity and scrub progress; objects, stripes by remaining
+    /// redundancy, repair and GC queues.
     Status,
+    /// Chunkserver life cycle: drain, remove.
+    #[command(subcommand)]
+    Chunkserver(ChunkserverCmd),
     /// Metadata membership changes.
     #[command(subcommand)]
     Metadata(MetadataCmd),
@@ -30,6 +35,189 @@ pub enum AdminCmd {
     Scrub(ScrubArgs),
     /// Background workers of every metadata node and chunkserver.
     Workers,
+}
+
+/// `cairn admin chunkserver ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum ChunkserverCmd {
+    /// Move every shard off a chunkserver (it takes no new shards); watch
+    /// `cairn admin status` until it holds none, then `remove` it.
+    Drain {
+        /// Chunkserver id.
+        id: ChunkserverId,
+    },
+    /// Forget a drained (or dead) chunkserver. Refused while any object or
+    /// upload still places a shard on it.
+    Remove {
+        /// Chunkserver id.
+        id: ChunkserverId,
+    },
+}
+
+async fn chunkserver_cmd(meta: &MetaClient, cmd: ChunkserverCmd) -> anyhow::Result<()> {
+    let (cmd, done) = match cmd {
+        ChunkserverCmd::Drain { id } => (
+            Command::SetChunkserverState {
+                id,
+                state: ChunkserverState::Draining,
+            },
+            format!("chunkserver {id} is draining"),
+        ),
+        ChunkserverCmd::Remove { id } => (
+            Command::RemoveChunkserver { id },
+            format!("chunkserver {id} removed"),
+        ),
+    };
+    match meta.write(&cmd).await? {
+        CommandResult::Err(e) => anyhow::bail!("{e}"),
+        _ => {
+            println!("{done}");
+            Ok(())
+        }
+    }
+}
+
+fn fmt_bytes(b: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn fmt_age(ms: Option<u64>) -> String {
+    let Some(ms) = ms else {
+        return "never".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3600),
+    }
+}
+
+async fn status_cmd(
+    meta: &MetaClient,
+    addrs: &[String],
+    secret: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut nodes = Vec::new();
+    for a in addrs {
+        // Ask each node itself, not the leader: a dead node shows up.
+        let one = MetaClient::new(
+            vec![a.clone()],
+            secret.to_string(),
+            MetaClientOptions {
+                retry_deadline: std::time::Duration::from_millis(500),
+                ..Default::default()
+            },
+        );
+        match one.status().await {
+            Ok(s) => nodes.push(NodeView {
+                addr: a.clone(),
+                status: Some(s),
+                error: None,
+            }),
+            Err(e) => nodes.push(NodeView {
+                addr: a.clone(),
+                status: None,
+                error: Some(e.to_string()),
+            }),
+        }
+    }
+    let c: ClusterStatus = meta.cluster_status().await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "metadata": nodes,
+                "cluster": c,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "leader: node {} (term {})",
+        c.raft
+            .leader
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "none".into()),
+        c.raft.term
+    );
+    println!("metadata nodes:");
+    for n in &nodes {
+        match &n.status {
+            Some(s) => println!(
+                "  {} id={} term={} leader={} applied={}",
+                n.addr,
+                s.id,
+                s.term,
+                s.leader
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "none".into()),
+                s.last_applied
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "-".into())
+            ),
+            None => println!("  {} DOWN ({})", n.addr, n.error.as_deref().unwrap_or("")),
+        }
+    }
+    println!("chunkservers:");
+    for cs in &c.chunkservers {
+        let scrub = match c.scrub.get(&cs.id) {
+            Some(p) => format!(
+                "scrub {:?} {}/{} last full pass {}",
+                p.state,
+                p.scanned_shards,
+                p.total_shards,
+                fmt_age(p.last_full_pass_ms)
+            ),
+            None => "scrub -".into(),
+        };
+        println!(
+            "  cs{} {} zone={} state={:?} capacity={} used={} free={} shards={} {scrub}",
+            cs.id,
+            cs.addr,
+            cs.zone,
+            cs.state,
+            fmt_bytes(cs.capacity),
+            fmt_bytes(cs.used),
+            fmt_bytes(cs.free),
+            cs.shard_count
+        );
+    }
+    println!("objects: {} ({})", c.objects, fmt_bytes(c.bytes));
+    println!("stripes by remaining redundancy (healthy shards - k; below 0 = lost):");
+    for (r, n) in c.redundancy.iter().rev() {
+        let note = if *r < 0 { "  LOST" } else { "" };
+        println!("  {r:>3}: {n}{note}");
+    }
+    println!(
+        "repair: {} waiting, {} in flight, {} done, {:.2}/s over the last minute (last plan {})",
+        c.repair_queue,
+        c.repairs_in_flight,
+        c.repairs_done,
+        c.repair_rate,
+        fmt_age(c.last_plan_ms)
+    );
+    println!(
+        "gc: {} shards pending, {} orphans in their grace period",
+        c.gc_pending, c.orphans_pending
+    );
+    Ok(())
 }
 
 /// `cairn admin key ...`
@@ -205,87 +393,8 @@ pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<(
     let (addrs, secret) = conn.resolve()?;
     let meta = MetaClient::new(addrs.clone(), secret.clone(), MetaClientOptions::default());
     match cmd {
-        AdminCmd::Status => {
-            let mut nodes = Vec::new();
-            for a in &addrs {
-                // Ask each node itself, not the leader: a dead node shows up.
-                let one = MetaClient::new(
-                    vec![a.clone()],
-                    secret.clone(),
-                    MetaClientOptions {
-                        retry_deadline: std::time::Duration::from_millis(500),
-                        ..Default::default()
-                    },
-                );
-                match one.status().await {
-                    Ok(s) => nodes.push(NodeView {
-                        addr: a.clone(),
-                        status: Some(s),
-                        error: None,
-                    }),
-                    Err(e) => nodes.push(NodeView {
-                        addr: a.clone(),
-                        status: None,
-                        error: Some(e.to_string()),
-                    }),
-                }
-            }
-            let chunkservers = match meta
-                .query(&Query::ListChunkservers, Consistency::Linearizable)
-                .await?
-            {
-                QueryResult::Chunkservers(c) => c,
-                other => anyhow::bail!("unexpected reply {other:?}"),
-            };
-            let repairs = match meta
-                .query(
-                    &Query::RepairQueue { limit: 100_000 },
-                    Consistency::Linearizable,
-                )
-                .await?
-            {
-                QueryResult::Repairs(r) => r.len(),
-                _ => 0,
-            };
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "metadata": nodes,
-                        "chunkservers": chunkservers,
-                        "repair_queue": repairs,
-                    }))?
-                );
-                return Ok(());
-            }
-            println!("metadata nodes:");
-            for n in &nodes {
-                match &n.status {
-                    Some(s) => println!(
-                        "  {} id={} term={} leader={} applied={}",
-                        n.addr,
-                        s.id,
-                        s.term,
-                        s.leader
-                            .map(|l| l.to_string())
-                            .unwrap_or_else(|| "none".into()),
-                        s.last_applied
-                            .map(|l| l.to_string())
-                            .unwrap_or_else(|| "-".into())
-                    ),
-                    None => println!("  {} DOWN ({})", n.addr, n.error.as_deref().unwrap_or("")),
-                }
-            }
-            println!("chunkservers:");
-            for c in &chunkservers {
-                println!(
-                    "  cs{} {} zone={} state={:?} used={} free={} shards={}",
-                    c.id, c.addr, c.zone, c.state, c.used, c.free, c.shard_count
-                );
-            }
-            println!("repair queue: {repairs}");
-            Ok(())
-        }
+        AdminCmd::Status => status_cmd(&meta, &addrs, &secret, json).await,
+        AdminCmd::Chunkserver(c) => chunkserver_cmd(&meta, c).await,
         AdminCmd::Metadata(MetadataCmd::AddNode { id, addr }) => {
             let s: RaftStatus = meta
                 .call("/v1/admin/add-node", &AddNodeRequest { id, addr })

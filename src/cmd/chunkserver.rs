@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use cairn_chunkserver::client::ShardClient;
 use cairn_chunkserver::heartbeat::Heartbeat;
+use cairn_chunkserver::repair::RepairExecutor;
 use cairn_chunkserver::scrub::{ScrubConfig, Scrubber};
 use cairn_chunkserver::store::DEFAULT_MAX_SHARD_SIZE;
 use cairn_chunkserver::{Chunkserver, ChunkserverConfig, Reserve, StoreConfig};
@@ -56,6 +58,9 @@ pub struct Args {
     /// Interval between heartbeats, in milliseconds.
     #[arg(long, default_value_t = 3000)]
     pub heartbeat_ms: u64,
+    /// Repair tasks (shard rebuilds) run at once on this chunkserver.
+    #[arg(long, default_value_t = 4)]
+    pub repair_concurrency: usize,
     /// Scrubber throughput cap in MB/s (0 = none); changeable at runtime
     /// with `cairn admin scrub`.
     #[arg(long, default_value_t = cairn_chunkserver::scrub::DEFAULT_MAX_MBPS)]
@@ -109,11 +114,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         let meta = MetaClient::new(
             args.metadata.clone(),
-            args.secret,
+            args.secret.clone(),
             MetaClientOptions::default(),
         );
         let interval = Duration::from_millis(args.heartbeat_ms.max(50));
-        workers.spawn(Heartbeat::new(cs.clone(), meta, advertise, interval));
+        let shards = ShardClient::new(
+            cairn_metadata::net::HttpClient::default(),
+            args.secret.clone(),
+        )
+        .with_max_shard_size(args.max_shard_size);
+        let repair = RepairExecutor::new(cs.store().clone(), shards, args.repair_concurrency);
+        workers.spawn(Heartbeat::new(cs.clone(), meta, advertise, interval).with_repair(repair));
     } else {
         tracing::info!("no --metadata given: running standalone");
     }

@@ -57,6 +57,13 @@ pub struct Args {
     /// Seconds of silence after which a chunkserver is marked down.
     #[arg(long, default_value_t = 30)]
     pub chunkserver_down_secs: u64,
+    /// Repair tasks queued or running per target chunkserver.
+    #[arg(long, default_value_t = 4)]
+    pub repair_per_chunkserver: usize,
+    /// Seconds after which a dispatched repair task that was not reported
+    /// is forgotten and planned again.
+    #[arg(long, default_value_t = 120)]
+    pub repair_task_timeout_secs: u64,
     /// Orphan GC: a shard no manifest or upload names is deleted only once
     /// it is this many seconds old.
     #[arg(long, default_value_t = 3600)]
@@ -114,6 +121,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     cfg.keep_logs = args.keep_logs;
     cfg.down_after = Duration::from_secs(args.chunkserver_down_secs);
     cfg.suspect_after = cfg.down_after.min(Duration::from_secs(6));
+    cfg.repair_per_chunkserver = args.repair_per_chunkserver.max(1);
+    cfg.repair_task_timeout = Duration::from_secs(args.repair_task_timeout_secs.max(1));
     cfg.orphans = cairn_metadata::orphans::OrphanConfig {
         grace: Duration::from_secs(args.orphan_grace_secs),
         inventory_every: Duration::from_secs(args.inventory_every_secs.max(1)),

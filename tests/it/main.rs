@@ -13,5 +13,6 @@ mod dev;
 mod e2e;
 mod linearizability;
 mod metadata;
+mod repair;
 mod s3;
 mod scrub_gc;
