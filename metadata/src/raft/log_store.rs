@@ -14,11 +14,21 @@
 //! of another version is refused until a migration is written here.
 //!
 //! # Durability and ordering
-//! Every write is one redb write transaction, committed with
-//! `Durability::Immediate` (fsync) before the method returns, except
-//! `save_committed` (see there). openraft calls the write methods one at a
-//! time through `&mut self` and awaits each, so write I/O is serialized as
-//! openraft requires. The redb work runs on tokio's blocking pool.
+//! Every write is one redb write transaction. `append` commits its entries
+//! without an fsync (`Durability::None`: visible to readers at once, so the
+//! leader's replication to followers starts immediately) and hands the
+//! `LogFlushed` callback to the flusher thread, which makes them durable with
+//! one `Durability::Immediate` commit for every callback queued meanwhile
+//! (group flush) and only then reports them flushed, in order. openraft
+//! counts the leader's own log towards a commit only once flushed, and a
+//! follower answers an append only once flushed, so an entry is committed
+//! only when a majority has it on disk; the leader's fsync and the
+//! followers' now overlap instead of running one after the other. Every
+//! other write (vote, truncate, purge) commits with `Durability::Immediate`
+//! before returning, except `save_committed` (see there); a durable commit
+//! also persists every earlier non-durable one, so write order is kept.
+//! openraft calls the write methods one at a time through `&mut self`. The
+//! redb work runs on tokio's blocking pool.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -81,6 +91,39 @@ fn write_vote_err(e: StoreError) -> StorageError {
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Appends waiting for their fsync (see the module docs).
+    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Makes appended entries durable: one `Durability::Immediate` commit (an
+/// fsync that also persists every earlier non-durable commit) per batch of
+/// queued callbacks, reported in order. Ends when every sender is dropped.
+/// Holds the database weakly, so closing the store closes the file at once.
+fn flusher_loop(
+    db: std::sync::Weak<Database>,
+    rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(cb) = rx.try_recv() {
+            batch.push(cb);
+        }
+        let res: Result<(), StoreError> = (|| {
+            let Some(db) = db.upgrade() else {
+                return Err(StoreError::Io(std::io::Error::other("log store closed")));
+            };
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        for cb in batch {
+            match &res {
+                Ok(()) => cb.log_io_completed(Ok(())),
+                Err(e) => cb.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+            }
+        }
+    }
 }
 
 impl LogStore {
@@ -116,7 +159,13 @@ impl LogStore {
             }
         }
         txn.commit()?;
-        Ok(LogStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let (flusher, rx) = std::sync::mpsc::channel();
+        let flush_db = Arc::downgrade(&db);
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flusher_loop(flush_db, rx))?;
+        Ok(LogStore { db, flusher })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -299,14 +348,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(read_err)
     }
 
-    /// Writes all `entries` in ONE redb transaction (one fsync however many
-    /// client writes openraft batched into this call), waits for the commit
-    /// to be durable, and only then reports `callback`.
-    ///
-    /// Awaiting the commit before returning costs nothing in openraft 0.9:
-    /// `RaftCore` waits for the callback before its next step anyway, and it
-    /// keeps write I/O strictly ordered (a later truncate or vote cannot
-    /// overtake this append).
+    /// Writes all `entries` in ONE redb transaction without an fsync and
+    /// returns; the flusher thread reports `callback` once they are durable
+    /// (see the module docs).
     async fn append<I>(
         &mut self,
         entries: I,
@@ -324,7 +368,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         blocking(move || {
             let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
+            txn.set_durability(Durability::None)?;
             {
                 let mut log = txn.open_table(LOG)?;
                 let mut buf = Vec::new();
@@ -334,13 +378,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     log.insert(index_key(e.log_id.index).as_slice(), buf.as_slice())?;
                 }
             }
-            // Durable when this returns: Durability::Immediate.
+            // Visible now, durable once the flusher's commit returns.
             txn.commit()?;
             Ok(())
         })
         .await
         .map_err(write_err)?;
-        callback.log_io_completed(Ok(()));
+        if let Err(std::sync::mpsc::SendError(callback)) = self.flusher.send(callback) {
+            // The flusher is gone: make the entries durable here.
+            let db = self.db.clone();
+            blocking(move || {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::Immediate)?;
+                txn.commit()?;
+                Ok(())
+            })
+            .await
+            .map_err(write_err)?;
+            callback.log_io_completed(Ok(()));
+        }
         Ok(())
     }
 

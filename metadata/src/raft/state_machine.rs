@@ -7,9 +7,18 @@
 //!   - `last_applied`: `LogId<u64>`, the last applied log id;
 //!   - `last_membership`: `StoredMembership<u64, BasicNode>`.
 //!
-//! `apply` commits each batch of entries in one transaction with
-//! `Durability::Immediate`, so the state machine is durable on its own: the
-//! log can be purged up to a snapshot without replaying anything on restart.
+//! `apply` commits each batch of entries in one transaction, without an fsync
+//! (`Durability::None`) except at most every [`SM_FLUSH_EVERY`], when the
+//! commit is durable (and persists the earlier ones). The state machine is
+//! derived from the log, which is durable on a majority before anything is
+//! applied, so nothing acknowledged depends on the state machine's fsync:
+//! after a crash it reopens at its last durable commit, `last_applied` with
+//! it, and openraft applies the log again from there (`model::apply` is
+//! deterministic; the `Once` table replays with it). Logs are purged only
+//! behind a snapshot, and a snapshot file newer than the reopened state is
+//! installed again by [`StateMachineStore::open`], so the entries a replay
+//! needs are always in the log or the snapshot. This takes an fsync off the
+//! path of every metadata write.
 //! Opening a file whose `format` differs from this build's is refused until
 //! a migration is added to [`StateMachineStore::open`].
 //!
@@ -142,7 +151,13 @@ struct Shared {
     /// Meta of the snapshot in `raft-snapshot.bin`. The lock also
     /// serializes every writer of that file.
     current: Mutex<Option<SnapshotMeta>>,
+    /// When `apply` last committed durably.
+    last_durable: Mutex<std::time::Instant>,
 }
+
+/// Longest time between durable state-machine commits (bounds the log
+/// replayed after a crash).
+pub const SM_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Shared {
     fn lock_current(&self) -> MutexGuard<'_, Option<SnapshotMeta>> {
@@ -236,6 +251,7 @@ impl StateMachineStore {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
             current: Mutex::new(current.clone()),
+            last_durable: Mutex::new(std::time::Instant::now()),
         };
         if let Some(meta) = current {
             let (applied, _) = read_applied(&shared.db.begin_read()?)?;
@@ -657,8 +673,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(sm_read_err)
     }
 
-    /// Applies the batch in ONE write transaction, committed durably, and
-    /// returns one result per entry.
+    /// Applies the batch in ONE write transaction, committed durably at
+    /// most every [`SM_FLUSH_EVERY`] (see the module docs), and returns one
+    /// result per entry.
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
@@ -668,10 +685,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(Vec::new());
         };
-        let db = self.shared.db.clone();
+        let shared = self.shared.clone();
         blocking(move || {
+            let db = &shared.db;
+            let durable = shared
+                .last_durable
+                .lock()
+                .map(|t| t.elapsed() >= SM_FLUSH_EVERY)
+                .unwrap_or(true);
             let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
+            txn.set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })?;
             let mut out = Vec::with_capacity(entries.len());
             let mut membership = None;
             for entry in entries {
@@ -692,6 +719,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
             txn.commit()?;
+            if durable {
+                if let Ok(mut t) = shared.last_durable.lock() {
+                    *t = std::time::Instant::now();
+                }
+            }
             Ok(out)
         })
         .await
