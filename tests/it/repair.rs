@@ -427,6 +427,11 @@ async fn drain_then_remove() -> anyhow::Result<()> {
             .position(|p| p.addr_str() == addr)
             .context("victim process")?
     };
+    let shards_dir = c.cs_data(idx).join("shards");
+    assert!(
+        !crate::cluster::files_under(&shards_dir).is_empty(),
+        "the victim stores shard files"
+    );
     let id = victim.to_string();
     let out = c.cli(&["admin", "chunkserver", "drain", &id])?;
     assert!(out.status.success(), "drain: {out:?}");
@@ -445,7 +450,6 @@ async fn drain_then_remove() -> anyhow::Result<()> {
         Ok((!p.iter().flatten().any(|cs| *cs == Some(victim))).then_some(()))
     })
     .await?;
-    let shards_dir = c.cs_data(idx).join("shards");
     wait_for("old copies deleted", 60, || async {
         let left = crate::cluster::files_under(&shards_dir).len();
         let st = status(&c).await?;
