@@ -13,6 +13,8 @@
 //!   waiting to be deleted from that chunkserver.
 //! - `repair`: object version (16 bytes) ++ stripe number (u64 BE) ++ shard
 //!   index (1 byte) -> JSON [`RepairItem`]: shards waiting to be rebuilt.
+//!   Dropped when the version is overwritten or deleted, or the shard is
+//!   repaired.
 //! - `requests`: request id (16 bytes) -> seq (u64 BE) ++ JSON
 //!   [`CommandResult`]; `request_order`: seq -> request id. The outcomes of
 //!   the last [`DEDUP_WINDOW`] `Once` commands, so retried writes apply once.
@@ -311,6 +313,9 @@ fn apply_inner(
             if let Some(old) = old {
                 let keep: HashSet<ShardId> = manifest.placed_shards().map(|(_, s)| s).collect();
                 queue_gc(txn, old.placed_shards().filter(|(_, s)| !keep.contains(s)))?;
+                if old.version != manifest.version {
+                    drop_repairs(txn, &old.version)?;
+                }
             }
             Ok(Ok(CommandResult::Ok))
         }
@@ -336,6 +341,7 @@ fn apply_inner(
                 objects.remove(ok.as_slice())?;
                 drop(objects);
                 queue_gc(txn, old.placed_shards())?;
+                drop_repairs(txn, &old.version)?;
             }
             Ok(Ok(CommandResult::Ok))
         }
@@ -689,6 +695,7 @@ fn complete_upload(
         .collect();
     if let Some(old) = old {
         garbage.extend(old.placed_shards().filter(|(_, s)| !keep.contains(s)));
+        drop_repairs(txn, &old.version)?;
     }
     queue_gc(txn, garbage.into_iter())?;
     Ok(Ok(CommandResult::Ok))
@@ -952,6 +959,24 @@ fn validate_inline(m: &ObjectManifest) -> Result<(), InvalidInput> {
     }
     if !inline.verify() {
         return Err(InvalidInput("inline data does not match its BLAKE3".into()));
+    }
+    Ok(())
+}
+
+/// Forgets the repair-queue items of an object version that is no longer
+/// live (overwritten or deleted): they could never be planned again.
+fn drop_repairs(txn: &redb::WriteTransaction, version: &StripeId) -> StoreResult<()> {
+    let mut t = txn.open_table(REPAIR)?;
+    let mut start = [0u8; 25];
+    start[..16].copy_from_slice(&version.0);
+    let mut end = [0xffu8; 25];
+    end[..16].copy_from_slice(&version.0);
+    let keys: Vec<Vec<u8>> = t
+        .range::<&[u8]>(start.as_slice()..=end.as_slice())?
+        .map(|r| r.map(|(k, _)| k.value().to_vec()))
+        .collect::<Result<_, _>>()?;
+    for k in keys {
+        t.remove(k.as_slice())?;
     }
     Ok(())
 }
@@ -1684,10 +1709,29 @@ mod tests {
             CommandResult::Err(MetaError::Stale(_))
         ));
         assert!(gc(&db, 3).is_empty());
-        // A repair planned against an overwritten version: its copy is GC'd.
+        // A repair planned against an overwritten version: its copy is GC'd;
+        // the overwrite drops the old version's repair-queue items.
+        let item = RepairItem {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version: m.version,
+            stripe: 0,
+            index: 1,
+            chunkserver: Some(2),
+            reason: "test".into(),
+        };
+        let queue = Command::QueueRepair { items: vec![item] };
+        assert_eq!(run(&db, queue), CommandResult::Ok);
         m.version = StripeId([2; 16]);
         m.stripes = vec![stripe_on(&[2, 3], 0x20)];
         assert_eq!(run(&db, put(&m)), CommandResult::Ok);
+        match query(
+            &db.begin_read().expect("read"),
+            &Query::RepairQueue { limit: 10 },
+        ) {
+            Ok(QueryResult::Repairs(r)) => assert!(r.is_empty(), "{r:?}"),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             run(&db, commit(StripeId([1; 16]), Some(3), 2)),
             CommandResult::Err(MetaError::Stale(_))
