@@ -742,6 +742,20 @@ fn commit_repair(
             .and_then(|i| m.stripes.get(i))
             .and_then(|s| s.shards.get(usize::from(index)))
             .is_some_and(|l| l.shard == *shard && l.chunkserver == from);
+    // A copy of this shard on `to` that is queued for deletion (e.g. an old
+    // stale copy the inventory found unnamed, which the repair then found
+    // "already stored") must not become live: the queued delete would
+    // remove it. Refuse; the planner rebuilds it again elsewhere.
+    let doomed = txn
+        .open_table(GC)?
+        .get(gc_key(to, shard).as_slice())?
+        .is_some();
+    if doomed && matches {
+        drop(objects);
+        return Ok(Err(MetaError::Stale(format!(
+            "{bucket}/{key} stripe {stripe} shard {index}: the copy on chunkserver {to} is queued for deletion"
+        ))));
+    }
     if !matches {
         // The rebuilt copy is garbage unless the live manifest already
         // places exactly this shard on `to` (a duplicate report of a
@@ -1750,6 +1764,30 @@ mod tests {
         };
         assert_eq!(run(&db, in_place), CommandResult::Ok);
         assert!(!gc(&db, 3).contains(&ShardId([0x21; 16])));
+        // A target whose copy of the shard is queued for deletion (a stale
+        // copy found unnamed by the inventory) is refused: the queued
+        // delete would remove the live copy.
+        let doomed = ShardId([0x20; 16]);
+        let queue = Command::QueueGc {
+            chunkserver: 1,
+            shards: vec![doomed],
+        };
+        assert_eq!(run(&db, queue), CommandResult::Ok);
+        let onto_doomed = Command::CommitRepair {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version: m.version,
+            stripe: 0,
+            index: 0,
+            shard: doomed,
+            from: Some(2),
+            to: 1,
+        };
+        assert!(matches!(
+            run(&db, onto_doomed),
+            CommandResult::Err(MetaError::Stale(_))
+        ));
+        assert_eq!(object(&db).stripes[0].shards[0].chunkserver, Some(2));
         // Removal: refused while Up, and while a manifest names it.
         let remove = |id| Command::RemoveChunkserver { id };
         assert!(matches!(
@@ -1774,9 +1812,7 @@ mod tests {
         ));
     }
 
-    /// Replaced, unused and aborted parts' shards all reach the GC queue;
-    /// a refused completion changes nothing; the completed manifest
-    /// concatenates the chosen parts' stripes.
+    /// A completion whose parts add up to more than 5 TiB is refused.
     #[test]
     fn multipart_completion_over_5_tib_is_refused() {
         let db = db();
@@ -1830,6 +1866,9 @@ mod tests {
         );
     }
 
+    /// Replaced, unused and aborted parts' shards all reach the GC queue;
+    /// a refused completion changes nothing; the completed manifest
+    /// concatenates the chosen parts' stripes.
     #[test]
     fn multipart_lifecycle_and_gc() {
         let db = db();
