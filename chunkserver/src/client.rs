@@ -11,9 +11,10 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use cairn_metadata::net::{self, ErrorBody, HttpClient, NetError, SECRET_HEADER};
 use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::api::{self, InventoryPage, StatsReply};
@@ -24,10 +25,6 @@ use crate::store::{PutOutcome, DEFAULT_MAX_SHARD_SIZE};
 
 /// Error replies are small JSON documents; anything bigger is cut here.
 const MAX_ERROR_BODY: usize = 64 << 10;
-
-/// Payloads larger than this are hashed on the blocking pool rather than
-/// on the reactor.
-const INLINE_HASH_MAX: usize = 1 << 20;
 
 /// A client of chunkservers. Cheap to clone; shares the pooled
 /// [`HttpClient`] it was built with.
@@ -92,8 +89,10 @@ impl ShardClient {
     /// Reads shard `id` from `addr`: the whole payload, or the bytes in
     /// `range`. The chunkserver verifies the shard before answering; on this
     /// side the payload hash it reports must equal `expected` (when given),
-    /// and a whole payload is hashed again. Any mismatch is
-    /// [`Error::CorruptShard`].
+    /// and a whole payload is hashed again, frame by frame as it arrives
+    /// (while the bytes are still in cache; each frame is small enough to
+    /// hash on the reactor). Any mismatch is [`Error::CorruptShard`]: a
+    /// whole payload returned with `expected` given is verified against it.
     pub async fn get(
         &self,
         addr: &str,
@@ -144,18 +143,36 @@ impl ShardClient {
             }
         }
         let limit = usize::try_from(self.max_shard_size).unwrap_or(usize::MAX);
-        let body = tokio::time::timeout(self.timeout, net::read_body(resp.into_body(), limit))
+        let announced = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(limit);
+        let whole = status == StatusCode::OK;
+        let mut incoming = resp.into_body();
+        let read = async {
+            let mut buf = BytesMut::with_capacity(announced);
+            let mut hasher = whole.then(blake3::Hasher::new);
+            while let Some(frame) = incoming.frame().await {
+                let frame = frame.map_err(|e| NetError::Transport(e.to_string()))?;
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        return Err(NetError::TooLarge { limit });
+                    }
+                    if let Some(h) = &mut hasher {
+                        h.update(&data);
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok((buf.freeze(), hasher.map(|h| h.finalize())))
+        };
+        let (body, hash) = tokio::time::timeout(self.timeout, read)
             .await
             .map_err(|_| NetError::Timeout)??;
-        if status == StatusCode::OK {
-            let got = if body.len() > INLINE_HASH_MAX {
-                let b = body.clone();
-                tokio::task::spawn_blocking(move || blake3::hash(&b))
-                    .await
-                    .map_err(|e| Error::io("hash task", std::io::Error::other(e)))?
-            } else {
-                blake3::hash(&body)
-            };
+        if let Some(got) = hash {
             if got != declared {
                 return Err(corrupt(format!(
                     "payload from {addr} hashes to {}, not {}",
