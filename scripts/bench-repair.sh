@@ -22,6 +22,7 @@
 #   FILL_GIB=9          logical GiB written (4+2 on 6 chunkservers puts
 #                       FILL_GIB/4 GiB on each); reduced if the disk is short
 #   OBJ_MIB=64          object size of the fill
+#   SHARD_SIZE=1048576  shard size of the fill bucket (the default)
 #   DOWN_SECS=5         metadata --chunkserver-down-secs
 #   REPAIR_PER_CS=4     metadata --repair-per-chunkserver
 #   REPAIR_CONC=4       chunkserver --repair-concurrency
@@ -43,6 +44,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CAIRN=${CAIRN:-$ROOT/target/release/cairn}
 FILL_GIB=${FILL_GIB:-9}
 OBJ_MIB=${OBJ_MIB:-64}
+SHARD_SIZE=${SHARD_SIZE:-1048576}
 DOWN_SECS=${DOWN_SECS:-5}
 REPAIR_PER_CS=${REPAIR_PER_CS:-4}
 REPAIR_CONC=${REPAIR_CONC:-4}
@@ -171,7 +173,8 @@ until [[ $(status | jq '[.cluster.chunkservers[] | select(.state == "up")] | len
 done
 
 # --- fill ----------------------------------------------------------------------
-log "fill: $COUNT x ${OBJ_MIB} MiB into cairn://fill (4+2)"
+log "fill: $COUNT x ${OBJ_MIB} MiB into cairn://fill (4+2, shard size $SHARD_SIZE)"
+"$CAIRN" mb -q cairn://fill --ec 4+2 --shard-size "$SHARD_SIZE" >/dev/null
 t0=$(now_ms)
 "$CAIRN" bench put --native --size "${OBJ_MIB}MiB" --count "$COUNT" --concurrency 4 \
   --keep --bucket fill --no-limits --json >"$OUT/fill.json" 2>"$OUT/fill.err"
@@ -357,7 +360,7 @@ cluster_cores=$(join "$DATA/cpu0" "$DATA/cpu1" | awk -v d="$bulk_ms" '{ c += $3 
   echo "  cluster: 3 metadata + 6 chunkservers in 3 zones, 4+2; --chunkserver-down-secs $DOWN_SECS,"
   echo "           --repair-per-chunkserver $REPAIR_PER_CS, --repair-task-timeout-secs $TASK_TIMEOUT_SECS,"
   echo "           chunkserver --repair-concurrency $REPAIR_CONC --heartbeat-ms $CS_HEARTBEAT_MS"
-  echo "  fill: $COUNT x $OBJ_MIB MiB = $FILL_GIB GiB logical in ${fill_s}s; $total stripes"
+  echo "  fill: $COUNT x $OBJ_MIB MiB = $FILL_GIB GiB logical, shard size $SHARD_SIZE, in ${fill_s}s; $total stripes"
   echo "  limits (same run): fsync'd sequential write $(printf %.0f "$DISK_MBPS") MB/s, loopback TCP $(printf %.0f "$LOOP_MBPS") MB/s -> slower limit $(printf %.0f "$LIMIT") MB/s"
   echo "  lost: $VICTIM (id $VICTIM_ID) holding $VICTIM_USED bytes ($(echo "scale=2; $VICTIM_USED / 1073741824" | bc) GiB) in $VICTIM_SHARDS shards"
   echo "  marked down $(sec $((T_DOWN - T_KILL))) s after the kill; first repair in flight at $(sec $((${T_FIRST:-$T_DOWN} - T_KILL))) s ($early tasks before the down mark, from reads reporting missing shards)"
@@ -383,10 +386,12 @@ jq -n --argjson used "$VICTIM_USED" --argjson disk "$DISK_MBPS" --argjson loop "
   --argjson bulk "$MBPS_BULK" --argjson from_down "$MBPS_DOWN" --argjson from_kill "$MBPS_KILL" \
   --argjson stuck "$stuck" --arg verified "$verified" --arg full "$full" \
   --argjson per_cs "$REPAIR_PER_CS" --argjson conc "$REPAIR_CONC" --argjson hb "$CS_HEARTBEAT_MS" \
+  --argjson shard_size "$SHARD_SIZE" \
   '{rebuilt_bytes: $used, disk_write_mbps: $disk, loopback_mbps: $loop,
     down_mark_ms: $down_ms, bulk_99pct_ms: $bulk_ms, full_from_down_ms: $full_from_down_ms,
     full_from_kill_ms: $full_from_kill_ms, bulk_mbps: $bulk, full_mbps_from_down: $from_down,
     full_mbps_from_kill: $from_kill, bulk_ratio_to_slower_limit: ($bulk / ([$disk, $loop] | min)),
     tasks_to_dead_target: $stuck, verified: $verified, full_redundancy: $full,
-    repair_per_chunkserver: $per_cs, repair_concurrency: $conc, heartbeat_ms: $hb}' >"$OUT/summary.json"
+    repair_per_chunkserver: $per_cs, repair_concurrency: $conc, heartbeat_ms: $hb,
+    shard_size: $shard_size}' >"$OUT/summary.json"
 [[ $verified == yes && $full == yes && $bad_reads == 0 ]] || die "verification failed"
