@@ -293,6 +293,23 @@ fn checksum_of(m: &ObjectManifest, algo: &str) -> Option<String> {
     m.checksums.get(algo).cloned()
 }
 
+/// The bytes a GetObject/HeadObject asks for: a Range, a part, or all.
+fn requested_range(
+    range: Option<&Range>,
+    part_number: Option<i32>,
+    m: &ObjectManifest,
+) -> S3Result<Option<std::ops::Range<u64>>> {
+    match (range, part_number) {
+        (Some(_), Some(_)) => Err(s3_error!(
+            InvalidRequest,
+            "cannot specify both Range and partNumber"
+        )),
+        (Some(r), None) => Ok(Some(r.check(m.size)?)),
+        (None, Some(n)) => Ok(Some(part_range(m, n)?)),
+        (None, None) => Ok(None),
+    }
+}
+
 /// The byte range of part `n` (GetObject/HeadObject `partNumber`): a
 /// multipart object's part, or the whole of a single-part object as its
 /// part 1.
@@ -615,17 +632,7 @@ impl S3 for CairnS3 {
                 return Err(s3_error!(NotModified));
             }
         }
-        let range = match (&i.range, i.part_number) {
-            (Some(_), Some(_)) => {
-                return Err(s3_error!(
-                    InvalidRequest,
-                    "cannot specify both Range and partNumber"
-                ))
-            }
-            (Some(r), None) => Some(r.check(m.size)?),
-            (None, Some(n)) => Some(part_range(&m, n)?),
-            (None, None) => None,
-        };
+        let range = requested_range(i.range.as_ref(), i.part_number, &m)?;
         let stream = self
             .client
             .stream_manifest(&i.bucket, &i.key, &m, range.clone())
@@ -706,17 +713,7 @@ impl S3 for CairnS3 {
                 return Err(s3_error!(NotModified));
             }
         }
-        let range = match (&i.range, i.part_number) {
-            (Some(_), Some(_)) => {
-                return Err(s3_error!(
-                    InvalidRequest,
-                    "cannot specify both Range and partNumber"
-                ))
-            }
-            (Some(r), None) => Some(r.check(m.size)?),
-            (None, Some(n)) => Some(part_range(&m, n)?),
-            (None, None) => None,
-        };
+        let range = requested_range(i.range.as_ref(), i.part_number, &m)?;
         let (len, content_range) = match range {
             Some(r) => (
                 r.end - r.start,

@@ -17,6 +17,7 @@ use cairn_metadata::types::*;
 use futures::StreamExt;
 
 use crate::cluster::{Cluster, Opts};
+use crate::common::data;
 
 const BUCKET: &str = "rep";
 /// Small shards so a few hundred KB make many stripes.
@@ -40,20 +41,6 @@ fn opts(chunkservers: usize, zones: usize, per_cs: usize) -> Opts {
         ],
         cs_flags: Vec::new(),
     }
-}
-
-/// Deterministic pseudo-random bytes.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 async fn get_all(c: &Client, key: &str) -> Result<Vec<u8>, ClientError> {

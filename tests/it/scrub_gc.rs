@@ -16,25 +16,12 @@ use cairn_metadata::types::*;
 use futures::StreamExt;
 
 use crate::cluster::{Cluster, Opts};
+use crate::common::data;
 use crate::common::SECRET;
 
 /// Shard size of the test buckets: small, so objects of a few hundred KB
 /// span several stripes and many shard files.
 const SHARD: u32 = 64 << 10;
-
-/// Deterministic pseudo-random bytes.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 async fn get_all(c: &Client, bucket: &str, key: &str) -> anyhow::Result<Vec<u8>> {
     let (_, mut s) = c.get(bucket, key, None).await?;
