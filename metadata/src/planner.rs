@@ -466,6 +466,16 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
     let cfg = repairs.cfg;
     let now = Instant::now();
     let wall = now_ms();
+    // Targets that can still finish a task: a task sent to a chunkserver
+    // that has since turned Suspect or Down (or was removed) will never
+    // report, so it is dropped now rather than at its timeout (a read that
+    // hit a dying chunkserver can get its shards planned onto it while it
+    // still looks Up).
+    let alive: HashSet<ChunkserverId> = model::chunkservers(&db.begin_read()?)?
+        .into_iter()
+        .filter(|c| matches!(c.state, ChunkserverState::Up | ChunkserverState::Draining))
+        .map(|c| c.id)
+        .collect();
     // Snapshot of what is in flight, taken before the read so that a task
     // finishing during the pass is seen in `finished`.
     let (busy, backoff) = {
@@ -495,6 +505,26 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
                 }
                 s.set_outcome(f.seq, "failed");
                 s.back_off((f.task.version, f.task.stripe), now);
+            }
+        }
+        let orphaned: Vec<u64> = s
+            .in_flight
+            .iter()
+            .filter(|(_, f)| !alive.contains(&f.target))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphaned {
+            if let Some(f) = s.in_flight.remove(&id) {
+                tracing::info!(
+                    task = id,
+                    target = f.target,
+                    "repair target is gone: replanning"
+                );
+                let key = (f.task.version, f.task.stripe, f.task.index);
+                if s.busy.get(&key) == Some(&id) {
+                    s.busy.remove(&key);
+                }
+                s.set_outcome(f.seq, "failed");
             }
         }
         // Forget back-offs long past (their escalation count with them).
