@@ -45,8 +45,28 @@ impl Client {
         range: Option<Range<u64>>,
     ) -> Result<(ObjectManifest, GetStream)> {
         let m = self.inner.manifest(bucket, key).await?;
-        let s = self.stream_manifest(bucket, key, &m, range)?;
+        let s = self.open_manifest(bucket, key, &m, range).await?;
         Ok((m, s))
+    }
+
+    /// [`Client::stream_manifest`], returning only once the first stripe
+    /// the range needs was read and verified (or decoded): an object whose
+    /// first stripe is unreadable fails here, with
+    /// [`ClientError::NotEnoughShards`], before a caller has told anyone
+    /// it has the object (an S3 `200`, a created output file). The read-
+    /// ahead is already running, so on the happy path this costs no extra
+    /// round trip: it only waits for what the first bytes needed anyway.
+    /// A later stripe that turns out unreadable still ends the stream with
+    /// an error, mid-body.
+    pub async fn open_manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+        m: &ObjectManifest,
+        range: Option<Range<u64>>,
+    ) -> Result<GetStream> {
+        let s = self.stream_manifest(bucket, key, m, range)?;
+        first_ready(s).await
     }
 
     /// Streams the bytes `range` of an already fetched manifest.
@@ -117,6 +137,16 @@ impl Client {
                 Err(e) => stream::iter(vec![Err(e)]),
             });
         Ok(Box::pin(s))
+    }
+}
+
+/// Waits for the first item of `s`: an error is returned as is, a first
+/// chunk is put back in front of the rest.
+async fn first_ready(mut s: GetStream) -> Result<GetStream> {
+    match s.next().await {
+        None => Ok(Box::pin(stream::empty())),
+        Some(Err(e)) => Err(e),
+        Some(Ok(first)) => Ok(Box::pin(stream::once(async move { Ok(first) }).chain(s))),
     }
 }
 

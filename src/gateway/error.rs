@@ -23,10 +23,18 @@ pub fn to_s3(e: ClientError) -> S3Error {
         ClientError::EntityTooSmall(m) => s3_error!(EntityTooSmall, "{m}"),
         ClientError::EntityTooLarge(m) => s3_error!(EntityTooLarge, "{m}"),
         ClientError::NoSuchAccessKey(_) => s3_error!(InvalidAccessKeyId),
+        e @ ClientError::NotEnoughShards { .. } => {
+            // 503: retryable for every S3 SDK; the shards may be on
+            // chunkservers that are restarting, or being repaired.
+            tracing::warn!(error = %e, "read refused: object not readable now");
+            s3_error!(
+                ServiceUnavailable,
+                "the object cannot be read right now ({e}); retry later"
+            )
+        }
         e @ (ClientError::Unavailable(_)
         | ClientError::Placement(_)
-        | ClientError::WriteQuorum(_)
-        | ClientError::NotEnoughShards { .. }) => {
+        | ClientError::WriteQuorum(_)) => {
             tracing::warn!(error = %e, "request failed: cluster degraded");
             s3_error!(ServiceUnavailable, "{e}")
         }

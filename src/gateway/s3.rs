@@ -633,9 +633,16 @@ impl S3 for CairnS3 {
             }
         }
         let range = requested_range(i.range.as_ref(), i.part_number, &m)?;
+        // The first stripe the range needs is read and verified before the
+        // status line goes out: an object that cannot be read is answered
+        // 503 ServiceUnavailable (S3 SDKs retry it), never 200 and a cut
+        // body. A later stripe failing mid-body can only abort the
+        // connection (the body stream's error makes hyper close it without
+        // completing the announced Content-Length), as S3 does.
         let stream = self
             .client
-            .stream_manifest(&i.bucket, &i.key, &m, range.clone())
+            .open_manifest(&i.bucket, &i.key, &m, range.clone())
+            .await
             .map_err(to_s3)?;
         let (len, content_range) = match &range {
             Some(r) => (
