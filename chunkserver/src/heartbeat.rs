@@ -269,6 +269,15 @@ impl Worker for Heartbeat {
         })
     }
 
+    /// A failed heartbeat is retried at the heartbeat interval (at least
+    /// 1 s), never after the runner's 30 s maximum back-off: silent for
+    /// the leader's suspect timeout (6 s by default) the chunkserver would be Suspect (no new
+    /// shards) although it is up, and Down at 30 s (its shards rebuilt
+    /// elsewhere), after a few fast failures such as a leader change.
+    fn max_backoff(&self) -> Duration {
+        self.interval.max(Duration::from_secs(1))
+    }
+
     /// Sleeps the interval, but a finished repair is reported at once
     /// (after a short pause that lets others finishing with it join the
     /// same heartbeat): the leader commits it and can send the next task.

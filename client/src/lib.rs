@@ -141,7 +141,12 @@ impl Client {
     /// Builds a client without contacting the cluster.
     pub fn new(cfg: ClientConfig) -> Client {
         let meta = MetaClient::new(cfg.metadata.clone(), cfg.secret.clone(), cfg.meta.clone());
-        let shards = ShardClient::new(HttpClient::new(&cfg.pool), cfg.secret.clone());
+        // Every chunkserver call of the client (uploads, reads, deletes of
+        // a failed write) is bounded by `shard_timeout`, not the shard
+        // client's 30 s default: a hung chunkserver must cost a re-placement
+        // or a parity read, never a half-minute stall.
+        let shards = ShardClient::new(HttpClient::new(&cfg.pool), cfg.secret.clone())
+            .with_timeout(cfg.shard_timeout);
         Client {
             inner: Arc::new(Inner {
                 cfg,

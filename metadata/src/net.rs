@@ -44,6 +44,22 @@ pub fn empty() -> Body {
         .boxed_unsync()
 }
 
+/// How long a server waits for a request's headers, which in hyper 1.x
+/// also bounds how long a keep-alive connection may sit idle between
+/// requests: the server closes it then. Clients must retire pooled
+/// connections sooner ([`CLIENT_IDLE_TIMEOUT`]).
+pub const SERVER_IDLE_CLOSE: Duration = Duration::from_secs(30);
+
+/// How long a pooled client connection is kept idle: well below
+/// [`SERVER_IDLE_CLOSE`], so a client never picks a connection the server
+/// is closing at that instant (the request would be lost with the
+/// connection, and a write must then be retried after a failure instead
+/// of just succeeding).
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+// Clients retire idle connections before servers close them.
+const _: () = assert!(CLIENT_IDLE_TIMEOUT.as_secs() < SERVER_IDLE_CLOSE.as_secs());
+
 /// Limits and knobs of [`serve`].
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -61,7 +77,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             max_connections: 1024,
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: SERVER_IDLE_CLOSE,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -158,7 +174,7 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: Duration::from_secs(3),
             max_idle_per_host: 32,
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: CLIENT_IDLE_TIMEOUT,
         }
     }
 }

@@ -46,6 +46,12 @@ pub trait Worker: Send + 'static {
     fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(tokio::time::sleep(Duration::from_secs(1)))
     }
+    /// The longest pause after repeated failed steps. A worker whose
+    /// silence has consequences elsewhere (a chunkserver's heartbeat: the
+    /// leader marks it Suspect after a few seconds) keeps it short.
+    fn max_backoff(&self) -> Duration {
+        MAX_BACKOFF
+    }
 }
 
 /// A worker's state as listed by `cairn admin workers`.
@@ -160,7 +166,7 @@ impl WorkerRunner {
                         last_error = Some(e);
                         let backoff = Duration::from_millis(100)
                             .saturating_mul(1u32 << errors.min(9))
-                            .min(MAX_BACKOFF);
+                            .min(w.max_backoff());
                         WorkerState::Throttled(backoff)
                     }
                 };
@@ -247,6 +253,44 @@ mod tests {
         fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
             Box::pin(std::future::pending())
         }
+    }
+
+    /// Fails every step; counts them.
+    struct Failing(Arc<Mutex<u32>>, Duration);
+    impl Worker for Failing {
+        fn name(&self) -> String {
+            "failing".into()
+        }
+        fn work(&mut self) -> BoxFuture<'_, Result<WorkerState, String>> {
+            Box::pin(async move {
+                if let Ok(mut g) = self.0.lock() {
+                    *g += 1;
+                }
+                Err("down".into())
+            })
+        }
+        fn max_backoff(&self) -> Duration {
+            self.1
+        }
+    }
+
+    /// A worker's own `max_backoff` caps the runner's exponential
+    /// back-off: a heartbeat keeps retrying every second, not every 30 s.
+    #[tokio::test(start_paused = true)]
+    async fn max_backoff_caps_retries() {
+        let (runner, stop) = WorkerRunner::new();
+        let tries = Arc::new(Mutex::new(0));
+        runner.spawn(Failing(tries.clone(), Duration::from_secs(1)));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let n = *tries.lock().unwrap();
+        // 100 ms doubling reaches the 1 s cap after 4 tries, then 1/s.
+        assert!(n >= 55, "only {n} tries in 60 s");
+        let infos = runner.list();
+        assert_eq!(
+            infos[0].state,
+            WorkerState::Throttled(Duration::from_secs(1))
+        );
+        stop.stop(Duration::from_secs(1)).await;
     }
 
     #[tokio::test(start_paused = true)]

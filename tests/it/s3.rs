@@ -744,3 +744,157 @@ async fn get_of_an_unreadable_object_is_503_not_a_cut_200() -> anyhow::Result<()
     assert!(!out_path.exists(), "no output file for a failed get");
     Ok(())
 }
+
+/// Issue 11 item 8, the PUT stalls: small S3 PUTs (10 KiB, inline) and a
+/// 1 MiB writer keep going while a chunkserver is killed -9 and restarted,
+/// the gateway is killed -9 and restarted on its port, and the metadata
+/// leader is killed -9 and restarted. Every PUT must succeed (a writer
+/// retries a failed attempt after 100 ms, as SDKs do) and none may take
+/// longer than a few seconds (a leader election is ~1-3 s here), never the
+/// 30-34 s stalls seen in the fault campaign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_puts_stay_fast_through_faults() -> anyhow::Result<()> {
+    use hyper::{Method, StatusCode};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let mut c = Cluster::start(Opts {
+        chunkservers: 6,
+        zones: 3,
+        ..Default::default()
+    })?;
+    c.wait_chunkservers_up(6).await?;
+    let (key, secret) = admin_key(&c)?;
+    let listen = format!("127.0.0.1:{}", crate::cluster::free_port());
+    let mut gw = gateway(&c, &listen)?;
+    let s3 = Arc::new(RawS3::new(&listen, &key, &secret));
+    let resp = s3
+        .send(
+            Method::PUT,
+            "/bkt",
+            &[],
+            bytes::Bytes::new(),
+            Duration::from_secs(20),
+        )
+        .await?;
+    anyhow::ensure!(
+        resp.status() == StatusCode::OK,
+        "create bucket: {}",
+        resp.status()
+    );
+
+    // (started at, took, attempts, writer and last failure)
+    type Sample = (f64, f64, usize, String);
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let failed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..4usize {
+        let (s3, stop, samples, failed) =
+            (s3.clone(), stop.clone(), samples.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let size = if w == 0 { 1 << 20 } else { 10 << 10 };
+            let body = bytes::Bytes::from(crate::common::data(size, w as u64));
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let path = format!("/bkt/w{w}/{n}");
+                let start = Instant::now();
+                let mut tries = 0;
+                let mut last = String::new();
+                let ok = loop {
+                    tries += 1;
+                    match s3
+                        .send(
+                            Method::PUT,
+                            &path,
+                            &[],
+                            body.clone(),
+                            Duration::from_secs(60),
+                        )
+                        .await
+                    {
+                        Ok(r) if r.status() == StatusCode::OK => {
+                            let _ = drain(r).await;
+                            break true;
+                        }
+                        Ok(r) => {
+                            last = format!("status {}", r.status());
+                            let _ = drain(r).await;
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                    if start.elapsed() > Duration::from_secs(60) {
+                        break false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                if !ok {
+                    if let Ok(mut f) = failed.lock() {
+                        f.push(format!("w{w} {path}: {last}"));
+                    }
+                }
+                if let Ok(mut l) = samples.lock() {
+                    l.push((
+                        start.duration_since(t0).as_secs_f64(),
+                        start.elapsed().as_secs_f64(),
+                        tries,
+                        format!("w{w} {last}"),
+                    ));
+                }
+            }
+        }));
+    }
+    let mark = |what: &str| eprintln!("{:7.2}s fault: {what}", t0.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    mark("kill -9 a chunkserver");
+    c.chunkservers[0].kill_9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    mark("restart it");
+    c.chunkservers[0].restart()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    mark("kill -9 the gateway, restart it on its port");
+    gw.kill_9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.restart()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let l = c.leader().await?;
+    mark("kill -9 the metadata leader");
+    c.metas[l].kill_9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    mark("restart it");
+    c.metas[l].restart()?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let samples = samples.lock().map(|l| l.clone()).unwrap_or_default();
+    let failed = failed.lock().map(|l| l.clone()).unwrap_or_default();
+    for s in samples.iter().filter(|s| s.1 > 1.0) {
+        eprintln!(
+            "slow PUT at {:7.2}s took {:6.2}s in {} attempts ({})",
+            s.0, s.1, s.2, s.3
+        );
+    }
+    let small_max = samples
+        .iter()
+        .filter(|s| !s.3.starts_with("w0"))
+        .map(|s| s.1)
+        .fold(0.0, f64::max);
+    let max = samples.iter().map(|s| s.1).fold(0.0, f64::max);
+    eprintln!(
+        "{} PUTs, slowest small {small_max:.2}s, slowest {max:.2}s",
+        samples.len()
+    );
+    assert!(failed.is_empty(), "PUTs that never succeeded: {failed:?}");
+    assert!(samples.len() > 100, "too few PUTs: {}", samples.len());
+    assert!(
+        small_max < 8.0,
+        "a 10 KiB PUT took {small_max:.2}s after a fault"
+    );
+    assert!(max < 15.0, "a 1 MiB PUT took {max:.2}s after a fault");
+    Ok(())
+}
