@@ -36,6 +36,10 @@ impl Default for MetaClientOptions {
     }
 }
 
+/// The shortest attempt [`MetaClient::call`] makes, even at its deadline:
+/// enough for one round trip to a live node.
+const MIN_ATTEMPT: Duration = Duration::from_millis(200);
+
 /// Failure to reach an answer from the metadata service.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MetaClientError {
@@ -114,11 +118,23 @@ impl MetaClient {
         let mut hops = 0u32;
         loop {
             let url = format!("http://{target}{path}");
-            match self
+            // One attempt never runs past the deadline (a node that accepts
+            // but does not answer used to cost a whole `request_timeout`
+            // for the headers and another for the body, after the deadline
+            // had nearly passed: up to 30 s for a 20 s deadline).
+            let attempt = self
+                .opts
+                .request_timeout
+                .min(self.opts.retry_deadline.saturating_sub(start.elapsed()))
+                .max(MIN_ATTEMPT);
+            let sent = self
                 .http
-                .post_json::<Req, Resp>(&url, &self.secret, body, self.opts.request_timeout)
-                .await
-            {
+                .post_json::<Req, Resp>(&url, &self.secret, body, attempt);
+            let res = match tokio::time::timeout(attempt, sent).await {
+                Ok(r) => r,
+                Err(_) => Err(NetError::Timeout),
+            };
+            match res {
                 Ok(r) => {
                     self.set_leader(Some(target));
                     return Ok(r);
@@ -213,5 +229,43 @@ impl MetaClient {
     /// The answering node's background workers.
     pub async fn workers(&self) -> Result<Vec<crate::worker::WorkerInfo>, MetaClientError> {
         self.call("/v1/admin/workers", &()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that accepts connections and never answers (paused,
+    /// overloaded): the call gives up at its retry deadline, not a whole
+    /// request timeout (headers, then body) after it.
+    #[tokio::test]
+    async fn a_silent_node_costs_at_most_the_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hold = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let client = MetaClient::new(
+            vec![addr],
+            "s".into(),
+            MetaClientOptions {
+                request_timeout: Duration::from_millis(1500),
+                retry_deadline: Duration::from_secs(2),
+                ..Default::default()
+            },
+        );
+        let start = Instant::now();
+        let r = client.status().await;
+        let took = start.elapsed();
+        assert!(matches!(r, Err(MetaClientError::Unavailable(_))), "{r:?}");
+        assert!(
+            took < Duration::from_millis(2500),
+            "gave up after {took:?}, deadline 2 s"
+        );
+        hold.abort();
     }
 }
