@@ -372,8 +372,23 @@ fn apply_inner(
                 last_heartbeat_ms: *now_ms,
                 state: ChunkserverState::Up,
             };
-            txn.open_table(CHUNKSERVERS)?
-                .insert(next.to_be_bytes().as_slice(), enc(&info)?.as_slice())?;
+            let mut t = txn.open_table(CHUNKSERVERS)?;
+            // A process registering anew at an address another id holds
+            // replaced it (its whole data dir, `chunkserver-id` included,
+            // is gone): the old id is Down at once, its shards lost.
+            let mut replaced = Vec::new();
+            for r in t.iter()? {
+                let (_, v) = r?;
+                let old: ChunkserverInfo = dec(v.value())?;
+                if old.addr == *addr && old.state != ChunkserverState::Down {
+                    replaced.push(old);
+                }
+            }
+            for mut old in replaced {
+                old.state = ChunkserverState::Down;
+                t.insert(old.id.to_be_bytes().as_slice(), enc(&old)?.as_slice())?;
+            }
+            t.insert(next.to_be_bytes().as_slice(), enc(&info)?.as_slice())?;
             Ok(Ok(CommandResult::Registered { id: next }))
         }
         Command::ChunkserverStats {
