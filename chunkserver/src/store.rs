@@ -485,7 +485,11 @@ impl Store {
     /// The identity (`disk-id`) of each data directory, in configuration
     /// order.
     pub fn disk_identities(&self) -> Vec<String> {
-        self.inner.disks.iter().map(|d| d.identity.clone()).collect()
+        self.inner
+            .disks
+            .iter()
+            .map(|d| d.identity.clone())
+            .collect()
     }
 
     /// Number of shards stored.

@@ -1660,6 +1660,38 @@ mod tests {
     /// location; otherwise the rebuilt copy goes to GC (unless the manifest
     /// already places it there). RemoveChunkserver waits until nothing
     /// names the chunkserver.
+    /// A chunkserver registering anew at an address another id holds
+    /// (its whole data dir was replaced) turns the old id Down at once;
+    /// other addresses are untouched.
+    #[test]
+    fn registering_at_a_taken_address_marks_the_old_id_down() {
+        let db = db();
+        let reg = |addr: &str| Command::RegisterChunkserver {
+            addr: addr.into(),
+            zone: "z".into(),
+            capacity: 1,
+            free: 1,
+            now_ms: 0,
+        };
+        assert_eq!(run(&db, reg("a")), CommandResult::Registered { id: 1 });
+        assert_eq!(run(&db, reg("b")), CommandResult::Registered { id: 2 });
+        assert_eq!(run(&db, reg("a")), CommandResult::Registered { id: 3 });
+        let states: Vec<(ChunkserverId, ChunkserverState)> =
+            chunkservers(&db.begin_read().expect("read"))
+                .expect("list")
+                .into_iter()
+                .map(|c| (c.id, c.state))
+                .collect();
+        assert_eq!(
+            states,
+            vec![
+                (1, ChunkserverState::Down),
+                (2, ChunkserverState::Up),
+                (3, ChunkserverState::Up)
+            ]
+        );
+    }
+
     #[test]
     fn commit_repair_is_conditional() {
         let db = db();

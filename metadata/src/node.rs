@@ -38,9 +38,9 @@ use tokio::net::TcpListener;
 
 use redb::ReadableDatabase;
 
+use crate::absent::{self, Absent};
 use crate::model;
 use crate::net::{self, Body, HttpClient, ServerOptions};
-use crate::absent::{self, Absent};
 use crate::orphans::{self, InventoryReply, OrphanConfig, Orphans};
 use crate::planner::{self, Planner, PlannerConfig, Repairs};
 use crate::raft::{self, Raft};
@@ -748,7 +748,11 @@ impl MetaNode {
             })
             .await?;
         if !stale.is_empty() {
-            tracing::info!(chunkserver = id, shards = stale.len(), "clearing stale bad reports");
+            tracing::info!(
+                chunkserver = id,
+                shards = stale.len(),
+                "clearing stale bad reports"
+            );
             self.write(Command::ClearBadShards {
                 chunkserver: id,
                 shards: stale,

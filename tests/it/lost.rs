@@ -155,10 +155,16 @@ async fn paused_chunkservers_during_a_read_leave_no_lost_stripes() -> anyhow::Re
         signal(&c, i, "-CONT")?;
     }
     match r {
-        Ok(got) => assert!(got == body, "a read with three shards paused returned wrong data"),
+        Ok(got) => assert!(
+            got == body,
+            "a read with three shards paused returned wrong data"
+        ),
         Err(e) => eprintln!("read while paused failed cleanly: {e}"),
     }
-    assert!(get_all(&reader, "obj").await? == body, "object differs after resume");
+    assert!(
+        get_all(&reader, "obj").await? == body,
+        "object differs after resume"
+    );
     let since = now_ms();
     let st = wait_full(&c, since, 20).await?;
     assert_eq!(st.repairs_done, 0, "healthy shards were rebuilt needlessly");
