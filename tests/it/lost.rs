@@ -131,7 +131,8 @@ async fn paused_chunkservers_during_a_read_leave_no_lost_stripes() -> anyhow::Re
     client
         .create_bucket(BUCKET, EcParams::default(), SHARD)
         .await?;
-    let body = data(4 * SHARD as usize, 7);
+    // Three stripes: large enough not to be stored inline.
+    let body = data(3 * 4 * SHARD as usize, 7);
     let m = client
         .put(BUCKET, "obj", &body[..], PutOptions::default())
         .await?;
@@ -195,6 +196,12 @@ async fn a_replaced_data_dir_is_noticed_and_repaired() -> anyhow::Result<()> {
             "3".into(),
             "--repair-task-timeout-secs".into(),
             "20".into(),
+            // Room for every rebuild on the emptied chunkserver (the only
+            // one holding no healthy shard of the stripes): the planner's
+            // fallback to a server already holding one (issue item 1,
+            // fixed separately) would stack shards.
+            "--repair-per-chunkserver".into(),
+            "64".into(),
         ],
         ..Opts::default()
     })?;
