@@ -1519,7 +1519,10 @@ mod tests {
             Err(Error::TooLarge { .. })
         ));
         assert_eq!(store.shard_count(), 0);
-        assert_eq!(count_files(t.path(), &|n| n != "LOCK"), 0);
+        assert_eq!(
+            count_files(t.path(), &|n| n != "LOCK" && n != DISK_ID_FILE),
+            0
+        );
         // The reservation was released: the same id can be written now.
         assert_eq!(
             store.put(meta, Bytes::from_static(b"abcd")).await.unwrap(),
@@ -1670,6 +1673,9 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(count_files(t.path(), &|n| n != "LOCK"), 0);
+        assert_eq!(
+            count_files(t.path(), &|n| n != "LOCK" && n != DISK_ID_FILE),
+            0
+        );
     }
 }
