@@ -136,6 +136,7 @@ impl Heartbeat {
             repairs: self.take_repairs(),
             repairs_running: self.repair.as_ref().map_or(0, |r| r.accepted() as u32),
             scrub: Some(self.cs.scrub().progress()),
+            data_dirs: self.cs.store().disk_identities(),
         };
         let resp = self.meta.heartbeat(&req).await.map_err(|e| e.to_string())?;
         self.sent += 1;
@@ -163,6 +164,19 @@ impl Heartbeat {
                     if let Err(e) = self.send_inventory(resp.id, round).await {
                         // The leader asks again next interval.
                         tracing::warn!(round, error = %e, "inventory not sent");
+                    }
+                }
+                ChunkserverCommand::CheckShards { shards } => {
+                    // Placed here by the metadata service but not stored:
+                    // lost (a replaced or emptied disk). Reported as bad so
+                    // the planner rebuilds them.
+                    let absent: Vec<ShardId> = shards
+                        .into_iter()
+                        .filter(|s| !self.cs.store().contains(s))
+                        .collect();
+                    if !absent.is_empty() {
+                        tracing::warn!(absent = absent.len(), "shards placed here are absent");
+                        self.bad.extend(absent);
                     }
                 }
             }

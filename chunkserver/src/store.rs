@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! <data-dir>/LOCK                       flock'ed while a chunkserver uses it
+//! <data-dir>/disk-id                    this directory's identity (see below)
 //! <data-dir>/shards/<2 hex>/<2 hex>/<id> shard files (see crate::format)
 //! <data-dir>/shards/<2 hex>/<2 hex>/.tmp-<id>-<rand>  writes in progress
 //! <data-dir>/quarantine/<id>.<unix-nanos> shards that failed verification
@@ -23,6 +24,14 @@
 //! whole. A read verifies the payload hash before returning any byte; a
 //! shard that fails is renamed into `quarantine/` (never deleted) and
 //! recorded for the scrubber and the heartbeat.
+//!
+//! `disk-id` (format version 1) holds a UUID v4 in ASCII (36 characters,
+//! hyphenated, lowercase, no newline), created once when the directory is
+//! first opened without one, written temp file + fsync + rename + fsync
+//! of the directory, and never changed after. It is reported in every
+//! heartbeat: a data directory whose identity changed or vanished is a new,
+//! empty disk, and the metadata leader then checks that the chunkserver
+//! still holds every shard placed on it (`cairn_metadata::absent`).
 //!
 //! A shard file's mtime is its age for orphan garbage collection: set when
 //! it is written and reset when an identical PUT finds it already stored
@@ -226,6 +235,8 @@ struct Inner {
 
 struct Disk {
     root: PathBuf,
+    /// The identity from `disk-id`.
+    identity: String,
     shards: PathBuf,
     quarantine: PathBuf,
     reserve: Reserve,
@@ -286,6 +297,66 @@ fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e))
+}
+
+/// Name of a data directory's identity file.
+pub const DISK_ID_FILE: &str = "disk-id";
+
+/// A random UUID v4, hyphenated lowercase.
+fn new_uuid_v4() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Reads the identity of the data directory `root`, creating it durably
+/// when absent (see the module docs). An unreadable or malformed file is an
+/// error: silently replacing it would hide a swapped disk.
+fn disk_identity(root: &Path) -> Result<String> {
+    let path = root.join(DISK_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let id = s.trim();
+            let ok = id.len() == 36
+                && id
+                    .bytes()
+                    .all(|c| c == b'-' || c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+            if !ok {
+                return Err(Error::InvalidParams(format!(
+                    "{} does not hold a UUID: {id:?}",
+                    path.display()
+                )));
+            }
+            Ok(id.to_string())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = new_uuid_v4();
+            let tmp = root.join(format!("{DISK_ID_FILE}.tmp"));
+            let write = || -> std::io::Result<()> {
+                let mut f = File::create(&tmp)?;
+                f.write_all(id.as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)
+            };
+            if let Err(e) = write() {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::io(format!("write {}", path.display()), e));
+            }
+            fsync_dir(root)?;
+            tracing::info!(dir = %root.display(), identity = %id, "new data directory");
+            Ok(id)
+        }
+        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+    }
 }
 
 fn now_unix_ms() -> u64 {
@@ -367,7 +438,9 @@ impl Store {
                     .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
             }
             fsync_dir(&root)?;
+            let identity = disk_identity(&root)?;
             disks.push(Disk {
+                identity,
                 root,
                 shards,
                 quarantine,
@@ -407,6 +480,16 @@ impl Store {
     /// The data directories, in configuration order.
     pub fn data_dirs(&self) -> Vec<PathBuf> {
         self.inner.disks.iter().map(|d| d.root.clone()).collect()
+    }
+
+    /// The identity (`disk-id`) of each data directory, in configuration
+    /// order.
+    pub fn disk_identities(&self) -> Vec<String> {
+        self.inner
+            .disks
+            .iter()
+            .map(|d| d.identity.clone())
+            .collect()
     }
 
     /// Number of shards stored.
@@ -1436,7 +1519,10 @@ mod tests {
             Err(Error::TooLarge { .. })
         ));
         assert_eq!(store.shard_count(), 0);
-        assert_eq!(count_files(t.path(), &|n| n != "LOCK"), 0);
+        assert_eq!(
+            count_files(t.path(), &|n| n != "LOCK" && n != DISK_ID_FILE),
+            0
+        );
         // The reservation was released: the same id can be written now.
         assert_eq!(
             store.put(meta, Bytes::from_static(b"abcd")).await.unwrap(),
@@ -1587,6 +1673,9 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(count_files(t.path(), &|n| n != "LOCK"), 0);
+        assert_eq!(
+            count_files(t.path(), &|n| n != "LOCK" && n != DISK_ID_FILE),
+            0
+        );
     }
 }

@@ -29,10 +29,19 @@ use crate::{Client, ClientError, Inner, Result};
 pub type GetStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 
 /// Why one shard could not be used.
+///
+/// Only `Missing` and `Corrupt` are verdicts, reported to the metadata
+/// service as lost: the chunkserver said it has no such shard, or the bytes
+/// failed verification. `Unreachable` (cannot connect, timed out, busy, an
+/// I/O or protocol error) says nothing about the shard: the server may be
+/// paused or overloaded and come back with it intact, so it is not reported
+/// (a server that stays silent turns Down and the planner counts its shards
+/// lost then).
 #[derive(Debug)]
 enum ShardFail {
     Missing(String),
     Corrupt(String),
+    Unreachable(String),
 }
 
 impl Client {
@@ -253,7 +262,7 @@ impl Inner {
         let addr = self
             .chunkserver_addr(cs)
             .await
-            .map_err(|e| ShardFail::Missing(e.to_string()))?;
+            .map_err(|e| ShardFail::Unreachable(e.to_string()))?;
         let get = self
             .shards
             .get(&addr, loc.shard, None, Some(loc.blake3.into()));
@@ -262,8 +271,11 @@ impl Inner {
             Ok(Err(cairn_chunkserver::Error::CorruptShard { reason, .. })) => {
                 return Err(ShardFail::Corrupt(reason))
             }
-            Ok(Err(e)) => return Err(ShardFail::Missing(e.to_string())),
-            Err(_) => return Err(ShardFail::Missing("timed out".into())),
+            Ok(Err(e @ cairn_chunkserver::Error::NoSuchShard { .. })) => {
+                return Err(ShardFail::Missing(e.to_string()))
+            }
+            Ok(Err(e)) => return Err(ShardFail::Unreachable(e.to_string())),
+            Err(_) => return Err(ShardFail::Unreachable("timed out".into())),
         };
         if data.len() != shard_len {
             return Err(ShardFail::Corrupt(format!(
@@ -317,6 +329,9 @@ impl Inner {
                     Ok(d) => have[i] = Some(d),
                     Err(ShardFail::Missing(why)) => bad.push((i, format!("missing: {why}"))),
                     Err(ShardFail::Corrupt(why)) => bad.push((i, format!("corrupt: {why}"))),
+                    Err(ShardFail::Unreachable(why)) => {
+                        tracing::debug!(index = i, %why, "shard unreachable; not reported");
+                    }
                 }
             }
             if wanted.iter().all(|&i| have[i].is_some()) {

@@ -2,6 +2,8 @@
 //! Raft-replicated metadata service.
 //!
 //! # Layout
+//! - [`absent`]: the leader's named-but-absent check (shards the state
+//!   places on a chunkserver that it no longer holds).
 //! - [`client`]: `MetaClient`, leader-following client of the metadata API.
 //! - [`node`]: a metadata node: composition root, API server, failure detector.
 //! - [`net`]: HTTP plumbing shared by every role (server loop, pooled client,
@@ -15,6 +17,7 @@
 //! - [`raft`]: openraft wiring: the redb log and state-machine stores, the
 //!   snapshot format and the HTTP transport.
 //! - [`worker`]: the background-worker runtime every role uses.
+pub mod absent;
 pub mod client;
 pub mod model;
 pub mod net;

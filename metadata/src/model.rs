@@ -372,8 +372,23 @@ fn apply_inner(
                 last_heartbeat_ms: *now_ms,
                 state: ChunkserverState::Up,
             };
-            txn.open_table(CHUNKSERVERS)?
-                .insert(next.to_be_bytes().as_slice(), enc(&info)?.as_slice())?;
+            let mut t = txn.open_table(CHUNKSERVERS)?;
+            // A process registering anew at an address another id holds
+            // replaced it (its whole data dir, `chunkserver-id` included,
+            // is gone): the old id is Down at once, its shards lost.
+            let mut replaced = Vec::new();
+            for r in t.iter()? {
+                let (_, v) = r?;
+                let old: ChunkserverInfo = dec(v.value())?;
+                if old.addr == *addr && old.state != ChunkserverState::Down {
+                    replaced.push(old);
+                }
+            }
+            for mut old in replaced {
+                old.state = ChunkserverState::Down;
+                t.insert(old.id.to_be_bytes().as_slice(), enc(&old)?.as_slice())?;
+            }
+            t.insert(next.to_be_bytes().as_slice(), enc(&info)?.as_slice())?;
             Ok(Ok(CommandResult::Registered { id: next }))
         }
         Command::ChunkserverStats {
@@ -1645,6 +1660,38 @@ mod tests {
     /// location; otherwise the rebuilt copy goes to GC (unless the manifest
     /// already places it there). RemoveChunkserver waits until nothing
     /// names the chunkserver.
+    /// A chunkserver registering anew at an address another id holds
+    /// (its whole data dir was replaced) turns the old id Down at once;
+    /// other addresses are untouched.
+    #[test]
+    fn registering_at_a_taken_address_marks_the_old_id_down() {
+        let db = db();
+        let reg = |addr: &str| Command::RegisterChunkserver {
+            addr: addr.into(),
+            zone: "z".into(),
+            capacity: 1,
+            free: 1,
+            now_ms: 0,
+        };
+        assert_eq!(run(&db, reg("a")), CommandResult::Registered { id: 1 });
+        assert_eq!(run(&db, reg("b")), CommandResult::Registered { id: 2 });
+        assert_eq!(run(&db, reg("a")), CommandResult::Registered { id: 3 });
+        let states: Vec<(ChunkserverId, ChunkserverState)> =
+            chunkservers(&db.begin_read().expect("read"))
+                .expect("list")
+                .into_iter()
+                .map(|c| (c.id, c.state))
+                .collect();
+        assert_eq!(
+            states,
+            vec![
+                (1, ChunkserverState::Down),
+                (2, ChunkserverState::Up),
+                (3, ChunkserverState::Up)
+            ]
+        );
+    }
+
     #[test]
     fn commit_repair_is_conditional() {
         let db = db();

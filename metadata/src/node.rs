@@ -38,6 +38,7 @@ use tokio::net::TcpListener;
 
 use redb::ReadableDatabase;
 
+use crate::absent::{self, Absent};
 use crate::model;
 use crate::net::{self, Body, HttpClient, ServerOptions};
 use crate::orphans::{self, InventoryReply, OrphanConfig, Orphans};
@@ -193,6 +194,8 @@ pub struct MetaNode {
     sm: Arc<redb::Database>,
     liveness: Mutex<Liveness>,
     orphans: Orphans,
+    /// Named-but-absent checks in progress.
+    absent: Absent,
     /// The background workers, set when serving starts.
     workers: std::sync::OnceLock<WorkerRunner>,
     /// The repair planner's state (leader memory).
@@ -358,6 +361,7 @@ impl MetaNode {
             sm,
             liveness: Mutex::new(Liveness::default()),
             orphans: Orphans::new(cfg.orphans),
+            absent: Absent::default(),
             workers: std::sync::OnceLock::new(),
             cfg,
         }))
@@ -551,10 +555,11 @@ impl MetaNode {
             }
             Err(_) => true,
         };
-        if matches!(
+        let came_back = matches!(
             info.state,
             ChunkserverState::Suspect | ChunkserverState::Down
-        ) {
+        );
+        if came_back {
             tracing::info!(id, "chunkserver is back up");
             self.write(Command::SetChunkserverState {
                 id,
@@ -592,10 +597,30 @@ impl MetaNode {
         if !pending.is_empty() {
             commands.push(ChunkserverCommand::Delete { shards: pending });
         }
-        if let Some(round) = self.inventory_due(id) {
+        let round = self.inventory_due(id);
+        if let Some(round) = round {
             commands.push(ChunkserverCommand::SendInventory { round });
         }
         let term = self.raft.metrics().borrow().current_term;
+        // Named but absent (`crate::absent`): only chunkservers that report
+        // their data-dir identities understand `CheckShards`.
+        if !hb.data_dirs.is_empty() {
+            if self
+                .absent
+                .observe(id, term, &hb.data_dirs, came_back || round.is_some())
+            {
+                tracing::info!(id, "checking that the chunkserver holds its shards");
+            }
+            if let Some(cursor) = self.absent.cursor(id, term) {
+                let (page, done) = self
+                    .read(move |txn| absent::placed_page(txn, id, cursor, absent::PAGE))
+                    .await?;
+                self.absent.advance(id, term, page.last().copied(), done);
+                if !page.is_empty() {
+                    commands.push(ChunkserverCommand::CheckShards { shards: page });
+                }
+            }
+        }
         commands.extend(
             self.repairs
                 .take_tasks(id, term, hb.repairs_running == 0 && hb.repairs.is_empty())
@@ -708,6 +733,31 @@ impl MetaNode {
                 CommandResult::Ok => {}
                 other => return Err(ApiError::Internal(format!("queue gc: {other:?}"))),
             }
+        }
+        // Seen healthy again: a bad report for a shard this inventory lists
+        // is stale (a quarantined or absent shard is never listed; one
+        // listed was stored again, e.g. rebuilt in place).
+        let listed: Vec<ShardId> = page.shards.iter().map(|e| e.shard).collect();
+        let stale = self
+            .read(move |txn| {
+                let bad = model::bad_shards(txn)?;
+                Ok(listed
+                    .into_iter()
+                    .filter(|s| bad.contains(&(id, *s)))
+                    .collect::<Vec<ShardId>>())
+            })
+            .await?;
+        if !stale.is_empty() {
+            tracing::info!(
+                chunkserver = id,
+                shards = stale.len(),
+                "clearing stale bad reports"
+            );
+            self.write(Command::ClearBadShards {
+                chunkserver: id,
+                shards: stale,
+            })
+            .await?;
         }
         self.orphans.record(&page, verdict.pending);
         Ok(InventoryReply {

@@ -1146,6 +1146,11 @@ pub struct HeartbeatRequest {
     /// Its scrubber's progress.
     #[serde(default)]
     pub scrub: Option<ScrubProgress>,
+    /// The identity (UUID) of each of its data directories, in
+    /// configuration order. A change (a replaced or emptied disk) makes the
+    /// leader check that it still holds every shard placed on it.
+    #[serde(default)]
+    pub data_dirs: Vec<String>,
 }
 
 /// A command for a chunkserver, riding on a heartbeat reply.
@@ -1164,6 +1169,13 @@ pub enum ChunkserverCommand {
     SendInventory {
         /// Round number, echoed in every page.
         round: u64,
+    },
+    /// The metadata service places these shards on this chunkserver:
+    /// report those it does not hold as bad shards on the next heartbeat
+    /// ("named but absent", `cairn_metadata::absent`).
+    CheckShards {
+        /// Shards to look for.
+        shards: Vec<ShardId>,
     },
 }
 

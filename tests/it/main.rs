@@ -12,6 +12,7 @@ mod cluster;
 mod dev;
 mod e2e;
 mod linearizability;
+mod lost;
 mod metadata;
 mod repair;
 mod s3;
