@@ -189,6 +189,7 @@ impl Heartbeat {
                 task,
                 ok: false,
                 error: Some("this chunkserver runs no repair executor".into()),
+                reused: false,
             }),
         }
     }
