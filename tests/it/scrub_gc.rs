@@ -520,8 +520,15 @@ async fn slow_put_outlives_the_orphan_grace() -> anyhow::Result<()> {
     assert_eq!(m.stripes.len(), 24);
     // Inventory rounds after the commit: nothing of it is collected.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(count_shard_files(&c), placed(m), "every shard is still there");
-    assert!(get_all(&client, "slow", "big.bin").await? == body, "bytes differ");
+    assert_eq!(
+        count_shard_files(&c),
+        placed(m),
+        "every shard is still there"
+    );
+    assert!(
+        get_all(&client, "slow", "big.bin").await? == body,
+        "bytes differ"
+    );
     Ok(())
 }
 
@@ -533,16 +540,22 @@ async fn get_streams_through_an_overwrite() -> anyhow::Result<()> {
     let c = cluster(&["--gc-delay-secs", "8"])?;
     c.wait_chunkservers_up(6).await?;
     let client = c.client();
-    client.create_bucket("ow", EcParams::default(), SHARD).await?;
+    client
+        .create_bucket("ow", EcParams::default(), SHARD)
+        .await?;
     let old = data(32 * 4 * SHARD as usize, 1);
-    client.put("ow", "k", &old[..], PutOptions::default()).await?;
+    client
+        .put("ow", "k", &old[..], PutOptions::default())
+        .await?;
     let (_, mut s) = client.get("ow", "k", None).await?;
     let mut got = Vec::new();
     if let Some(chunk) = s.next().await {
         got.extend_from_slice(&chunk?);
     }
     let new = data(4 * SHARD as usize + 5, 2);
-    client.put("ow", "k", &new[..], PutOptions::default()).await?;
+    client
+        .put("ow", "k", &new[..], PutOptions::default())
+        .await?;
     let overwritten = Instant::now();
     // Read the rest slowly: about 4 s, several heartbeats.
     while let Some(chunk) = s.next().await {
