@@ -31,6 +31,10 @@ pub struct ConnArgs {
     /// Config file (default ~/.config/cairn/config.json).
     #[arg(long, env = "CAIRN_CONFIG", global = true)]
     pub config: Option<PathBuf>,
+    /// Lease of a write's intent, seconds (default 600): a put whose
+    /// process stalls this long is refused at commit.
+    #[arg(long, env = "CAIRN_INTENT_LEASE_SECS", global = true)]
+    pub intent_lease_secs: Option<u64>,
 }
 
 /// The default config file path.

@@ -203,6 +203,7 @@ impl Heartbeat {
                 task,
                 ok: false,
                 error: Some("this chunkserver runs no repair executor".into()),
+                reused: false,
             }),
         }
     }

@@ -171,9 +171,9 @@ impl RepairExecutor {
 }
 
 impl Inner {
-    fn report(&self, task: RepairTask, result: Result<(), String>) {
+    fn report(&self, task: RepairTask, result: Result<Reuse, String>) {
         match &result {
-            Ok(()) => tracing::info!(
+            Ok(_) => tracing::info!(
                 task = task.task,
                 shard = %task.shard,
                 index = task.index,
@@ -189,6 +189,7 @@ impl Inner {
         }
         let report = RepairReport {
             ok: result.is_ok(),
+            reused: matches!(result, Ok(Reuse::Kept)),
             error: result.err(),
             task,
         };
@@ -199,8 +200,17 @@ impl Inner {
     }
 }
 
+/// How a repair task was satisfied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    /// A new copy was written.
+    Written,
+    /// The copy already stored here was verified and kept (its age reset).
+    Kept,
+}
+
 /// Rebuilds and stores `task`'s shard, or says why not.
-async fn rebuild(inner: &Inner, task: &RepairTask) -> Result<(), String> {
+async fn rebuild(inner: &Inner, task: &RepairTask) -> Result<Reuse, String> {
     let ec = task.ec;
     ec.validate().map_err(|e| e.to_string())?;
     let total = ec.total();
@@ -220,10 +230,19 @@ async fn rebuild(inner: &Inner, task: &RepairTask) -> Result<(), String> {
         len: task.shard_len,
         blake3: want,
     };
-    // Already here and intact (a repeated task): nothing to do.
+    // Already here and intact (a repeated task, or an old copy): keep it,
+    // but only after reading and verifying it, and reset its age like a PUT
+    // of an identical shard does. Reported as reused: the metadata service
+    // refuses it if this server confirmed deleting the shard meanwhile.
     if inner.store.contains(&task.shard) {
         match inner.store.get(task.shard).await {
-            Ok((stored, _)) if stored == meta => return Ok(()),
+            Ok((stored, payload)) if stored == meta => {
+                if payload.len() as u64 != meta.len || blake3::hash(&payload) != want {
+                    return Err(format!("the local copy of {} does not verify", task.shard));
+                }
+                store(inner, meta, payload).await?;
+                return Ok(Reuse::Kept);
+            }
             Ok((stored, _)) => {
                 return Err(format!(
                     "a different shard {} is stored here ({stored:?})",
@@ -248,7 +267,7 @@ async fn rebuild(inner: &Inner, task: &RepairTask) -> Result<(), String> {
             .get(&src.addr, src.shard, None, Some(want))
             .await
         {
-            Ok(p) if p.len() == len => return store(inner, meta, p).await,
+            Ok(p) if p.len() == len => return store(inner, meta, p).await.map(|()| Reuse::Written),
             Ok(p) => errors.push(format!("{}: {} bytes, want {len}", src.addr, p.len())),
             Err(e) => errors.push(format!("{}: {e}", src.addr)),
         }
@@ -323,7 +342,7 @@ async fn rebuild(inner: &Inner, task: &RepairTask) -> Result<(), String> {
     })
     .await
     .map_err(|e| format!("rebuild task: {e}"))??;
-    store(inner, meta, rebuilt).await
+    store(inner, meta, rebuilt).await.map(|()| Reuse::Written)
 }
 
 /// Stores a payload already verified against `meta.blake3` (by the shard

@@ -99,6 +99,8 @@ impl From<MetaError> for ClientError {
             MetaError::EntityTooSmall(m) => ClientError::EntityTooSmall(m),
             MetaError::EntityTooLarge(m) => ClientError::EntityTooLarge(m),
             MetaError::NoSuchAccessKey(k) => ClientError::NoSuchAccessKey(k),
+            // Retryable: the write was not acknowledged (503 at the gateway).
+            e @ MetaError::IntentExpired(_) => ClientError::Unavailable(e.to_string()),
         }
     }
 }

@@ -63,6 +63,9 @@ pub struct ClientConfig {
     pub meta: MetaClientOptions,
     /// Connection pool settings for chunkserver connections.
     pub pool: ClientOptions,
+    /// Lease of a write's intent (see `write`): renewed every quarter of
+    /// it while the write runs; a writer silent this long loses its write.
+    pub intent_lease: Duration,
 }
 
 impl ClientConfig {
@@ -79,6 +82,7 @@ impl ClientConfig {
             shard_retries: 3,
             meta: MetaClientOptions::default(),
             pool: ClientOptions::default(),
+            intent_lease: write::INTENT_LEASE,
         }
     }
 }

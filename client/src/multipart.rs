@@ -149,16 +149,16 @@ impl Client {
         };
         let res = self
             .inner
-            .write(Command::PutPart {
+            .write(w.commit(Command::PutPart {
                 bucket: bucket.to_string(),
                 key: key.to_string(),
                 upload,
                 part: UploadPart {
                     info: info.clone(),
-                    stripes: w.stripes,
+                    stripes: w.stripes.clone(),
                     created_ms: now_ms(),
                 },
-            })
+            }))
             .await;
         if let Err(e) = res {
             if !matches!(e, ClientError::Unavailable(_)) {

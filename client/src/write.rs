@@ -12,6 +12,14 @@
 //!    commit the manifest through Raft: only then is the object visible.
 //!    Stripes short of k + m are queued for repair at once.
 //!
+//! Before any shard is uploaded, its (chunkserver, shard id) is registered
+//! under the write's intent (`Command::RegisterIntent`, one command per
+//! stripe or re-placed shard), leased for `ClientConfig::intent_lease` (default [`INTENT_LEASE`]) and renewed every
+//! quarter lease while the write runs (O(1) per renewal), so orphan GC never
+//! collects the shards of a write in progress. The commit names the intent
+//! (`Command::WithIntent`); an expired intent fails the write (retryable,
+//! not acknowledged).
+//!
 //! On failure nothing is committed; shards already written are deleted on a
 //! best-effort basis (orphan GC is the backstop).
 
@@ -45,6 +53,24 @@ pub struct PutOptions {
     /// Without it the ETag is derived from the shards' BLAKE3 hashes, which
     /// costs nothing extra.
     pub md5: bool,
+}
+
+/// Default [`crate::ClientConfig::intent_lease`]: how long a write intent
+/// lives without renewal. A write renews it every
+/// quarter of this while it runs, so only a writer that stalls (or dies)
+/// for this long loses it; long enough to ride out a leader election.
+pub const INTENT_LEASE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A write's intent and its renewal task (stopped when dropped).
+pub(crate) struct Intent {
+    pub(crate) id: StripeId,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Intent {
+    fn drop(&mut self) {
+        self.renew.abort();
+    }
 }
 
 /// A stripe as encoded, before placement.
@@ -168,15 +194,17 @@ impl Client {
             parts: Vec::new(),
             inline,
         };
-        let res = self
-            .inner
-            .write(Command::PutObject {
-                bucket: bucket.to_string(),
-                key: key.to_string(),
-                manifest: manifest.clone(),
-                condition: opts.condition,
-            })
-            .await;
+        let put = Command::PutObject {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            manifest: manifest.clone(),
+            condition: opts.condition,
+        };
+        let cmd = match &w {
+            Some(w) => w.commit(put),
+            None => put,
+        };
+        let res = self.inner.write(cmd).await;
         if let Err(e) = res {
             // Refused (precondition, bucket deleted) or unknown outcome
             // (cluster unavailable): only a definite refusal may free the
@@ -205,6 +233,8 @@ impl Client {
         let codec = Arc::new(Codec::new(b.ec).map_err(|e| ClientError::Invalid(e.to_string()))?);
         let stripe_cap = usize::from(b.ec.k) * b.shard_size as usize;
         let written: Arc<Mutex<Vec<(ChunkserverId, ShardId)>>> = Arc::default();
+        let intent = self.inner.start_intent().await?;
+        let intent_id = intent.id;
         let mut md5 = md5.then(Md5Task::start);
         let result: Result<(Vec<StripeManifest>, u64)> = async {
             let mut pending = FuturesOrdered::new();
@@ -249,7 +279,9 @@ impl Client {
                 let bucket = bucket.to_string();
                 let written = written.clone();
                 pending.push_back(async move {
-                    let r = inner.write_stripe(&bucket, codec, buf, &written).await;
+                    let r = inner
+                        .write_stripe(&bucket, codec, buf, &written, intent_id)
+                        .await;
                     drop(permit);
                     r
                 });
@@ -282,6 +314,7 @@ impl Client {
             size,
             etag,
             written,
+            intent,
         })
     }
 }
@@ -292,6 +325,19 @@ pub(crate) struct Written {
     pub(crate) size: u64,
     pub(crate) etag: String,
     pub(crate) written: Arc<Mutex<Vec<(ChunkserverId, ShardId)>>>,
+    /// The intent naming these shards (renewed until this is dropped).
+    pub(crate) intent: Intent,
+}
+
+impl Written {
+    /// `cmd` (the PutObject or PutPart naming these stripes), committed
+    /// under this write's intent.
+    pub(crate) fn commit(&self, cmd: Command) -> Command {
+        Command::WithIntent {
+            intent: self.intent.id,
+            inner: Box::new(cmd),
+        }
+    }
 }
 
 /// Reads until `cap` bytes or EOF.
@@ -353,6 +399,37 @@ impl Md5Task {
 }
 
 impl Inner {
+    /// Registers a new write intent and starts renewing it.
+    pub(crate) async fn start_intent(self: &Arc<Self>) -> Result<Intent> {
+        let id = StripeId::random();
+        self.register(id, Vec::new()).await?;
+        let this = Arc::downgrade(self);
+        let renew = tokio::spawn(async move {
+            loop {
+                let every = match this.upgrade() {
+                    Some(inner) => inner.cfg.intent_lease / 4,
+                    None => return,
+                };
+                tokio::time::sleep(every).await;
+                let Some(inner) = this.upgrade() else { return };
+                if let Err(e) = inner.register(id, Vec::new()).await {
+                    tracing::warn!(intent = %id.to_hex(), error = %e, "write intent not renewed");
+                }
+            }
+        });
+        Ok(Intent { id, renew })
+    }
+
+    /// Names `shards` under write intent `id` (and renews its lease).
+    async fn register(&self, id: StripeId, shards: Vec<(ChunkserverId, ShardId)>) -> Result<()> {
+        self.write(Command::RegisterIntent {
+            intent: id,
+            shards,
+            lease_ms: self.cfg.intent_lease.as_millis().max(1) as u64,
+        })
+        .await
+    }
+
     fn write_quorum(&self, ec: EcParams) -> usize {
         let n = ec.total();
         self.cfg
@@ -390,6 +467,7 @@ impl Inner {
         codec: Arc<Codec>,
         data: Bytes,
         written: &Mutex<Vec<(ChunkserverId, ShardId)>>,
+        intent: StripeId,
     ) -> Result<StripeManifest> {
         let ec = codec.params();
         let n = ec.total();
@@ -415,11 +493,22 @@ impl Inner {
         let placement = self.allocate(bucket, Vec::new(), n, quorum).await?;
         let used: Arc<Mutex<HashSet<ChunkserverId>>> =
             Arc::new(Mutex::new(placement.iter().map(|c| c.id).collect()));
+        let ids: Vec<ShardId> = (0..n).map(|_| ShardId::random()).collect();
+        // Named before any upload: orphan GC leaves them alone from now on.
+        self.register(
+            intent,
+            placement
+                .iter()
+                .zip(&ids)
+                .map(|(c, s)| (c.id, *s))
+                .collect(),
+        )
+        .await?;
         let uploads = (0..n).map(|i| {
             let target = placement.get(i).cloned();
             let payload = enc.shards[i].clone();
             let meta = ShardMeta {
-                id: ShardId::random(),
+                id: ids[i],
                 stripe: stripe_id,
                 index: i as u8,
                 params: ec,
@@ -430,7 +519,7 @@ impl Inner {
             let this = self.clone();
             async move {
                 let placed = this
-                    .upload_with_replacement(bucket, target, &meta, payload, &used)
+                    .upload_with_replacement(bucket, target, &meta, payload, &used, intent)
                     .await;
                 (meta, placed)
             }
@@ -472,6 +561,7 @@ impl Inner {
         meta: &ShardMeta,
         payload: Bytes,
         used: &Mutex<HashSet<ChunkserverId>>,
+        intent: StripeId,
     ) -> Option<ChunkserverId> {
         for attempt in 0..=self.cfg.shard_retries {
             if target.is_none() {
@@ -487,6 +577,11 @@ impl Inner {
                                 // Raced with another shard of this stripe.
                                 continue;
                             }
+                        }
+                        // The re-placed copy is named before its upload too.
+                        if let Err(e) = self.register(intent, vec![(c.id, meta.id)]).await {
+                            tracing::warn!(error = %e, "cannot register a re-placed shard");
+                            return None;
                         }
                         Some(c)
                     }

@@ -9,8 +9,25 @@
 //!   Bucket names cannot contain NUL and keys are validated not to, so one
 //!   bucket's keys form one contiguous, key-ordered range.
 //! - `chunkservers`: id (u64 big-endian) -> JSON [`ChunkserverInfo`]
-//! - `gc`: chunkserver id (u64 BE) ++ shard id (16 bytes) -> empty: shards
-//!   waiting to be deleted from that chunkserver.
+//! - `gc`: chunkserver id (u64 BE) ++ shard id (16 bytes) -> queued time
+//!   (u64 BE ms, the entry time of the command that queued it): shards
+//!   waiting to be deleted from that chunkserver. Rows written before GC
+//!   had a minimum delay hold an empty value; [`migrate`] rewrites them as
+//!   queued at time 0, i.e. due at once (what they were before).
+//! - `gc_due`: chunkserver id ++ queued time (u64 BE) ++ shard id -> empty:
+//!   the same rows ordered by queue time per chunkserver, so the rows due
+//!   for one chunkserver are one range ([`gc_due`]), never a scan.
+//! - `gc_deleted`: chunkserver id ++ shard id -> deletion time (u64 BE):
+//!   tombstones of copies a chunkserver confirmed deleting (`GcDone`), kept
+//!   [`TOMBSTONE_TTL_MS`]; `gc_deleted_order`: deletion time ++ chunkserver
+//!   id ++ shard id -> empty, to forget the oldest. `CommitRepair` refuses a
+//!   reused copy that has a tombstone.
+//! - `intents`: intent id (16 bytes) -> lease end (u64 BE ms): writes in
+//!   progress; `intent_expiry`: lease end ++ intent id -> empty (the
+//!   reaper's index); `intent_shards`: chunkserver id ++ shard id -> intent
+//!   id (orphan GC's question: "is this shard about to be committed?");
+//!   `intent_rows`: intent id ++ chunkserver id ++ shard id -> empty (what
+//!   a commit or the reaper drops).
 //! - `repair`: object version (16 bytes) ++ stripe number (u64 BE) ++ shard
 //!   index (1 byte) -> JSON [`RepairItem`]: shards waiting to be rebuilt.
 //!   Dropped when the version is overwritten or deleted, or the shard is
@@ -30,7 +47,9 @@
 //!   once the shard is rebuilt, and the planner clears entries no manifest
 //!   or upload names any more (`ClearBadShards`).
 //!
-//! `keys`, `uploads`, `upload_parts` and `bad` were added within format version 1:
+//! `keys`, `uploads`, `upload_parts`, `bad`, `gc_due`, `gc_deleted`,
+//! `gc_deleted_order`, `intents`, `intent_expiry`, `intent_shards` and
+//! `intent_rows` were added within format version 1:
 //! the state machine creates every table of [`MODEL_TABLES`] when it opens a
 //! file, so an older file simply has them empty; no migration is needed.
 //!
@@ -78,6 +97,22 @@ pub const UPLOAD_PARTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("up
 /// Shards reported bad: chunkserver id ++ shard id -> empty.
 pub const BAD: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bad");
 
+/// GC rows by chunkserver, then queue time.
+pub const GC_DUE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("gc_due");
+/// Tombstones of deleted copies: chunkserver id ++ shard id -> time.
+pub const GC_DELETED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("gc_deleted");
+/// Tombstones by deletion time ++ chunkserver id ++ shard id.
+pub const GC_DELETED_ORDER: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("gc_deleted_order");
+/// Write intents: intent id -> lease end.
+pub const INTENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("intents");
+/// Write intents by lease end ++ intent id.
+pub const INTENT_EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("intent_expiry");
+/// Shards named by a write intent: chunkserver id ++ shard id -> intent id.
+pub const INTENT_SHARDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("intent_shards");
+/// The same rows by intent: intent id ++ chunkserver id ++ shard id.
+pub const INTENT_ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("intent_rows");
+
 /// Every model table: what a snapshot contains.
 pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>] = &[
     BUCKETS,
@@ -92,7 +127,23 @@ pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>
     UPLOADS,
     UPLOAD_PARTS,
     BAD,
+    GC_DUE,
+    GC_DELETED,
+    GC_DELETED_ORDER,
+    INTENTS,
+    INTENT_EXPIRY,
+    INTENT_SHARDS,
+    INTENT_ROWS,
 ];
+
+/// How long a GC tombstone is kept: far longer than a repair report can be
+/// delayed behind the delete it races (a heartbeat or two, at most the
+/// repair task timeout), short enough that the table stays small.
+pub const TOMBSTONE_TTL_MS: u64 = 30 * 60 * 1000;
+
+/// Most shards one `RegisterIntent` may name: keeps log entries small (a
+/// writer registers one stripe, or a few, per command).
+pub const MAX_INTENT_SHARDS: usize = 4096;
 
 /// S3's largest multipart part number.
 pub const MAX_PART_NUMBER: u32 = 10_000;
@@ -178,18 +229,25 @@ fn gc_key(cs: ChunkserverId, shard: &ShardId) -> [u8; 24] {
 /// `CommandResult::Err` and leaves the tables untouched; an `Err` is a
 /// storage failure.
 pub fn apply(txn: &redb::WriteTransaction, cmd: &Command) -> StoreResult<CommandResult> {
+    apply_at(txn, cmd, 0)
+}
+
+/// [`apply`] with the entry's time `now` (ms; 0 when the entry carries
+/// none, see [`Command::At`]).
+fn apply_at(txn: &redb::WriteTransaction, cmd: &Command, now: u64) -> StoreResult<CommandResult> {
     match cmd {
-        Command::Once { id, inner } => return apply_once(txn, id, inner),
+        Command::Once { id, inner } => return apply_once(txn, id, inner, now),
         Command::Batch { cmds } => {
             let mut out = Vec::with_capacity(cmds.len());
             for c in cmds {
-                out.push(apply(txn, c)?);
+                out.push(apply_at(txn, c, now)?);
             }
             return Ok(CommandResult::Batch(out));
         }
+        Command::At { now_ms, inner } => return apply_at(txn, inner, *now_ms),
         _ => {}
     }
-    match apply_inner(txn, cmd)? {
+    match apply_inner(txn, cmd, now)? {
         Ok(r) => Ok(r),
         Err(e) => Ok(CommandResult::Err(e)),
     }
@@ -199,6 +257,7 @@ fn apply_once(
     txn: &redb::WriteTransaction,
     id: &StripeId,
     inner: &Command,
+    now: u64,
 ) -> StoreResult<CommandResult> {
     if let Some(v) = txn.open_table(REQUESTS)?.get(id.0.as_slice())? {
         let v = v.value();
@@ -211,7 +270,7 @@ fn apply_once(
         Command::Once { inner, .. } => inner.as_ref(),
         c => c,
     };
-    let result = match apply_inner(txn, inner)? {
+    let result = match apply_inner(txn, inner, now)? {
         Ok(r) => r,
         Err(e) => CommandResult::Err(e),
     };
@@ -258,10 +317,22 @@ fn has_bucket_rows(
 fn apply_inner(
     txn: &redb::WriteTransaction,
     cmd: &Command,
+    now: u64,
 ) -> StoreResult<Result<CommandResult, MetaError>> {
     match cmd {
-        Command::Once { inner, .. } => apply_inner(txn, inner),
+        Command::Once { inner, .. } => apply_inner(txn, inner, now),
         Command::Batch { .. } => Ok(Err(MetaError::Invalid("nested batch".into()))),
+        Command::At { now_ms, inner } => apply_inner(txn, inner, *now_ms),
+        Command::RegisterIntent {
+            intent,
+            shards,
+            lease_ms,
+        } => register_intent(txn, intent, shards, *lease_ms, now),
+        Command::WithIntent { intent, inner } => commit_with_intent(txn, intent, inner, now),
+        Command::ExpireIntents { limit } => {
+            expire_intents(txn, now, *limit as usize)?;
+            Ok(Ok(CommandResult::Ok))
+        }
         Command::CreateBucket { bucket } => {
             if let Err(e) = validate_bucket_name(&bucket.name).and_then(|_| bucket.ec.validate()) {
                 return Ok(Err(e.into()));
@@ -312,7 +383,11 @@ fn apply_inner(
             drop(objects);
             if let Some(old) = old {
                 let keep: HashSet<ShardId> = manifest.placed_shards().map(|(_, s)| s).collect();
-                queue_gc(txn, old.placed_shards().filter(|(_, s)| !keep.contains(s)))?;
+                queue_gc(
+                    txn,
+                    now,
+                    old.placed_shards().filter(|(_, s)| !keep.contains(s)),
+                )?;
                 if old.version != manifest.version {
                     drop_repairs(txn, &old.version)?;
                 }
@@ -340,7 +415,7 @@ fn apply_inner(
             if let Some(old) = old {
                 objects.remove(ok.as_slice())?;
                 drop(objects);
-                queue_gc(txn, old.placed_shards())?;
+                queue_gc(txn, now, old.placed_shards())?;
                 drop_repairs(txn, &old.version)?;
             }
             Ok(Ok(CommandResult::Ok))
@@ -439,7 +514,7 @@ fn apply_inner(
             chunkserver,
             shards,
         } => {
-            queue_gc(txn, shards.iter().map(|s| (*chunkserver, *s)))?;
+            queue_gc(txn, now, shards.iter().map(|s| (*chunkserver, *s)))?;
             Ok(Ok(CommandResult::Ok))
         }
         Command::ReportBadShards {
@@ -471,18 +546,19 @@ fn apply_inner(
             shard,
             from,
             to,
+            reused,
         } => commit_repair(
-            txn, bucket, key, *version, *stripe, *index, shard, *from, *to,
+            txn, bucket, key, *version, *stripe, *index, shard, *from, *to, *reused, now,
         ),
         Command::RemoveChunkserver { id } => remove_chunkserver(txn, *id),
         Command::GcDone {
             chunkserver,
             shards,
         } => {
-            let mut t = txn.open_table(GC)?;
             for s in shards {
-                t.remove(gc_key(*chunkserver, s).as_slice())?;
+                unqueue_gc(txn, *chunkserver, s)?;
             }
+            record_deleted(txn, *chunkserver, shards, now)?;
             Ok(Ok(CommandResult::Ok))
         }
         Command::PutAccessKey { key } => {
@@ -548,7 +624,7 @@ fn apply_inner(
                 let old: Vec<_> = placed_in(&old.stripes)
                     .filter(|(_, s)| !keep.contains(s))
                     .collect();
-                queue_gc(txn, old.into_iter())?;
+                queue_gc(txn, now, old.into_iter())?;
             }
             Ok(Ok(CommandResult::Ok))
         }
@@ -565,6 +641,7 @@ fn apply_inner(
             condition,
         } => complete_upload(
             txn,
+            now,
             bucket,
             key,
             upload,
@@ -589,7 +666,7 @@ fn apply_inner(
                 return Ok(Err(MetaError::NoSuchUpload(upload.to_hex())));
             }
             let parts = take_parts(txn, upload)?;
-            queue_gc(txn, parts.iter().flat_map(|p| placed_in(&p.stripes)))?;
+            queue_gc(txn, now, parts.iter().flat_map(|p| placed_in(&p.stripes)))?;
             Ok(Ok(CommandResult::Ok))
         }
     }
@@ -598,6 +675,7 @@ fn apply_inner(
 #[allow(clippy::too_many_arguments)]
 fn complete_upload(
     txn: &redb::WriteTransaction,
+    now: u64,
     bucket: &str,
     key: &str,
     upload: &StripeId,
@@ -712,7 +790,7 @@ fn complete_upload(
         garbage.extend(old.placed_shards().filter(|(_, s)| !keep.contains(s)));
         drop_repairs(txn, &old.version)?;
     }
-    queue_gc(txn, garbage.into_iter())?;
+    queue_gc(txn, now, garbage.into_iter())?;
     Ok(Ok(CommandResult::Ok))
 }
 
@@ -729,6 +807,8 @@ fn commit_repair(
     shard: &ShardId,
     from: Option<ChunkserverId>,
     to: ChunkserverId,
+    reused: bool,
+    now: u64,
 ) -> StoreResult<Result<CommandResult, MetaError>> {
     let mut objects = txn.open_table(OBJECTS)?;
     let ok = object_key(bucket, key);
@@ -748,7 +828,7 @@ fn commit_repair(
     let Some(mut m) = live else {
         drop(objects);
         txn.open_table(REPAIR)?.remove(item_key.as_slice())?;
-        queue_gc(txn, std::iter::once((to, *shard)))?;
+        queue_gc(txn, now, std::iter::once((to, *shard)))?;
         return Ok(Err(MetaError::Stale(format!("{bucket}/{key} is gone"))));
     };
     let matches = m.version == version
@@ -771,6 +851,20 @@ fn commit_repair(
             "{bucket}/{key} stripe {stripe} shard {index}: the copy on chunkserver {to} is queued for deletion"
         ))));
     }
+    // A copy the target kept because it "already had it", while `to` has
+    // confirmed deleting that shard (GcDone, possibly earlier in the same
+    // heartbeat): the copy may be gone. Refuse; it is rebuilt elsewhere.
+    let deleted = txn
+        .open_table(GC_DELETED)?
+        .get(gc_key(to, shard).as_slice())?
+        .is_some();
+    if deleted && reused && matches {
+        drop(objects);
+        queue_gc(txn, now, std::iter::once((to, *shard)))?;
+        return Ok(Err(MetaError::Stale(format!(
+            "{bucket}/{key} stripe {stripe} shard {index}: chunkserver {to} deleted its copy"
+        ))));
+    }
     if !matches {
         // The rebuilt copy is garbage unless the live manifest already
         // places exactly this shard on `to` (a duplicate report of a
@@ -781,7 +875,7 @@ fn commit_repair(
             txn.open_table(REPAIR)?.remove(item_key.as_slice())?;
         }
         if !placed {
-            queue_gc(txn, std::iter::once((to, *shard)))?;
+            queue_gc(txn, now, std::iter::once((to, *shard)))?;
         }
         return Ok(Err(MetaError::Stale(format!(
             "{bucket}/{key} stripe {stripe} shard {index} changed since the repair was planned"
@@ -800,10 +894,11 @@ fn commit_repair(
     if let Some(f) = from {
         txn.open_table(BAD)?.remove(gc_key(f, shard).as_slice())?;
         if f != to {
-            queue_gc(txn, std::iter::once((f, *shard)))?;
+            queue_gc(txn, now, std::iter::once((f, *shard)))?;
         }
     }
     txn.open_table(BAD)?.remove(gc_key(to, shard).as_slice())?;
+    forget_deleted(txn, to, shard)?;
     Ok(Ok(CommandResult::Ok))
 }
 
@@ -859,7 +954,19 @@ fn remove_chunkserver(
         .remove(id.to_be_bytes().as_slice())?;
     let start = gc_key(id, &ShardId([0; 16]));
     let end = gc_key(id, &ShardId([0xff; 16]));
-    for def in [GC, BAD] {
+    let due_start = gc_due_key(id, 0, &ShardId([0; 16]));
+    let due_end = gc_due_key(id, u64::MAX, &ShardId([0xff; 16]));
+    {
+        let mut t = txn.open_table(GC_DUE)?;
+        let keys: Vec<Vec<u8>> = t
+            .range::<&[u8]>(due_start.as_slice()..=due_end.as_slice())?
+            .map(|r| r.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()?;
+        for k in keys {
+            t.remove(k.as_slice())?;
+        }
+    }
+    for def in [GC, BAD, GC_DELETED] {
         let mut t = txn.open_table(def)?;
         let keys: Vec<Vec<u8>> = t
             .range::<&[u8]>(start.as_slice()..=end.as_slice())?
@@ -1025,13 +1132,378 @@ fn u64_from(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// Queues shards for deletion at entry time `now`. A shard queued already
+/// keeps its first time: it has been unreferenced since then.
 fn queue_gc(
     txn: &redb::WriteTransaction,
+    now: u64,
     shards: impl Iterator<Item = (ChunkserverId, ShardId)>,
 ) -> StoreResult<()> {
     let mut t = txn.open_table(GC)?;
+    let mut due = txn.open_table(GC_DUE)?;
     for (cs, s) in shards {
-        t.insert(gc_key(cs, &s).as_slice(), [].as_slice())?;
+        let k = gc_key(cs, &s);
+        if t.get(k.as_slice())?.is_some() {
+            continue;
+        }
+        t.insert(k.as_slice(), now.to_be_bytes().as_slice())?;
+        due.insert(gc_due_key(cs, now, &s).as_slice(), [].as_slice())?;
+    }
+    Ok(())
+}
+
+fn gc_due_key(cs: ChunkserverId, at: u64, shard: &ShardId) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&cs.to_be_bytes());
+    k[8..16].copy_from_slice(&at.to_be_bytes());
+    k[16..].copy_from_slice(&shard.0);
+    k
+}
+
+/// Removes `(cs, shard)` from the GC queue and its time index.
+fn unqueue_gc(txn: &redb::WriteTransaction, cs: ChunkserverId, shard: &ShardId) -> StoreResult<()> {
+    let old = txn
+        .open_table(GC)?
+        .remove(gc_key(cs, shard).as_slice())?
+        .map(|v| u64_from(v.value()));
+    if let Some(at) = old {
+        txn.open_table(GC_DUE)?
+            .remove(gc_due_key(cs, at, shard).as_slice())?;
+    }
+    Ok(())
+}
+
+fn tombstone_order_key(at: u64, cs: ChunkserverId, shard: &ShardId) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&at.to_be_bytes());
+    k[8..16].copy_from_slice(&cs.to_be_bytes());
+    k[16..].copy_from_slice(&shard.0);
+    k
+}
+
+/// Records tombstones for copies `cs` confirmed deleting at `now`, and
+/// forgets tombstones older than [`TOMBSTONE_TTL_MS`] (at most a few more
+/// than it adds, so the work per command stays bounded).
+fn record_deleted(
+    txn: &redb::WriteTransaction,
+    cs: ChunkserverId,
+    shards: &[ShardId],
+    now: u64,
+) -> StoreResult<()> {
+    let mut t = txn.open_table(GC_DELETED)?;
+    let mut order = txn.open_table(GC_DELETED_ORDER)?;
+    for s in shards {
+        let k = gc_key(cs, s);
+        if let Some(old) = t.insert(k.as_slice(), now.to_be_bytes().as_slice())? {
+            let old = u64_from(old.value());
+            order.remove(tombstone_order_key(old, cs, s).as_slice())?;
+        }
+        order.insert(tombstone_order_key(now, cs, s).as_slice(), [].as_slice())?;
+    }
+    let Some(cutoff) = now.checked_sub(TOMBSTONE_TTL_MS) else {
+        return Ok(());
+    };
+    let end = tombstone_order_key(cutoff, 0, &ShardId([0; 16]));
+    let old: Vec<Vec<u8>> = order
+        .range::<&[u8]>(..end.as_slice())?
+        .take(2 * shards.len() + 16)
+        .map(|r| r.map(|(k, _)| k.value().to_vec()))
+        .collect::<Result<_, _>>()?;
+    for k in old {
+        order.remove(k.as_slice())?;
+        if k.len() == 32 {
+            t.remove(&k[8..])?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops the tombstone of `(cs, shard)`: a fresh copy lives there now.
+fn forget_deleted(
+    txn: &redb::WriteTransaction,
+    cs: ChunkserverId,
+    shard: &ShardId,
+) -> StoreResult<()> {
+    let old = txn
+        .open_table(GC_DELETED)?
+        .remove(gc_key(cs, shard).as_slice())?
+        .map(|v| u64_from(v.value()));
+    if let Some(at) = old {
+        txn.open_table(GC_DELETED_ORDER)?
+            .remove(tombstone_order_key(at, cs, shard).as_slice())?;
+    }
+    Ok(())
+}
+
+fn intent_expiry_key(expires: u64, intent: &StripeId) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&expires.to_be_bytes());
+    k[8..].copy_from_slice(&intent.0);
+    k
+}
+
+fn intent_row_key(intent: &StripeId, cs: ChunkserverId, shard: &ShardId) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..16].copy_from_slice(&intent.0);
+    k[16..24].copy_from_slice(&cs.to_be_bytes());
+    k[24..].copy_from_slice(&shard.0);
+    k
+}
+
+/// Applies `Command::RegisterIntent`.
+fn register_intent(
+    txn: &redb::WriteTransaction,
+    intent: &StripeId,
+    shards: &[(ChunkserverId, ShardId)],
+    lease_ms: u64,
+    now: u64,
+) -> StoreResult<Result<CommandResult, MetaError>> {
+    if shards.len() > MAX_INTENT_SHARDS {
+        return Ok(Err(MetaError::Invalid(format!(
+            "an intent registers at most {MAX_INTENT_SHARDS} shards per command, not {}",
+            shards.len()
+        ))));
+    }
+    if lease_ms == 0 {
+        return Ok(Err(MetaError::Invalid(
+            "an intent lease must not be 0".into(),
+        )));
+    }
+    let mut intents = txn.open_table(INTENTS)?;
+    let old = intents
+        .get(intent.0.as_slice())?
+        .map(|v| u64_from(v.value()));
+    if let Some(old) = old {
+        if now > 0 && old < now {
+            return Ok(Err(MetaError::IntentExpired(format!(
+                "intent {} expired {} ms ago",
+                intent.to_hex(),
+                now - old
+            ))));
+        }
+    }
+    {
+        let named = txn.open_table(INTENT_SHARDS)?;
+        for (cs, s) in shards {
+            if let Some(v) = named.get(gc_key(*cs, s).as_slice())? {
+                if v.value() != intent.0.as_slice() {
+                    return Ok(Err(MetaError::Invalid(format!(
+                        "shard {} on chunkserver {cs} belongs to another write",
+                        s.to_hex()
+                    ))));
+                }
+            }
+        }
+    }
+    let expires = now.saturating_add(lease_ms).max(old.unwrap_or(0));
+    let mut expiry = txn.open_table(INTENT_EXPIRY)?;
+    if let Some(old) = old {
+        expiry.remove(intent_expiry_key(old, intent).as_slice())?;
+    }
+    expiry.insert(intent_expiry_key(expires, intent).as_slice(), [].as_slice())?;
+    intents.insert(intent.0.as_slice(), expires.to_be_bytes().as_slice())?;
+    let mut named = txn.open_table(INTENT_SHARDS)?;
+    let mut rows = txn.open_table(INTENT_ROWS)?;
+    for (cs, s) in shards {
+        named.insert(gc_key(*cs, s).as_slice(), intent.0.as_slice())?;
+        rows.insert(intent_row_key(intent, *cs, s).as_slice(), [].as_slice())?;
+    }
+    Ok(Ok(CommandResult::Ok))
+}
+
+/// Applies `Command::WithIntent`: checks the intent, applies the commit,
+/// drops the intent on success.
+fn commit_with_intent(
+    txn: &redb::WriteTransaction,
+    intent: &StripeId,
+    inner: &Command,
+    now: u64,
+) -> StoreResult<Result<CommandResult, MetaError>> {
+    let placed: Vec<(ChunkserverId, ShardId)> = match inner {
+        Command::PutObject { manifest, .. } => manifest.placed_shards().collect(),
+        Command::PutPart { part, .. } => placed_in(&part.stripes).collect(),
+        _ => {
+            return Ok(Err(MetaError::Invalid(
+                "only PutObject and PutPart commit under a write intent".into(),
+            )))
+        }
+    };
+    let lost = |why: String| Ok(Err(MetaError::IntentExpired(why)));
+    let expires = txn
+        .open_table(INTENTS)?
+        .get(intent.0.as_slice())?
+        .map(|v| u64_from(v.value()));
+    let Some(expires) = expires else {
+        return lost(format!(
+            "intent {} is unknown or was reaped",
+            intent.to_hex()
+        ));
+    };
+    if now > 0 && expires < now {
+        return lost(format!(
+            "intent {} expired {} ms ago",
+            intent.to_hex(),
+            now - expires
+        ));
+    }
+    {
+        let named = txn.open_table(INTENT_SHARDS)?;
+        let gc = txn.open_table(GC)?;
+        for (cs, s) in &placed {
+            let k = gc_key(*cs, s);
+            let ours = named
+                .get(k.as_slice())?
+                .is_some_and(|v| v.value() == intent.0.as_slice());
+            if !ours {
+                return lost(format!(
+                    "shard {} on chunkserver {cs} is not registered under intent {}",
+                    s.to_hex(),
+                    intent.to_hex()
+                ));
+            }
+            if gc.get(k.as_slice())?.is_some() {
+                return lost(format!(
+                    "shard {} on chunkserver {cs} is queued for deletion",
+                    s.to_hex()
+                ));
+            }
+        }
+    }
+    let r = apply_inner(txn, inner, now)?;
+    if r.is_ok() {
+        drop_intent(txn, intent, usize::MAX)?;
+    }
+    Ok(r)
+}
+
+/// Removes up to `budget` shard rows of `intent`, and the intent itself
+/// once none is left; returns the rows removed and whether it is gone.
+fn drop_intent(
+    txn: &redb::WriteTransaction,
+    intent: &StripeId,
+    budget: usize,
+) -> StoreResult<(usize, bool)> {
+    let start = intent_row_key(intent, 0, &ShardId([0; 16]));
+    let end = intent_row_key(intent, u64::MAX, &ShardId([0xff; 16]));
+    let mut rows = txn.open_table(INTENT_ROWS)?;
+    let keys: Vec<Vec<u8>> = rows
+        .range::<&[u8]>(start.as_slice()..=end.as_slice())?
+        .take(budget.saturating_add(1))
+        .map(|r| r.map(|(k, _)| k.value().to_vec()))
+        .collect::<Result<_, _>>()?;
+    let all = keys.len() <= budget;
+    let mut named = txn.open_table(INTENT_SHARDS)?;
+    let mut removed = 0;
+    for k in keys.iter().take(budget) {
+        rows.remove(k.as_slice())?;
+        if k.len() == 40 {
+            named.remove(&k[16..])?;
+        }
+        removed += 1;
+    }
+    if all {
+        let old = txn
+            .open_table(INTENTS)?
+            .remove(intent.0.as_slice())?
+            .map(|v| u64_from(v.value()));
+        if let Some(old) = old {
+            txn.open_table(INTENT_EXPIRY)?
+                .remove(intent_expiry_key(old, intent).as_slice())?;
+        }
+    }
+    Ok((removed, all))
+}
+
+/// Applies `Command::ExpireIntents`: drops intents whose lease ended
+/// before `now`, oldest first, removing at most `limit` shard rows.
+fn expire_intents(txn: &redb::WriteTransaction, now: u64, limit: usize) -> StoreResult<()> {
+    if now == 0 {
+        return Ok(());
+    }
+    let mut budget = limit.max(1);
+    loop {
+        let first = {
+            let t = txn.open_table(INTENT_EXPIRY)?;
+            let end = intent_expiry_key(now, &StripeId([0; 16]));
+            let first = t
+                .range::<&[u8]>(..end.as_slice())?
+                .next()
+                .transpose()?
+                .map(|(k, _)| k.value().to_vec());
+            first
+        };
+        let Some(k) = first else { return Ok(()) };
+        if k.len() != 24 {
+            return Ok(());
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&k[8..]);
+        let (removed, gone) = drop_intent(txn, &StripeId(id), budget)?;
+        budget = budget.saturating_sub(removed);
+        if !gone || budget == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether some write intent's lease ended before `now` (the reaper's
+/// cheap check before proposing `ExpireIntents`).
+pub fn intents_expired(txn: &redb::ReadTransaction, now: u64) -> StoreResult<bool> {
+    let Some(t) = open_ro(txn, INTENT_EXPIRY)? else {
+        return Ok(false);
+    };
+    let end = intent_expiry_key(now, &StripeId([0; 16]));
+    let found = t.range::<&[u8]>(..end.as_slice())?.next().is_some();
+    Ok(found)
+}
+
+/// The shards of `shards` on `cs` that a write intent names (live or not
+/// yet reaped): orphan GC must leave them alone.
+pub fn intent_named(
+    txn: &redb::ReadTransaction,
+    cs: ChunkserverId,
+    shards: impl Iterator<Item = ShardId>,
+) -> StoreResult<HashSet<ShardId>> {
+    let mut out = HashSet::new();
+    let Some(t) = open_ro(txn, INTENT_SHARDS)? else {
+        return Ok(out);
+    };
+    for s in shards {
+        if t.get(gc_key(cs, &s).as_slice())?.is_some() {
+            out.insert(s);
+        }
+    }
+    Ok(out)
+}
+
+/// Upgrades tables written by older binaries, in place and idempotently
+/// (run when the state machine opens and after a snapshot is installed):
+/// GC rows with an empty value (from before GC had a minimum delay) become
+/// "queued at time 0", i.e. due at once, as they were, and get their
+/// `gc_due` index row. Deterministic: every replica rewrites the same rows.
+pub fn migrate(txn: &redb::WriteTransaction) -> StoreResult<()> {
+    let mut counters = txn.open_table(COUNTERS)?;
+    if counters.get(b"gc_due_index".as_slice())?.is_some() {
+        return Ok(());
+    }
+    counters.insert(b"gc_due_index".as_slice(), 1u64.to_be_bytes().as_slice())?;
+    drop(counters);
+    let mut gc = txn.open_table(GC)?;
+    let legacy: Vec<Vec<u8>> = gc
+        .iter()?
+        .filter_map(|r| match r {
+            Ok((k, v)) if v.value().len() != 8 => Some(Ok(k.value().to_vec())),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()?;
+    let mut due = txn.open_table(GC_DUE)?;
+    for k in legacy {
+        let Some((cs, s)) = split_cs_shard(&k) else {
+            continue;
+        };
+        gc.insert(k.as_slice(), 0u64.to_be_bytes().as_slice())?;
+        due.insert(gc_due_key(cs, 0, &s).as_slice(), [].as_slice())?;
     }
     Ok(())
 }
@@ -1121,7 +1593,37 @@ pub fn chunkservers(txn: &redb::ReadTransaction) -> StoreResult<Vec<ChunkserverI
     Ok(out)
 }
 
-/// Up to `limit` shards waiting to be deleted from `cs`.
+/// Up to `limit` shards queued for deletion from `cs` at or before
+/// `queued_before` (ms; the leader passes now minus the GC delay), oldest
+/// first: one range of the `gc_due` index, O(limit).
+pub fn gc_due(
+    txn: &redb::ReadTransaction,
+    cs: ChunkserverId,
+    limit: usize,
+    queued_before: u64,
+) -> StoreResult<Vec<ShardId>> {
+    let Some(t) = open_ro(txn, GC_DUE)? else {
+        return Ok(Vec::new());
+    };
+    let start = gc_due_key(cs, 0, &ShardId([0; 16]));
+    let end = gc_due_key(cs, queued_before, &ShardId([0xff; 16]));
+    let mut out = Vec::new();
+    for r in t.range::<&[u8]>(start.as_slice()..=end.as_slice())? {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, _) = r?;
+        let k = k.value();
+        if k.len() == 32 {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&k[16..]);
+            out.push(ShardId(id));
+        }
+    }
+    Ok(out)
+}
+
+/// Up to `limit` shards waiting to be deleted from `cs`, due or not.
 pub fn gc_pending(
     txn: &redb::ReadTransaction,
     cs: ChunkserverId,
@@ -1756,6 +2258,7 @@ mod tests {
             shard,
             from,
             to,
+            reused: false,
         };
         // Planned against cs1, rebuilt on cs3: moves, old copy to GC.
         assert_eq!(run(&db, commit(m.version, Some(1), 3)), CommandResult::Ok);
@@ -1808,6 +2311,7 @@ mod tests {
             shard: ShardId([0x21; 16]),
             from: Some(3),
             to: 3,
+            reused: false,
         };
         assert_eq!(run(&db, in_place), CommandResult::Ok);
         assert!(!gc(&db, 3).contains(&ShardId([0x21; 16])));
@@ -1829,6 +2333,7 @@ mod tests {
             shard: doomed,
             from: Some(2),
             to: 1,
+            reused: false,
         };
         assert!(matches!(
             run(&db, onto_doomed),
@@ -2064,5 +2569,331 @@ mod tests {
             run(&db, abort),
             CommandResult::Err(MetaError::NoSuchUpload(_))
         ));
+    }
+
+    fn at(now_ms: u64, cmd: Command) -> Command {
+        Command::At {
+            now_ms,
+            inner: Box::new(cmd),
+        }
+    }
+
+    /// A bucket "bkt" (1+1, 4-byte shards) and chunkservers 1..=3.
+    fn small_cluster(db: &redb::Database) {
+        let bucket = BucketInfo {
+            name: "bkt".into(),
+            ec: EcParams { k: 1, m: 1 },
+            shard_size: 4,
+            created_ms: 0,
+            owner: String::new(),
+        };
+        assert_eq!(run(db, Command::CreateBucket { bucket }), CommandResult::Ok);
+        for id in 1..=3u64 {
+            let r = run(
+                db,
+                Command::RegisterChunkserver {
+                    addr: format!("cs{id}"),
+                    zone: "z".into(),
+                    capacity: 1,
+                    free: 1,
+                    now_ms: 0,
+                },
+            );
+            assert_eq!(r, CommandResult::Registered { id });
+        }
+    }
+
+    fn manifest(version: u8, stripes: Vec<StripeManifest>) -> ObjectManifest {
+        ObjectManifest {
+            version: StripeId([version; 16]),
+            size: 4,
+            etag: "e".into(),
+            content_type: None,
+            headers: Default::default(),
+            user_meta: Default::default(),
+            checksums: Default::default(),
+            created_ms: 0,
+            ec: EcParams { k: 1, m: 1 },
+            shard_size: 4,
+            stripes,
+            parts: Vec::new(),
+            inline: None,
+        }
+    }
+
+    fn put(m: &ObjectManifest) -> Command {
+        Command::PutObject {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            manifest: m.clone(),
+            condition: PutCondition::None,
+        }
+    }
+
+    fn due(db: &redb::Database, cs: ChunkserverId, before: u64) -> Vec<ShardId> {
+        let txn = db.begin_read().expect("read");
+        gc_due(&txn, cs, 1000, before).expect("gc due")
+    }
+
+    /// Overwritten shards are queued with the entry's time and handed out
+    /// only once they are older than the delay; GcDone clears both rows.
+    /// Legacy rows (empty value) are migrated to "due at once".
+    #[test]
+    fn gc_rows_are_due_after_the_delay() {
+        let db = db();
+        small_cluster(&db);
+        let old = manifest(1, vec![stripe_on(&[1, 2], 0x10)]);
+        assert_eq!(run(&db, at(1_000, put(&old))), CommandResult::Ok);
+        let new = manifest(2, vec![stripe_on(&[1, 2], 0x20)]);
+        assert_eq!(run(&db, at(5_000, put(&new))), CommandResult::Ok);
+        assert!(
+            due(&db, 1, 4_999).is_empty(),
+            "queued at 5000: not due before"
+        );
+        assert_eq!(due(&db, 1, 5_000), vec![ShardId([0x10; 16])]);
+        assert_eq!(gc(&db, 2), vec![ShardId([0x11; 16])]);
+        // Queued again later: keeps its first time.
+        let requeue = Command::QueueGc {
+            chunkserver: 1,
+            shards: vec![ShardId([0x10; 16])],
+        };
+        assert_eq!(run(&db, at(9_000, requeue)), CommandResult::Ok);
+        assert_eq!(due(&db, 1, 5_000), vec![ShardId([0x10; 16])]);
+        let done = Command::GcDone {
+            chunkserver: 1,
+            shards: vec![ShardId([0x10; 16])],
+        };
+        assert_eq!(run(&db, at(10_000, done)), CommandResult::Ok);
+        assert!(due(&db, 1, u64::MAX).is_empty());
+        assert!(gc(&db, 1).is_empty());
+
+        // A row from an older binary: empty value, no index row.
+        let txn = db.begin_write().expect("begin");
+        txn.open_table(GC)
+            .expect("gc")
+            .insert(gc_key(3, &ShardId([0x77; 16])).as_slice(), [].as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+        assert!(due(&db, 3, u64::MAX).is_empty());
+        let txn = db.begin_write().expect("begin");
+        migrate(&txn).expect("migrate");
+        txn.commit().expect("commit");
+        assert_eq!(due(&db, 3, 0), vec![ShardId([0x77; 16])]);
+    }
+
+    /// Item 7: the chunkserver deleted its (stale) copy and, in the same
+    /// heartbeat, reported a repair it satisfied with "the copy already
+    /// here". GcDone applied first must not let that repair make the
+    /// deleted copy live; a freshly written copy is accepted.
+    #[test]
+    fn gc_done_then_reused_commit_repair_is_refused() {
+        let db = db();
+        small_cluster(&db);
+        let m = manifest(1, vec![stripe_on(&[1, 2], 0x10)]);
+        assert_eq!(run(&db, at(1_000, put(&m))), CommandResult::Ok);
+        let shard = ShardId([0x10; 16]);
+        // Chunkserver 3 held a stale copy of the shard, queued for GC.
+        let stale = Command::QueueGc {
+            chunkserver: 3,
+            shards: vec![shard],
+        };
+        assert_eq!(run(&db, at(2_000, stale)), CommandResult::Ok);
+        let commit = |reused| Command::CommitRepair {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version: m.version,
+            stripe: 0,
+            index: 0,
+            shard,
+            from: Some(1),
+            to: 3,
+            reused,
+        };
+        // Both in one entry, GcDone first (the old heartbeat order).
+        let both = Command::Batch {
+            cmds: vec![
+                Command::GcDone {
+                    chunkserver: 3,
+                    shards: vec![shard],
+                },
+                commit(true),
+            ],
+        };
+        match run(&db, at(3_000, both)) {
+            CommandResult::Batch(r) => {
+                assert_eq!(r[0], CommandResult::Ok);
+                assert!(
+                    matches!(&r[1], CommandResult::Err(MetaError::Stale(_))),
+                    "{:?}",
+                    r[1]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let live = object(&db);
+        assert_eq!(live.stripes[0].shards[0].chunkserver, Some(1));
+        // The claimed copy is queued for GC, in case it does exist.
+        assert!(gc(&db, 3).contains(&shard));
+        // A fresh rebuild (written after the delete) commits, and clears
+        // the tombstone.
+        let done = Command::GcDone {
+            chunkserver: 3,
+            shards: vec![shard],
+        };
+        assert_eq!(run(&db, at(4_000, done)), CommandResult::Ok);
+        assert_eq!(run(&db, at(5_000, commit(false))), CommandResult::Ok);
+        assert_eq!(object(&db).stripes[0].shards[0].chunkserver, Some(3));
+        let txn = db.begin_read().expect("read");
+        let t = txn.open_table(GC_DELETED).expect("tombstones");
+        assert!(t.get(gc_key(3, &shard).as_slice()).expect("get").is_none());
+    }
+
+    fn intent_rows(db: &redb::Database) -> (u64, u64, u64, u64) {
+        let txn = db.begin_read().expect("read");
+        (
+            table_len(&txn, INTENTS).expect("len"),
+            table_len(&txn, INTENT_EXPIRY).expect("len"),
+            table_len(&txn, INTENT_SHARDS).expect("len"),
+            table_len(&txn, INTENT_ROWS).expect("len"),
+        )
+    }
+
+    /// Write intents: registered shards are named for orphan GC; a commit
+    /// under a live intent succeeds and drops it; an expired, unknown or
+    /// incomplete intent, or a shard queued for GC, is refused as
+    /// retryable; the reaper drops expired intents in bounded steps.
+    #[test]
+    fn write_intents_guard_commits() {
+        let db = db();
+        small_cluster(&db);
+        let intent = StripeId([0xa1; 16]);
+        let m = manifest(1, vec![stripe_on(&[1, 2], 0x10), stripe_on(&[2, 3], 0x20)]);
+        let reg = |shards: Vec<(u64, u8)>| Command::RegisterIntent {
+            intent,
+            shards: shards
+                .into_iter()
+                .map(|(c, s)| (c, ShardId([s; 16])))
+                .collect(),
+            lease_ms: 1_000,
+        };
+        assert_eq!(
+            run(&db, at(10_000, reg(vec![(1, 0x10), (2, 0x11)]))),
+            CommandResult::Ok
+        );
+        {
+            let txn = db.begin_read().expect("read");
+            let named = intent_named(
+                &txn,
+                1,
+                [ShardId([0x10; 16]), ShardId([0x11; 16])].into_iter(),
+            )
+            .expect("named");
+            assert_eq!(named, HashSet::from([ShardId([0x10; 16])]));
+        }
+        let with = |m: &ObjectManifest| Command::WithIntent {
+            intent,
+            inner: Box::new(put(m)),
+        };
+        // The second stripe is not registered yet.
+        let r = run(&db, at(10_100, with(&m)));
+        assert!(
+            matches!(r, CommandResult::Err(MetaError::IntentExpired(_))),
+            "{r:?}"
+        );
+        // Renewal with the second stripe (the lease moves to 10_900 + 1000).
+        assert_eq!(
+            run(&db, at(10_900, reg(vec![(2, 0x20), (3, 0x21)]))),
+            CommandResult::Ok
+        );
+        assert_eq!(intent_rows(&db), (1, 1, 4, 4));
+        // Past the renewed lease: refused, nothing committed.
+        let r = run(&db, at(11_901, with(&m)));
+        assert!(
+            matches!(r, CommandResult::Err(MetaError::IntentExpired(_))),
+            "{r:?}"
+        );
+        // ... and it cannot be renewed any more.
+        let r = run(&db, at(11_902, reg(vec![])));
+        assert!(
+            matches!(r, CommandResult::Err(MetaError::IntentExpired(_))),
+            "{r:?}"
+        );
+        // Within the lease, a shard queued for GC refuses the commit.
+        let r = run(
+            &db,
+            at(
+                11_000,
+                Command::QueueGc {
+                    chunkserver: 3,
+                    shards: vec![ShardId([0x21; 16])],
+                },
+            ),
+        );
+        assert_eq!(r, CommandResult::Ok);
+        let r = run(&db, at(11_100, with(&m)));
+        assert!(
+            matches!(r, CommandResult::Err(MetaError::IntentExpired(_))),
+            "{r:?}"
+        );
+        assert!(matches!(
+            {
+                let txn = db.begin_read().expect("read");
+                query(
+                    &txn,
+                    &Query::GetObject {
+                        bucket: "bkt".into(),
+                        key: "k".into(),
+                    },
+                )
+                .expect("query")
+            },
+            QueryResult::Err(MetaError::NoSuchKey { .. })
+        ));
+        // A clean commit of the first stripe only succeeds and drops the
+        // whole intent.
+        let one = manifest(1, vec![stripe_on(&[1, 2], 0x10)]);
+        assert_eq!(run(&db, at(11_200, with(&one))), CommandResult::Ok);
+        assert_eq!(intent_rows(&db), (0, 0, 0, 0));
+        let r = run(&db, at(11_300, with(&one)));
+        assert!(
+            matches!(r, CommandResult::Err(MetaError::IntentExpired(_))),
+            "{r:?}"
+        );
+
+        // Reaping: two expired intents, 3 rows each, 4 rows per step.
+        for (i, tag) in [(0xb1u8, 0x40u8), (0xb2, 0x50)] {
+            let r = run(
+                &db,
+                at(
+                    20_000,
+                    Command::RegisterIntent {
+                        intent: StripeId([i; 16]),
+                        shards: (0..3).map(|j| (1, ShardId([tag + j; 16]))).collect(),
+                        lease_ms: 100,
+                    },
+                ),
+            );
+            assert_eq!(r, CommandResult::Ok);
+        }
+        {
+            let txn = db.begin_read().expect("read");
+            assert!(!intents_expired(&txn, 20_100).expect("check"));
+            assert!(intents_expired(&txn, 20_101).expect("check"));
+        }
+        assert_eq!(
+            run(&db, at(20_050, Command::ExpireIntents { limit: 4 })),
+            CommandResult::Ok
+        );
+        assert_eq!(intent_rows(&db), (2, 2, 6, 6), "nothing expired yet");
+        assert_eq!(
+            run(&db, at(30_000, Command::ExpireIntents { limit: 4 })),
+            CommandResult::Ok
+        );
+        assert_eq!(intent_rows(&db), (1, 1, 2, 2));
+        assert_eq!(
+            run(&db, at(30_000, Command::ExpireIntents { limit: 4 })),
+            CommandResult::Ok
+        );
+        assert_eq!(intent_rows(&db), (0, 0, 0, 0));
     }
 }

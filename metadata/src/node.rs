@@ -81,7 +81,14 @@ pub struct MetaConfig {
     pub repair_per_chunkserver: usize,
     /// A repair task not reported within this is forgotten and re-planned.
     pub repair_task_timeout: Duration,
+    /// A shard queued for deletion is handed to its chunkserver only this
+    /// long after it was queued, so reads and copies already streaming the
+    /// old version finish (Garage waits 10 min; Ceph 2 h).
+    pub gc_delay: Duration,
 }
+
+/// Default [`MetaConfig::gc_delay`]: 10 minutes, as Garage.
+pub const DEFAULT_GC_DELAY: Duration = Duration::from_secs(600);
 
 impl MetaConfig {
     /// Defaults suited to a LAN.
@@ -102,6 +109,7 @@ impl MetaConfig {
             orphans: OrphanConfig::default(),
             repair_per_chunkserver: 4,
             repair_task_timeout: Duration::from_secs(120),
+            gc_delay: DEFAULT_GC_DELAY,
         }
     }
 }
@@ -251,7 +259,13 @@ const MAX_BATCH: usize = 256;
 /// batch instead of one per write.
 const PROPOSALS_IN_FLIGHT: usize = 2;
 
+/// Proposes one log entry, stamped with this (the leader's) clock: the time
+/// every command of the entry sees in `apply` ([`Command::At`]).
 async fn propose(raft: &Raft, cmd: Command) -> Result<CommandResult, ApiError> {
+    let cmd = Command::At {
+        now_ms: now_ms(),
+        inner: Box::new(cmd),
+    };
     match raft.client_write(cmd).await {
         Ok(r) => Ok(r.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -383,6 +397,7 @@ impl MetaNode {
         let _ = self.workers.set(runner.clone());
         runner.spawn(FailureDetector { node: self.clone() });
         runner.spawn(Planner::new(self.clone()));
+        runner.spawn(IntentReaper { node: self.clone() });
         let node = self.clone();
         let handler = move |req: Request<Incoming>, _peer: SocketAddr| {
             let node = node.clone();
@@ -580,6 +595,11 @@ impl MetaNode {
             })
             .await?;
         }
+        // Repairs before deletions: a repair this heartbeat reports finished
+        // before (or while) the server deleted the same shard must meet the
+        // GC row still in place, so `CommitRepair` refuses it; after
+        // `GcDone` only a tombstone would tell (see `model::commit_repair`).
+        self.repair_heartbeat(id, &hb).await?;
         if !hb.deleted.is_empty() {
             self.write(Command::GcDone {
                 chunkserver: id,
@@ -587,12 +607,17 @@ impl MetaNode {
             })
             .await?;
         }
-        self.repair_heartbeat(id, &hb).await?;
         let done: BTreeSet<ShardId> = hb.deleted.iter().copied().collect();
+        let due_before = now_ms().saturating_sub(self.cfg.gc_delay.as_millis() as u64);
         let pending = self
-            .read(move |txn| model::gc_pending(txn, id, model::GC_BATCH))
+            .read(move |txn| model::gc_due(txn, id, model::GC_BATCH, due_before))
             .await?;
-        let pending: Vec<ShardId> = pending.into_iter().filter(|s| !done.contains(s)).collect();
+        // Never delete a copy an accepted repair task reads or writes.
+        let busy = self.repairs.busy_shards();
+        let pending: Vec<ShardId> = pending
+            .into_iter()
+            .filter(|s| !done.contains(s) && !busy.contains(s))
+            .collect();
         let mut commands = Vec::new();
         if !pending.is_empty() {
             commands.push(ChunkserverCommand::Delete { shards: pending });
@@ -994,6 +1019,46 @@ impl Worker for FailureDetector {
                 }
             }
             Ok(WorkerState::Throttled(Duration::from_millis(500)))
+        })
+    }
+}
+
+/// Write-intent rows the reaper removes per command: bounds the log entry's
+/// work, however large the expired write was.
+const REAP_BATCH: u32 = 10_000;
+
+/// The leader's write-intent reaper: when some intent's lease has ended
+/// (one range read of the expiry index), proposes `ExpireIntents`, which
+/// drops the oldest expired intents and their shard rows, bounded per
+/// command. Their uncommitted shards then become ordinary orphans.
+struct IntentReaper {
+    node: Arc<MetaNode>,
+}
+
+impl Worker for IntentReaper {
+    fn name(&self) -> String {
+        "write-intent-reaper".into()
+    }
+
+    fn work(&mut self) -> BoxFuture<'_, Result<WorkerState, String>> {
+        Box::pin(async move {
+            let node = &self.node;
+            if !node.is_leader() {
+                return Ok(WorkerState::Throttled(Duration::from_secs(1)));
+            }
+            let now = now_ms();
+            let expired = node
+                .read(move |txn| model::intents_expired(txn, now))
+                .await
+                .map_err(|e| e.to_string())?;
+            if !expired {
+                return Ok(WorkerState::Throttled(Duration::from_secs(1)));
+            }
+            tracing::info!("reaping expired write intents");
+            node.write(Command::ExpireIntents { limit: REAP_BATCH })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(WorkerState::Busy)
         })
     }
 }

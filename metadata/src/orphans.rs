@@ -208,6 +208,12 @@ pub fn check_page(
         }
     }
     let unnamed_before = candidates.len() as u64;
+    // Shards a write in progress registered (write intents): not garbage
+    // however old, until the write commits (then a manifest names them) or
+    // its intent is reaped.
+    for s in model::intent_named(txn, cs, candidates.keys().copied())? {
+        candidates.remove(&s);
+    }
     strike_named(txn, model::OBJECTS, cs, &mut candidates)?;
     strike_named(txn, model::UPLOAD_PARTS, cs, &mut candidates)?;
     v.named = unnamed_before - candidates.len() as u64;

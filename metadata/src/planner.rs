@@ -257,6 +257,21 @@ impl Repairs {
         out
     }
 
+    /// Shard ids an accepted (in-flight) repair task reads (its sources)
+    /// or writes (its target's copy): the GC queue holds their deletion
+    /// until the task is reported or forgotten. Read-only.
+    pub fn busy_shards(&self) -> HashSet<ShardId> {
+        let Ok(s) = self.state.lock() else {
+            return HashSet::new();
+        };
+        s.in_flight
+            .values()
+            .flat_map(|f| {
+                std::iter::once(f.task.shard).chain(f.task.sources.iter().map(|src| src.shard))
+            })
+            .collect()
+    }
+
     /// Tasks dispatched and not yet reported.
     pub fn running_on(&self, cs: ChunkserverId) -> usize {
         self.state.lock().map(|s| s.load(cs)).unwrap_or(0)
@@ -368,6 +383,7 @@ pub async fn handle_reports(
                 shard: t.shard,
                 from: t.from,
                 to: cs,
+                reused: r.reused,
             });
             tasks.push(t);
         } else {

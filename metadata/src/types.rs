@@ -529,6 +529,50 @@ pub enum Command {
         /// The commands.
         cmds: Vec<Command>,
     },
+    /// `inner` (usually a `Batch`) stamped with the leader's clock when it
+    /// proposed the log entry: the one time every command of the entry sees
+    /// in `apply` (intent leases, GC queue times). Entries written before
+    /// this wrapper existed carry no time; `apply` then uses 0 ("long ago":
+    /// leases never expire, GC rows are due at once, as before).
+    At {
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+        /// The command.
+        inner: Box<Command>,
+    },
+    /// Register (or renew) a write intent: the shards a writer is about to
+    /// upload, named before the upload starts, so orphan GC never collects
+    /// them while the write is in progress. Creates the intent when it is
+    /// new; always extends its lease to entry time + `lease_ms` (O(1) in the
+    /// shards registered before) and adds `shards`.
+    RegisterIntent {
+        /// Intent id, chosen by the writer.
+        intent: StripeId,
+        /// (chunkserver, shard) pairs about to be uploaded (may be empty:
+        /// a plain renewal).
+        shards: Vec<(ChunkserverId, ShardId)>,
+        /// Lease length from the entry's time.
+        lease_ms: u64,
+    },
+    /// Commit `inner` (a `PutObject` or `PutPart`) on behalf of write intent
+    /// `intent`: refused with [`MetaError::IntentExpired`] (retryable; the
+    /// write is not acknowledged) when the intent is missing or its lease
+    /// ran out, or when a shard the commit places was not registered under
+    /// it or is queued for GC. On success the intent and its shard rows are
+    /// dropped: the committed manifest or part now names the shards.
+    WithIntent {
+        /// The writer's intent.
+        intent: StripeId,
+        /// The commit.
+        inner: Box<Command>,
+    },
+    /// Drop write intents whose lease ended before the entry's time (the
+    /// leader's intent reaper), oldest first, removing at most `limit` rows:
+    /// their uncommitted shards become ordinary orphans.
+    ExpireIntents {
+        /// Most shard rows removed by this command.
+        limit: u32,
+    },
     /// Create a bucket (fails if it exists).
     CreateBucket {
         /// The new bucket.
@@ -723,6 +767,11 @@ pub enum Command {
         from: Option<ChunkserverId>,
         /// Where the rebuilt copy now lives.
         to: ChunkserverId,
+        /// The target found the shard already stored and kept that copy
+        /// (no new write). Such a copy is refused if `to` confirmed deleting
+        /// this shard recently (a GC tombstone): it may be gone.
+        #[serde(default)]
+        reused: bool,
     },
     /// Queue shards on a chunkserver for deletion (orphans found by
     /// inventory reconciliation, rebuilt copies nobody needs). The proposer
@@ -929,6 +978,11 @@ pub enum MetaError {
     /// has since changed (overwrite, delete, another repair).
     #[error("stale: {0}")]
     Stale(String),
+    /// A commit's write intent expired or is missing, or a shard it names
+    /// is queued for deletion: the shards may be gone, so the object is not
+    /// acknowledged. Retryable: write it again.
+    #[error("write intent lost, retry the write: {0}")]
+    IntentExpired(String),
 }
 
 impl From<InvalidInput> for MetaError {
@@ -1238,6 +1292,10 @@ pub struct RepairReport {
     /// Why not.
     #[serde(default)]
     pub error: Option<String>,
+    /// The shard was already stored here and verified: no new copy was
+    /// written (see [`Command::CommitRepair`]'s `reused`).
+    #[serde(default)]
+    pub reused: bool,
 }
 
 /// One page of a chunkserver's inventory, posted to `/v1/inventory`.

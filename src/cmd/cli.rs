@@ -113,7 +113,11 @@ pub struct UrlArgs {
 /// Builds a client from flags, environment and config file.
 pub async fn client(conn: &ConnArgs) -> anyhow::Result<Client> {
     let (metadata, secret) = conn.resolve()?;
-    Ok(Client::connect(ClientConfig::new(metadata, secret)).await?)
+    let mut cfg = ClientConfig::new(metadata, secret);
+    if let Some(s) = conn.intent_lease_secs {
+        cfg.intent_lease = std::time::Duration::from_secs(s.max(1));
+    }
+    Ok(Client::connect(cfg).await?)
 }
 
 fn bar(len: Option<u64>, quiet: bool, what: &str) -> ProgressBar {

@@ -72,6 +72,12 @@ pub struct Args {
     /// (seconds).
     #[arg(long, default_value_t = 3600)]
     pub inventory_every_secs: u64,
+    /// GC minimum delay: a shard queued for deletion (overwrite, delete,
+    /// repaired-away copy, orphan) is deleted only this many seconds after
+    /// it was queued, so reads already streaming it finish. Given twice,
+    /// the last wins.
+    #[arg(long, default_value_t = 600, overrides_with = "gc_delay_secs")]
+    pub gc_delay_secs: u64,
 }
 
 /// Parses `1=ADDR,2=ADDR`.
@@ -123,6 +129,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     cfg.suspect_after = cfg.down_after.min(Duration::from_secs(6));
     cfg.repair_per_chunkserver = args.repair_per_chunkserver.max(1);
     cfg.repair_task_timeout = Duration::from_secs(args.repair_task_timeout_secs.max(1));
+    cfg.gc_delay = Duration::from_secs(args.gc_delay_secs);
     cfg.orphans = cairn_metadata::orphans::OrphanConfig {
         grace: Duration::from_secs(args.orphan_grace_secs),
         inventory_every: Duration::from_secs(args.inventory_every_secs.max(1)),

@@ -65,7 +65,16 @@ pub struct Cluster {
 }
 
 /// Flags that make elections and failure detection quick in tests.
-pub const FAST_META: &[&str] = &["--heartbeat-ms", "100", "--election-ms", "500"];
+pub const FAST_META: &[&str] = &[
+    "--heartbeat-ms",
+    "100",
+    "--election-ms",
+    "500",
+    // Tests that do not test the GC delay want deletions at once; those that
+    // do pass their own value (the last one wins).
+    "--gc-delay-secs",
+    "0",
+];
 
 impl Cluster {
     /// Starts metadata nodes (node 1 initializes them all) and chunkservers.

@@ -405,6 +405,9 @@ async fn gc_leaves_exactly_what_manifests_and_uploads_name() -> anyhow::Result<(
         .env("CAIRN_METADATA", c.meta_addrs.join(","))
         .env("CAIRN_SECRET", SECRET)
         .env("CAIRN_CONFIG", c.dir.path().join("no-config.json"))
+        // Its write intent lapses 2 s after the kill; then its shards are
+        // ordinary orphans.
+        .env("CAIRN_INTENT_LEASE_SECS", "2")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -472,5 +475,108 @@ async fn gc_leaves_exactly_what_manifests_and_uploads_name() -> anyhow::Result<(
             "{key} differs"
         );
     }
+    Ok(())
+}
+
+/// Issue 11 item 2: a throttled `cairn put -` that lasts several orphan
+/// grace periods and inventory rounds keeps every shard (its write intent
+/// names them), commits, and reads back identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_put_outlives_the_orphan_grace() -> anyhow::Result<()> {
+    let c = cluster(&["--orphan-grace-secs", "2", "--inventory-every-secs", "1"])?;
+    c.wait_chunkservers_up(6).await?;
+    let client = c.client();
+    client
+        .create_bucket("slow", EcParams::default(), SHARD)
+        .await?;
+    let mut put = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["put", "-", "cairn://slow/big.bin"])
+        .env("CAIRN_METADATA", c.meta_addrs.join(","))
+        .env("CAIRN_SECRET", SECRET)
+        .env("CAIRN_CONFIG", c.dir.path().join("no-config.json"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // 24 stripes of 4 x 64 KiB, one every 500 ms: 12 s, six grace periods.
+    let body = data(24 * 4 * SHARD as usize, 42);
+    {
+        use std::io::Write;
+        let mut stdin = put.stdin.take().context("stdin")?;
+        for chunk in body.chunks(4 * SHARD as usize) {
+            stdin.write_all(chunk)?;
+            stdin.flush()?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let out = tokio::task::spawn_blocking(move || put.wait_with_output()).await??;
+    assert!(
+        out.status.success(),
+        "put failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ms = manifests(&client, "slow").await?;
+    let m = ms.get("big.bin").context("big.bin committed")?;
+    assert_eq!(m.stripes.len(), 24);
+    // Inventory rounds after the commit: nothing of it is collected.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        count_shard_files(&c),
+        placed(m),
+        "every shard is still there"
+    );
+    assert!(
+        get_all(&client, "slow", "big.bin").await? == body,
+        "bytes differ"
+    );
+    Ok(())
+}
+
+/// Issue 11 item 6: a GET streaming the old version while the key is
+/// overwritten finishes with the old bytes (GC waits `--gc-delay-secs`);
+/// the old shards are collected after the delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_streams_through_an_overwrite() -> anyhow::Result<()> {
+    let c = cluster(&["--gc-delay-secs", "8"])?;
+    c.wait_chunkservers_up(6).await?;
+    let client = c.client();
+    client
+        .create_bucket("ow", EcParams::default(), SHARD)
+        .await?;
+    let old = data(32 * 4 * SHARD as usize, 1);
+    client
+        .put("ow", "k", &old[..], PutOptions::default())
+        .await?;
+    let (_, mut s) = client.get("ow", "k", None).await?;
+    let mut got = Vec::new();
+    if let Some(chunk) = s.next().await {
+        got.extend_from_slice(&chunk?);
+    }
+    let new = data(4 * SHARD as usize + 5, 2);
+    client
+        .put("ow", "k", &new[..], PutOptions::default())
+        .await?;
+    let overwritten = Instant::now();
+    // Read the rest slowly: about 4 s, several heartbeats.
+    while let Some(chunk) = s.next().await {
+        got.extend_from_slice(&chunk?);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    assert!(
+        overwritten.elapsed() < Duration::from_secs(8),
+        "the read took longer than the GC delay"
+    );
+    assert!(got == old, "the streaming GET returned other bytes");
+    assert!(get_all(&client, "ow", "k").await? == new);
+    let ms = manifests(&client, "ow").await?;
+    let live = placed(ms.get("k").context("k")?);
+    wait_for("old shards collected after the delay", 40, || async {
+        Ok(count_shard_files(&c) == live)
+    })
+    .await?;
+    assert!(
+        overwritten.elapsed() >= Duration::from_secs(8),
+        "collected before the delay"
+    );
     Ok(())
 }

@@ -221,6 +221,7 @@ impl StateMachineStore {
             for def in MODEL_TABLES {
                 txn.open_table(*def)?;
             }
+            model::migrate(&txn)?;
             let mut meta = txn.open_table(SM_META)?;
             let found = match meta.get(KEY_FORMAT)? {
                 Some(v) => Some(serde_json::from_slice::<u64>(v.value())?),
@@ -507,6 +508,7 @@ fn load_stream(
         ));
     }
 
+    model::migrate(txn)?;
     let mut sm = txn.open_table(SM_META)?;
     match &meta.last_applied {
         Some(l) => {
