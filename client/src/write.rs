@@ -15,7 +15,7 @@
 //! On failure nothing is committed; shards already written are deleted on a
 //! best-effort basis (orphan GC is the backstop).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -365,6 +365,7 @@ impl Inner {
         &self,
         bucket: &str,
         exclude: Vec<ChunkserverId>,
+        placed: Vec<ChunkserverId>,
         count: usize,
         min: usize,
     ) -> Result<Vec<ChunkserverInfo>> {
@@ -376,6 +377,7 @@ impl Inner {
                     exclude,
                     count: Some(count),
                     min: Some(min),
+                    placed,
                 },
                 Consistency::Stale,
             )
@@ -412,9 +414,19 @@ impl Inner {
         .await
         .map_err(|e| ClientError::Io(std::io::Error::other(format!("encode task: {e}"))))??;
         let stripe_id = StripeId::random();
-        let placement = self.allocate(bucket, Vec::new(), n, quorum).await?;
+        let placement = self
+            .allocate(bucket, Vec::new(), Vec::new(), n, quorum)
+            .await?;
         let used: Arc<Mutex<HashSet<ChunkserverId>>> =
             Arc::new(Mutex::new(placement.iter().map(|c| c.id).collect()));
+        let assigned: Arc<tokio::sync::Mutex<HashMap<u8, ChunkserverId>>> =
+            Arc::new(tokio::sync::Mutex::new(
+                placement
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (i as u8, c.id))
+                    .collect(),
+            ));
         let uploads = (0..n).map(|i| {
             let target = placement.get(i).cloned();
             let payload = enc.shards[i].clone();
@@ -427,10 +439,11 @@ impl Inner {
                 blake3: enc.hashes[i].into(),
             };
             let used = used.clone();
+            let assigned = assigned.clone();
             let this = self.clone();
             async move {
                 let placed = this
-                    .upload_with_replacement(bucket, target, &meta, payload, &used)
+                    .upload_with_replacement(bucket, target, &meta, payload, &used, &assigned)
                     .await;
                 (meta, placed)
             }
@@ -464,7 +477,12 @@ impl Inner {
     }
 
     /// Uploads one shard to `target`, or on failure to other chunkservers
-    /// the metadata service picks; returns where it landed.
+    /// the metadata service picks; returns where it landed. `used` holds
+    /// every chunkserver tried for the stripe (never tried again);
+    /// `assigned` the chunkserver each other shard index holds or is being
+    /// written to. A re-placement holds `assigned` while it asks, so two
+    /// shards of a stripe re-placed at once cannot both take a zone's last
+    /// slot under the zone cap (`model::apply` would refuse the manifest).
     async fn upload_with_replacement(
         &self,
         bucket: &str,
@@ -472,14 +490,18 @@ impl Inner {
         meta: &ShardMeta,
         payload: Bytes,
         used: &Mutex<HashSet<ChunkserverId>>,
+        assigned: &tokio::sync::Mutex<HashMap<u8, ChunkserverId>>,
     ) -> Option<ChunkserverId> {
         for attempt in 0..=self.cfg.shard_retries {
             if target.is_none() {
+                let mut held = assigned.lock().await;
+                held.remove(&meta.index);
                 let exclude: Vec<ChunkserverId> = used
                     .lock()
                     .map(|u| u.iter().copied().collect())
                     .unwrap_or_default();
-                target = match self.allocate(bucket, exclude, 1, 1).await {
+                let placed: Vec<ChunkserverId> = held.values().copied().collect();
+                target = match self.allocate(bucket, exclude, placed, 1, 1).await {
                     Ok(mut v) if !v.is_empty() => {
                         let c = v.swap_remove(0);
                         if let Ok(mut u) = used.lock() {
@@ -488,6 +510,7 @@ impl Inner {
                                 continue;
                             }
                         }
+                        held.insert(meta.index, c.id);
                         Some(c)
                     }
                     _ => return None,
@@ -509,6 +532,7 @@ impl Inner {
                 }
             }
         }
+        assigned.lock().await.remove(&meta.index);
         None
     }
 
