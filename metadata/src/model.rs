@@ -2433,4 +2433,199 @@ mod tests {
             CommandResult::Err(MetaError::NoSuchUpload(_))
         ));
     }
+
+    fn cs(id: u64, zone: &str) -> ChunkserverInfo {
+        ChunkserverInfo {
+            id,
+            addr: format!("cs{id}"),
+            zone: zone.into(),
+            capacity: 1 << 40,
+            free: 1 << 30,
+            used: 0,
+            shard_count: 0,
+            last_heartbeat_ms: 0,
+            state: ChunkserverState::Up,
+        }
+    }
+
+    /// Six chunkservers in three zones, a 4+2 bucket "bkt" (zone cap 2).
+    fn six_in_three(db: &redb::Database) {
+        let bucket = BucketInfo {
+            name: "bkt".into(),
+            ec: EcParams { k: 4, m: 2 },
+            shard_size: 4,
+            created_ms: 0,
+            owner: String::new(),
+        };
+        assert_eq!(run(db, Command::CreateBucket { bucket }), CommandResult::Ok);
+        for id in 1..=6u64 {
+            let r = run(
+                db,
+                Command::RegisterChunkserver {
+                    addr: format!("cs{id}"),
+                    zone: format!("z{}", (id - 1) / 2),
+                    capacity: 1 << 40,
+                    free: 1 << 30,
+                    now_ms: 0,
+                },
+            );
+            assert_eq!(r, CommandResult::Registered { id });
+        }
+    }
+
+    fn manifest_on(servers: &[u64]) -> ObjectManifest {
+        ObjectManifest {
+            version: StripeId([1; 16]),
+            size: 16,
+            etag: "e".into(),
+            content_type: None,
+            headers: Default::default(),
+            user_meta: Default::default(),
+            checksums: Default::default(),
+            created_ms: 0,
+            ec: EcParams { k: 4, m: 2 },
+            shard_size: 4,
+            stripes: vec![stripe_on(servers, 0x10)],
+            parts: Vec::new(),
+            inline: None,
+        }
+    }
+
+    /// PutObject and CommitRepair refuse a placement with two shards of a
+    /// stripe on one chunkserver or more than the zone cap in one zone;
+    /// the refused repair's copy goes to GC. Unwritten shards count for
+    /// nothing.
+    #[test]
+    fn apply_refuses_stacked_placements() {
+        let db = db();
+        six_in_three(&db);
+        let put = |m: ObjectManifest| Command::PutObject {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            manifest: m,
+            condition: PutCondition::None,
+        };
+        // Two shards on chunkserver 1.
+        let r = run(&db, put(manifest_on(&[1, 1, 3, 4, 5, 6])));
+        assert!(
+            matches!(&r, CommandResult::Err(MetaError::Placement { why, .. }) if why.contains("chunkserver 1")),
+            "{r:?}"
+        );
+        // Three shards in zone z0 (chunkservers 1, 2 and a third on 2).
+        let mut m = manifest_on(&[1, 2, 3, 4, 5, 6]);
+        m.stripes[0].shards[4].chunkserver = Some(1);
+        m.stripes[0].shards[5].chunkserver = None;
+        assert!(matches!(
+            run(&db, put(m)),
+            CommandResult::Err(MetaError::Placement { .. })
+        ));
+        // A degraded write (one unwritten shard) is fine.
+        let mut m = manifest_on(&[1, 2, 3, 4, 5, 6]);
+        m.stripes[0].shards[0].chunkserver = None;
+        assert_eq!(run(&db, put(m.clone())), CommandResult::Ok);
+        // Rebuilding shard 0 onto chunkserver 2 (holds shard 1): refused,
+        // the copy goes to GC.
+        let commit = |to: u64| Command::CommitRepair {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version: m.version,
+            stripe: 0,
+            index: 0,
+            shard: m.stripes[0].shards[0].shard,
+            from: None,
+            to,
+        };
+        assert!(matches!(
+            run(&db, commit(2)),
+            CommandResult::Err(MetaError::Stale(_))
+        ));
+        assert!(gc(&db, 2).contains(&m.stripes[0].shards[0].shard));
+        assert_eq!(object(&db).stripes[0].shards[0].chunkserver, None);
+        // Onto a seventh chunkserver in zone z1 (already holding 2): refused.
+        assert_eq!(
+            run(
+                &db,
+                Command::RegisterChunkserver {
+                    addr: "cs7".into(),
+                    zone: "z1".into(),
+                    capacity: 1 << 40,
+                    free: 1 << 30,
+                    now_ms: 0,
+                }
+            ),
+            CommandResult::Registered { id: 7 }
+        );
+        assert!(matches!(
+            run(&db, commit(7)),
+            CommandResult::Err(MetaError::Stale(_))
+        ));
+        // An eighth in z0 (holding only shard 1): accepted.
+        assert_eq!(
+            run(
+                &db,
+                Command::RegisterChunkserver {
+                    addr: "cs8".into(),
+                    zone: "z0".into(),
+                    capacity: 1 << 40,
+                    free: 1 << 30,
+                    now_ms: 0,
+                }
+            ),
+            CommandResult::Registered { id: 8 }
+        );
+        assert_eq!(run(&db, commit(8)), CommandResult::Ok);
+        assert_eq!(object(&db).stripes[0].shards[0].chunkserver, Some(8));
+        // The audit finds nothing wrong.
+        let txn = db.begin_read().expect("read");
+        match query(
+            &txn,
+            &Query::AuditPlacement {
+                cursor: None,
+                stripes: None,
+            },
+        ) {
+            Ok(QueryResult::Audit(p)) => {
+                assert!(p.violations.is_empty(), "{p:?}");
+                assert_eq!((p.manifests, p.stripes, p.next), (1, 1, None));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// place() never exceeds the zone cap: with one zone's servers
+    /// excluded it places fewer shards (at least `min`) or refuses; a
+    /// re-placement counts the stripe's placed shards toward the cap.
+    #[test]
+    fn place_honours_the_zone_cap() {
+        let ec = EcParams { k: 4, m: 2 };
+        let all: Vec<ChunkserverInfo> = (1..=6u64)
+            .map(|id| cs(id, &format!("z{}", (id - 1) / 2)))
+            .collect();
+        let zone = |id: u64| (id - 1) / 2;
+        for _ in 0..50 {
+            let p = place(&all, 6, 5, ec, 4, &[], &[]).expect("place");
+            assert_eq!(p.len(), 6);
+            for z in 0..3 {
+                assert_eq!(p.iter().filter(|c| zone(c.id) == z).count(), 2);
+            }
+        }
+        // Zone z0 unusable (1 and 2 excluded): 4 fit under the cap of 2.
+        let p = place(&all, 6, 4, ec, 4, &[1, 2], &[]).expect("degraded");
+        assert_eq!(p.len(), 4);
+        assert!(matches!(
+            place(&all, 6, 5, ec, 4, &[1, 2], &[]),
+            Err(MetaError::Placement { .. })
+        ));
+        // Re-placing one shard: z0 and z1 are full (1, 2, 3, 4 placed),
+        // 5 holds another shard: only 6 qualifies.
+        for _ in 0..20 {
+            let p = place(&all, 1, 1, ec, 4, &[], &[1, 2, 3, 4, 5]).expect("one");
+            assert_eq!(p.iter().map(|c| c.id).collect::<Vec<_>>(), vec![6]);
+        }
+        // Nothing left under the cap: a clear refusal, never a violation.
+        assert!(matches!(
+            place(&all, 1, 1, ec, 4, &[6], &[1, 2, 3, 4, 5]),
+            Err(MetaError::Placement { .. })
+        ));
+    }
 }

@@ -1087,3 +1087,50 @@ impl Worker for Planner {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cs(id: u64, zone: &str) -> ChunkserverInfo {
+        ChunkserverInfo {
+            id,
+            addr: format!("cs{id}"),
+            zone: zone.into(),
+            capacity: 1,
+            free: 1,
+            used: 0,
+            shard_count: 0,
+            last_heartbeat_ms: 0,
+            state: ChunkserverState::Up,
+        }
+    }
+
+    /// Redundancy counts distinct chunkservers within the zone cap, and the
+    /// shards breaking the invariant are the ones to move.
+    #[test]
+    fn redundancy_counts_distinct_failure_domains() {
+        let all: Vec<ChunkserverInfo> = (1..=6u64)
+            .map(|id| cs(id, &format!("z{}", (id - 1) / 2)))
+            .collect();
+        let rules = model::PlacementRules::new(&all);
+        let ec = EcParams { k: 4, m: 2 };
+        let on = |v: &[u64]| -> Vec<Option<ChunkserverId>> {
+            v.iter().map(|c| (*c != 0).then_some(*c)).collect()
+        };
+        assert_eq!(redundancy(&rules, ec, &on(&[1, 2, 3, 4, 5, 6])), 2);
+        assert_eq!(redundancy(&rules, ec, &on(&[1, 2, 3, 4, 5, 0])), 1);
+        // Two shards on chunkserver 2 count once.
+        assert_eq!(redundancy(&rules, ec, &on(&[1, 2, 3, 4, 5, 2])), 1);
+        assert_eq!(must_move(&rules, ec, &on(&[1, 2, 3, 4, 5, 2])), vec![5]);
+        // All six on one server: readable, but one loss away from lost.
+        assert_eq!(redundancy(&rules, ec, &on(&[1, 1, 1, 1, 1, 1])), 0);
+        assert_eq!(
+            must_move(&rules, ec, &on(&[1, 1, 1, 1, 1, 1])),
+            vec![1, 2, 3, 4, 5]
+        );
+        // Below k: lost, negative.
+        assert_eq!(redundancy(&rules, ec, &on(&[1, 2, 3, 0, 0, 0])), -1);
+        assert!(must_move(&rules, ec, &on(&[1, 2, 3, 4, 5, 6])).is_empty());
+    }
+}

@@ -13,6 +13,7 @@ mod dev;
 mod e2e;
 mod linearizability;
 mod metadata;
+mod placement;
 mod repair;
 mod s3;
 mod scrub_gc;
