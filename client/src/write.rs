@@ -23,7 +23,7 @@
 //! On failure nothing is committed; shards already written are deleted on a
 //! best-effort basis (orphan GC is the backstop).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -442,6 +442,7 @@ impl Inner {
         &self,
         bucket: &str,
         exclude: Vec<ChunkserverId>,
+        placed: Vec<ChunkserverId>,
         count: usize,
         min: usize,
     ) -> Result<Vec<ChunkserverInfo>> {
@@ -453,6 +454,7 @@ impl Inner {
                     exclude,
                     count: Some(count),
                     min: Some(min),
+                    placed,
                 },
                 Consistency::Stale,
             )
@@ -490,7 +492,9 @@ impl Inner {
         .await
         .map_err(|e| ClientError::Io(std::io::Error::other(format!("encode task: {e}"))))??;
         let stripe_id = StripeId::random();
-        let placement = self.allocate(bucket, Vec::new(), n, quorum).await?;
+        let placement = self
+            .allocate(bucket, Vec::new(), Vec::new(), n, quorum)
+            .await?;
         let used: Arc<Mutex<HashSet<ChunkserverId>>> =
             Arc::new(Mutex::new(placement.iter().map(|c| c.id).collect()));
         let ids: Vec<ShardId> = (0..n).map(|_| ShardId::random()).collect();
@@ -504,6 +508,14 @@ impl Inner {
                 .collect(),
         )
         .await?;
+        let assigned: Arc<tokio::sync::Mutex<HashMap<u8, ChunkserverId>>> =
+            Arc::new(tokio::sync::Mutex::new(
+                placement
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (i as u8, c.id))
+                    .collect(),
+            ));
         let uploads = (0..n).map(|i| {
             let target = placement.get(i).cloned();
             let payload = enc.shards[i].clone();
@@ -516,10 +528,11 @@ impl Inner {
                 blake3: enc.hashes[i].into(),
             };
             let used = used.clone();
+            let assigned = assigned.clone();
             let this = self.clone();
             async move {
                 let placed = this
-                    .upload_with_replacement(bucket, target, &meta, payload, &used, intent)
+                    .upload_with_replacement(bucket, target, &meta, payload, &used, &assigned, intent)
                     .await;
                 (meta, placed)
             }
@@ -553,7 +566,12 @@ impl Inner {
     }
 
     /// Uploads one shard to `target`, or on failure to other chunkservers
-    /// the metadata service picks; returns where it landed.
+    /// the metadata service picks; returns where it landed. `used` holds
+    /// every chunkserver tried for the stripe (never tried again);
+    /// `assigned` the chunkserver each other shard index holds or is being
+    /// written to. A re-placement holds `assigned` while it asks, so two
+    /// shards of a stripe re-placed at once cannot both take a zone's last
+    /// slot under the zone cap (`model::apply` would refuse the manifest).
     async fn upload_with_replacement(
         &self,
         bucket: &str,
@@ -561,15 +579,19 @@ impl Inner {
         meta: &ShardMeta,
         payload: Bytes,
         used: &Mutex<HashSet<ChunkserverId>>,
+        assigned: &tokio::sync::Mutex<HashMap<u8, ChunkserverId>>,
         intent: StripeId,
     ) -> Option<ChunkserverId> {
         for attempt in 0..=self.cfg.shard_retries {
             if target.is_none() {
+                let mut held = assigned.lock().await;
+                held.remove(&meta.index);
                 let exclude: Vec<ChunkserverId> = used
                     .lock()
                     .map(|u| u.iter().copied().collect())
                     .unwrap_or_default();
-                target = match self.allocate(bucket, exclude, 1, 1).await {
+                let placed: Vec<ChunkserverId> = held.values().copied().collect();
+                target = match self.allocate(bucket, exclude, placed, 1, 1).await {
                     Ok(mut v) if !v.is_empty() => {
                         let c = v.swap_remove(0);
                         if let Ok(mut u) = used.lock() {
@@ -583,6 +605,7 @@ impl Inner {
                             tracing::warn!(error = %e, "cannot register a re-placed shard");
                             return None;
                         }
+                        held.insert(meta.index, c.id);
                         Some(c)
                     }
                     _ => return None,
@@ -604,6 +627,7 @@ impl Inner {
                 }
             }
         }
+        assigned.lock().await.remove(&meta.index);
         None
     }
 

@@ -59,7 +59,7 @@
 //! `apply` reads no clock and no random source: every time it stores was
 //! stamped into the command by its proposer.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -370,6 +370,14 @@ fn apply_inner(
             if txn.open_table(BUCKETS)?.get(bucket.as_bytes())?.is_none() {
                 return Ok(Err(MetaError::NoSuchBucket(bucket.clone())));
             }
+            if let Err(e) = PlacementRules::load(txn)?.refuse_write(
+                manifest.ec,
+                &manifest.stripes,
+                true,
+                &format!("{bucket}/{key}"),
+            ) {
+                return Ok(Err(e));
+            }
             let mut objects = txn.open_table(OBJECTS)?;
             let ok = object_key(bucket, key);
             let old: Option<ObjectManifest> = match objects.get(ok.as_slice())? {
@@ -604,12 +612,20 @@ fn apply_inner(
                     "part number {n} is outside 1..={MAX_PART_NUMBER}"
                 ))));
             }
-            if txn
+            let info: UploadInfo = match txn
                 .open_table(UPLOADS)?
                 .get(upload_key(bucket, key, upload).as_slice())?
-                .is_none()
             {
-                return Ok(Err(MetaError::NoSuchUpload(upload.to_hex())));
+                Some(v) => dec(v.value())?,
+                None => return Ok(Err(MetaError::NoSuchUpload(upload.to_hex()))),
+            };
+            if let Err(e) = PlacementRules::load(txn)?.refuse_write(
+                info.ec,
+                &part.stripes,
+                true,
+                &format!("{bucket}/{key} part {n}"),
+            ) {
+                return Ok(Err(e));
             }
             let mut t = txn.open_table(UPLOAD_PARTS)?;
             let pk = part_key(upload, n);
@@ -753,6 +769,18 @@ fn complete_upload(
             "the parts hold {size} bytes; an object holds at most {MAX_OBJECT_SIZE}"
         ))));
     }
+    // Each part's stripes met the full invariant when the part was
+    // accepted. Two shards on one chunkserver can only come from an older
+    // binary and are refused; a zone cap exceeded because zones were added
+    // since the part was written is accepted (refusing would fail an
+    // upload the user cannot repair): the mover restores it.
+    let rules = PlacementRules::load(txn)?;
+    for p in &chosen {
+        let what = format!("{bucket}/{key} part {}", p.info.number);
+        if let Err(e) = rules.refuse_write(info.ec, &p.stripes, false, &what) {
+            return Ok(Err(e));
+        }
+    }
     let mut stripes = Vec::new();
     let mut part_infos = Vec::with_capacity(chosen.len());
     for p in &chosen {
@@ -879,6 +907,53 @@ fn commit_repair(
         }
         return Ok(Err(MetaError::Stale(format!(
             "{bucket}/{key} stripe {stripe} shard {index} changed since the repair was planned"
+        ))));
+    }
+    // The placement invariant: the move may not put a second shard of the
+    // stripe on `to`, nor raise `to`'s zone above the zone cap (a stripe
+    // that already broke it, written by an older binary, may still be
+    // improved one move at a time).
+    let rules = PlacementRules::load(txn)?;
+    let old_locs: Vec<Option<ChunkserverId>> = usize::try_from(stripe)
+        .ok()
+        .and_then(|i| m.stripes.get(i))
+        .map(|s| s.shards.iter().map(|l| l.chunkserver).collect())
+        .unwrap_or_default();
+    let mut new_locs = old_locs.clone();
+    if let Some(l) = new_locs.get_mut(usize::from(index)) {
+        *l = Some(to);
+    }
+    let in_zone = |locs: &[Option<ChunkserverId>], z: Option<&str>| {
+        locs.iter()
+            .filter(|c| {
+                c.and_then(|c| rules.zone(c))
+                    .is_some_and(|cz| Some(cz) == z)
+            })
+            .count()
+    };
+    let stacked = new_locs
+        .iter()
+        .enumerate()
+        .any(|(i, c)| i != usize::from(index) && *c == Some(to));
+    let zone = rules.zone(to);
+    let cap = rules.cap(m.ec);
+    let after = in_zone(&new_locs, zone);
+    let over = zone.is_some() && after > cap && after > in_zone(&old_locs, zone);
+    if stacked || over {
+        drop(objects);
+        if from != Some(to) {
+            queue_gc(txn, now, std::iter::once((to, *shard)))?;
+        }
+        let why = if stacked {
+            format!("chunkserver {to} already holds another shard of the stripe")
+        } else {
+            format!(
+                "zone {:?} of chunkserver {to} would hold {after} shards of the stripe (cap {cap})",
+                zone.unwrap_or("")
+            )
+        };
+        return Ok(Err(MetaError::Stale(format!(
+            "{bucket}/{key} stripe {stripe} shard {index}: {why}"
         ))));
     }
     if let Some(l) = usize::try_from(stripe)
@@ -1075,6 +1150,328 @@ pub fn repair_items(txn: &redb::ReadTransaction) -> StoreResult<Vec<RepairItem>>
         }
     }
     Ok(out)
+}
+
+/// The zone cap of a stripe with EC `ec` in a cluster of `zones` counted
+/// zones: `max(m, ceil((k + m) / zones))`. With at least `ceil((k+m)/m)`
+/// zones, losing a whole zone loses at most m shards.
+pub fn zone_cap(ec: EcParams, zones: usize) -> usize {
+    usize::from(ec.m).max(ec.total().div_ceil(zones.max(1)))
+}
+
+/// The placement invariant every stripe is held to, decided from the
+/// `chunkservers` table alone (so every replica decides alike): no two
+/// shards of a stripe on one chunkserver, and at most [`zone_cap`] shards
+/// of a stripe per zone. The counted zones are the distinct zones of the
+/// registered chunkservers that are not `Draining`: a `Down` chunkserver
+/// still counts (it may return; removing it is an operator's decision), a
+/// draining one does not (its zone may be about to disappear, and counting
+/// it would make the drain impossible to finish). Unwritten locations
+/// (`chunkserver: None`) count for nothing.
+#[derive(Debug, Clone, Default)]
+pub struct PlacementRules {
+    zone_of: HashMap<ChunkserverId, String>,
+    zones: usize,
+}
+
+/// One way a stripe breaks the placement invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeViolation {
+    /// What is wrong.
+    pub kind: ViolationKind,
+    /// The chunkserver (same-chunkserver and unknown kinds).
+    pub chunkserver: Option<ChunkserverId>,
+    /// The zone (zone-cap kind).
+    pub zone: Option<String>,
+    /// The shard indexes concerned, ascending.
+    pub indexes: Vec<u8>,
+}
+
+impl StripeViolation {
+    /// A sentence for humans and error messages.
+    pub fn describe(&self, cap: usize) -> String {
+        let idx: Vec<String> = self.indexes.iter().map(|i| i.to_string()).collect();
+        let idx = idx.join(", ");
+        match self.kind {
+            ViolationKind::SameChunkserver => format!(
+                "shards {idx} are all on chunkserver {}",
+                self.chunkserver.unwrap_or(0)
+            ),
+            ViolationKind::ZoneCap => format!(
+                "shards {idx} are in zone {:?}: more than the zone cap of {cap}",
+                self.zone.as_deref().unwrap_or("")
+            ),
+            ViolationKind::UnknownChunkserver => format!(
+                "shards {idx} are on chunkserver {}, which is not registered",
+                self.chunkserver.unwrap_or(0)
+            ),
+        }
+    }
+}
+
+impl PlacementRules {
+    /// The rules for a cluster of these chunkservers.
+    pub fn new(all: &[ChunkserverInfo]) -> Self {
+        let zones: HashSet<&str> = all
+            .iter()
+            .filter(|c| c.state != ChunkserverState::Draining)
+            .map(|c| c.zone.as_str())
+            .collect();
+        PlacementRules {
+            zone_of: all.iter().map(|c| (c.id, c.zone.clone())).collect(),
+            zones: zones.len().max(1),
+        }
+    }
+
+    /// The rules as the `chunkservers` table of a write transaction says.
+    fn load(txn: &redb::WriteTransaction) -> StoreResult<Self> {
+        let mut all = Vec::new();
+        for r in txn.open_table(CHUNKSERVERS)?.iter()? {
+            let (_, v) = r?;
+            all.push(dec::<ChunkserverInfo>(v.value())?);
+        }
+        Ok(PlacementRules::new(&all))
+    }
+
+    /// Counted zones (at least 1).
+    pub fn zones(&self) -> usize {
+        self.zones
+    }
+
+    /// The zone cap for a stripe with EC `ec`.
+    pub fn cap(&self, ec: EcParams) -> usize {
+        zone_cap(ec, self.zones)
+    }
+
+    /// The zone of a registered chunkserver.
+    pub fn zone(&self, cs: ChunkserverId) -> Option<&str> {
+        self.zone_of.get(&cs).map(String::as_str)
+    }
+
+    /// Every way the shards of one stripe (by index) break the invariant:
+    /// same-chunkserver and unknown-chunkserver violations by chunkserver
+    /// id, then zone-cap violations by zone name.
+    pub fn check(&self, ec: EcParams, shards: &[ShardLoc]) -> Vec<StripeViolation> {
+        self.check_locs(ec, shards.iter().map(|l| l.chunkserver))
+    }
+
+    /// [`PlacementRules::check`] over the chunkserver of each index.
+    pub fn check_locs(
+        &self,
+        ec: EcParams,
+        locs: impl Iterator<Item = Option<ChunkserverId>>,
+    ) -> Vec<StripeViolation> {
+        let cap = self.cap(ec);
+        let mut by_cs: BTreeMap<ChunkserverId, Vec<u8>> = BTreeMap::new();
+        for (i, c) in locs.enumerate().take(ec.total()) {
+            if let Some(c) = c {
+                by_cs.entry(c).or_default().push(i as u8);
+            }
+        }
+        let mut out = Vec::new();
+        let mut by_zone: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+        for (c, idx) in &by_cs {
+            match self.zone(*c) {
+                None => out.push(StripeViolation {
+                    kind: ViolationKind::UnknownChunkserver,
+                    chunkserver: Some(*c),
+                    zone: None,
+                    indexes: idx.clone(),
+                }),
+                Some(z) => by_zone.entry(z).or_default().extend(idx.iter().copied()),
+            }
+            if idx.len() > 1 {
+                out.push(StripeViolation {
+                    kind: ViolationKind::SameChunkserver,
+                    chunkserver: Some(*c),
+                    zone: None,
+                    indexes: idx.clone(),
+                });
+            }
+        }
+        for (z, mut idx) in by_zone {
+            if idx.len() > cap {
+                idx.sort_unstable();
+                out.push(StripeViolation {
+                    kind: ViolationKind::ZoneCap,
+                    chunkserver: None,
+                    zone: Some(z.to_string()),
+                    indexes: idx,
+                });
+            }
+        }
+        out
+    }
+
+    /// The first violation a write may not introduce in any of `stripes`
+    /// (`zone_cap`: whether the zone cap is enforced too), as a
+    /// `Placement` error. Shards on unregistered chunkservers are the
+    /// auditor's business, not a reason to refuse a write.
+    fn refuse_write(
+        &self,
+        ec: EcParams,
+        stripes: &[StripeManifest],
+        zone_cap: bool,
+        what: &str,
+    ) -> Result<(), MetaError> {
+        for (si, s) in stripes.iter().enumerate() {
+            let v = self
+                .check(ec, &s.shards)
+                .into_iter()
+                .find(|v| match v.kind {
+                    ViolationKind::SameChunkserver => true,
+                    ViolationKind::ZoneCap => zone_cap,
+                    ViolationKind::UnknownChunkserver => false,
+                });
+            if let Some(v) = v {
+                return Err(MetaError::Placement {
+                    need: ec.total(),
+                    why: format!(
+                        "{what} stripe {si} breaks the placement invariant: {}",
+                        v.describe(self.cap(ec))
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+/// One page of `Query::AuditPlacement`. The cursor is `o` + the hex of the
+/// last object key walked, or `p` + the hex of the last upload-part key:
+/// objects first, then uploaded parts, each in key order.
+fn audit_page(
+    txn: &redb::ReadTransaction,
+    cursor: Option<&str>,
+    limit: u64,
+) -> StoreResult<Result<QueryResult, MetaError>> {
+    let bad_cursor = || {
+        Ok(Err(MetaError::Invalid(format!(
+            "bad audit cursor {:?}",
+            cursor.unwrap_or("")
+        ))))
+    };
+    let (in_parts, after) = match cursor {
+        None => (false, None),
+        Some(c) => {
+            let (tag, rest) = c.split_at(c.len().min(1));
+            let Some(bytes) = unhex(rest) else {
+                return bad_cursor();
+            };
+            match tag {
+                "o" => (false, Some(bytes)),
+                "p" => (true, Some(bytes)),
+                _ => return bad_cursor(),
+            }
+        }
+    };
+    let rules = PlacementRules::new(&chunkservers(txn)?);
+    let mut page = AuditPage::default();
+    let push = |page: &mut AuditPage,
+                bucket: &str,
+                key: &str,
+                upload: Option<(StripeId, u32)>,
+                ec: EcParams,
+                stripes: &[StripeManifest]| {
+        let cap = rules.cap(ec);
+        for (si, s) in stripes.iter().enumerate() {
+            for v in rules.check(ec, &s.shards) {
+                page.violations.push(PlacementViolation {
+                    bucket: bucket.to_string(),
+                    key: key.to_string(),
+                    upload: upload.map(|u| u.0),
+                    part: upload.map(|u| u.1),
+                    stripe: si as u64,
+                    kind: v.kind,
+                    chunkserver: v.chunkserver,
+                    zone: v.zone.clone(),
+                    indexes: v.indexes.clone(),
+                    detail: v.describe(cap),
+                });
+            }
+        }
+        page.manifests += 1;
+        page.stripes += stripes.len() as u64;
+    };
+    if !in_parts {
+        let t = open_ro(txn, OBJECTS)?;
+        let lower = match &after {
+            Some(a) => Bound::Excluded(a.as_slice()),
+            None => Bound::Unbounded,
+        };
+        if let Some(t) = t {
+            for r in t.range::<&[u8]>((lower, Bound::Unbounded))? {
+                let (k, v) = r?;
+                let m: ObjectManifest = dec(v.value())?;
+                let raw = k.value();
+                let (bucket, key) = match raw.iter().position(|b| *b == 0) {
+                    Some(p) => (
+                        String::from_utf8_lossy(&raw[..p]).into_owned(),
+                        String::from_utf8_lossy(&raw[p + 1..]).into_owned(),
+                    ),
+                    None => (String::from_utf8_lossy(raw).into_owned(), String::new()),
+                };
+                push(&mut page, &bucket, &key, None, m.ec, &m.stripes);
+                if page.stripes >= limit {
+                    page.next = Some(format!("o{}", hex(raw)));
+                    return Ok(Ok(QueryResult::Audit(page)));
+                }
+            }
+        }
+    }
+    // Parts: the upload row gives the bucket, the key and the EC.
+    let mut uploads: HashMap<StripeId, UploadInfo> = HashMap::new();
+    if let Some(t) = open_ro(txn, UPLOADS)? {
+        for r in t.iter()? {
+            let (_, v) = r?;
+            let u: UploadInfo = dec(v.value())?;
+            uploads.insert(u.id, u);
+        }
+    }
+    let lower = match (in_parts, &after) {
+        (true, Some(a)) => Bound::Excluded(a.as_slice()),
+        _ => Bound::Unbounded,
+    };
+    if let Some(t) = open_ro(txn, UPLOAD_PARTS)? {
+        for r in t.range::<&[u8]>((lower, Bound::Unbounded))? {
+            let (k, v) = r?;
+            let p: UploadPart = dec(v.value())?;
+            let raw = k.value();
+            let mut id = [0u8; 16];
+            if let Some(b) = raw.get(..16) {
+                id.copy_from_slice(b);
+            }
+            let id = StripeId(id);
+            let Some(u) = uploads.get(&id) else { continue };
+            push(
+                &mut page,
+                &u.bucket,
+                &u.key,
+                Some((id, p.info.number)),
+                u.ec,
+                &p.stripes,
+            );
+            if page.stripes >= limit {
+                page.next = Some(format!("p{}", hex(raw)));
+                return Ok(Ok(QueryResult::Audit(page)));
+            }
+        }
+    }
+    Ok(Ok(QueryResult::Audit(page)))
 }
 
 /// An inline manifest holds exactly its bytes (bounded) and no stripes.
@@ -1829,6 +2226,7 @@ fn query_inner(
             exclude,
             count,
             min,
+            placed,
         } => {
             let Some(b) = get_bucket(txn, bucket)? else {
                 return Ok(Err(MetaError::NoSuchBucket(bucket.clone())));
@@ -1837,40 +2235,65 @@ fn query_inner(
             let shard_bytes = u64::from(b.shard_size);
             let all = chunkservers(txn)?;
             let min = min.unwrap_or(n).min(n);
-            Ok(
-                place(&all, n, min, usize::from(b.ec.m), shard_bytes, exclude)
-                    .map(QueryResult::Placement),
-            )
+            Ok(place(&all, n, min, b.ec, shard_bytes, exclude, placed).map(QueryResult::Placement))
+        }
+        Query::AuditPlacement { cursor, stripes } => {
+            let limit = stripes
+                .unwrap_or(AUDIT_PAGE_STRIPES)
+                .clamp(1, AUDIT_PAGE_STRIPES);
+            audit_page(txn, cursor.as_deref(), limit)
         }
     }
 }
 
-/// Chooses `n` distinct chunkservers (or, when fewer are usable, at least
-/// `min`) for one stripe: only `Up` servers with
-/// room for a shard, none in `exclude`, weighted by free space, and no zone
-/// holding more than `max(m, ceil(n / zones))` shards (so with at least
-/// ceil(n/m) zones, losing a zone loses at most m shards). When the zone cap
-/// cannot be met, it falls back to any distinct servers.
+/// Chooses `n` distinct chunkservers (or, when fewer fit, at least `min`)
+/// for shards of one stripe of a bucket with EC `ec`: only `Up` servers
+/// with room for a shard, none in `exclude` or `placed`, weighted by free
+/// space, and no zone holding more than [`PlacementRules::cap`] shards of
+/// the stripe, counting the shards already on `placed` (the stripe's other
+/// shards when one is re-placed mid-write). The cap is never dropped: when
+/// it leaves room for fewer than `n` shards, fewer are returned (at least
+/// `min`: a degraded write, queued for repair), otherwise the answer is a
+/// `Placement` error saying why.
 pub fn place(
     all: &[ChunkserverInfo],
     n: usize,
     min: usize,
-    m: usize,
+    ec: EcParams,
     shard_bytes: u64,
     exclude: &[ChunkserverId],
+    placed: &[ChunkserverId],
 ) -> Result<Vec<ChunkserverInfo>, MetaError> {
+    let rules = PlacementRules::new(all);
+    let cap = rules.cap(ec);
+    let mut per_zone: HashMap<String, usize> = HashMap::new();
+    for c in placed {
+        if let Some(z) = rules.zone(*c) {
+            *per_zone.entry(z.to_string()).or_insert(0) += 1;
+        }
+    }
     let candidates: Vec<&ChunkserverInfo> = all
         .iter()
         .filter(|c| c.state == ChunkserverState::Up)
         .filter(|c| c.free >= shard_bytes)
-        .filter(|c| !exclude.contains(&c.id))
+        .filter(|c| !exclude.contains(&c.id) && !placed.contains(&c.id))
         .collect();
-    let n = if candidates.len() < n && candidates.len() >= min.max(1) {
-        candidates.len()
-    } else {
-        n
-    };
-    if candidates.len() < n {
+    // What the zone cap leaves room for: per zone, the free slots under the
+    // cap or its candidates, whichever is fewer. A greedy pick that never
+    // exceeds the cap always reaches this.
+    let mut in_zone: HashMap<&str, usize> = HashMap::new();
+    for c in &candidates {
+        *in_zone.entry(c.zone.as_str()).or_insert(0) += 1;
+    }
+    let room: usize = in_zone
+        .iter()
+        .map(|(z, n)| {
+            let used = per_zone.get(*z).copied().unwrap_or(0);
+            cap.saturating_sub(used).min(*n)
+        })
+        .sum();
+    let want = n.min(room);
+    if want < min.max(1).min(n) || want == 0 {
         let up = all
             .iter()
             .filter(|c| c.state == ChunkserverState::Up)
@@ -1878,42 +2301,34 @@ pub fn place(
         return Err(MetaError::Placement {
             need: n,
             why: format!(
-                "{} usable chunkservers ({} registered, {} up, {} excluded, others full)",
+                "{} usable chunkservers ({} registered, {} up, {} excluded, {} holding other shards of the stripe, others full) in {} zones; with at most {cap} shards of a stripe per zone (of {} counted zones) they take {room}",
                 candidates.len(),
                 all.len(),
                 up,
-                exclude.len()
+                exclude.len(),
+                placed.len(),
+                in_zone.len(),
+                rules.zones(),
             ),
         });
     }
-    let zones: HashSet<&str> = candidates.iter().map(|c| c.zone.as_str()).collect();
-    let cap = m.max(n.div_ceil(zones.len().max(1)));
-    if let Some(p) = pick_weighted(&candidates, n, Some(cap)) {
-        return Ok(p);
-    }
-    pick_weighted(&candidates, n, None).ok_or_else(|| MetaError::Placement {
-        need: n,
-        why: "not enough distinct chunkservers".into(),
-    })
+    Ok(pick_weighted(&candidates, want, cap, per_zone))
 }
 
 fn pick_weighted(
     candidates: &[&ChunkserverInfo],
     n: usize,
-    zone_cap: Option<usize>,
-) -> Option<Vec<ChunkserverInfo>> {
+    zone_cap: usize,
+    mut per_zone: HashMap<String, usize>,
+) -> Vec<ChunkserverInfo> {
     use rand::Rng;
     let mut rng = rand::rng();
     let mut pool: Vec<&ChunkserverInfo> = candidates.to_vec();
     let mut out: Vec<ChunkserverInfo> = Vec::with_capacity(n);
-    let mut per_zone: std::collections::HashMap<&str, usize> = Default::default();
     while out.len() < n {
-        pool.retain(|c| match zone_cap {
-            Some(cap) => per_zone.get(c.zone.as_str()).copied().unwrap_or(0) < cap,
-            None => true,
-        });
+        pool.retain(|c| per_zone.get(c.zone.as_str()).copied().unwrap_or(0) < zone_cap);
         if pool.is_empty() {
-            return None;
+            break;
         }
         // Weight by free space in MiB (+1 so an almost full server can still
         // be chosen when nothing else is left).
@@ -1929,10 +2344,10 @@ fn pick_weighted(
             x -= w;
         }
         let c = pool.swap_remove(idx);
-        *per_zone.entry(c.zone.as_str()).or_insert(0) += 1;
+        *per_zone.entry(c.zone.clone()).or_insert(0) += 1;
         out.push(c.clone());
     }
-    Some(out)
+    out
 }
 
 /// Continuation tokens say whether the last item of a page was a key or a
@@ -2895,5 +3310,200 @@ mod tests {
             CommandResult::Ok
         );
         assert_eq!(intent_rows(&db), (0, 0, 0, 0));
+    }
+
+    fn cs(id: u64, zone: &str) -> ChunkserverInfo {
+        ChunkserverInfo {
+            id,
+            addr: format!("cs{id}"),
+            zone: zone.into(),
+            capacity: 1 << 40,
+            free: 1 << 30,
+            used: 0,
+            shard_count: 0,
+            last_heartbeat_ms: 0,
+            state: ChunkserverState::Up,
+        }
+    }
+
+    /// Six chunkservers in three zones, a 4+2 bucket "bkt" (zone cap 2).
+    fn six_in_three(db: &redb::Database) {
+        let bucket = BucketInfo {
+            name: "bkt".into(),
+            ec: EcParams { k: 4, m: 2 },
+            shard_size: 4,
+            created_ms: 0,
+            owner: String::new(),
+        };
+        assert_eq!(run(db, Command::CreateBucket { bucket }), CommandResult::Ok);
+        for id in 1..=6u64 {
+            let r = run(
+                db,
+                Command::RegisterChunkserver {
+                    addr: format!("cs{id}"),
+                    zone: format!("z{}", (id - 1) / 2),
+                    capacity: 1 << 40,
+                    free: 1 << 30,
+                    now_ms: 0,
+                },
+            );
+            assert_eq!(r, CommandResult::Registered { id });
+        }
+    }
+
+    fn manifest_on(servers: &[u64]) -> ObjectManifest {
+        ObjectManifest {
+            version: StripeId([1; 16]),
+            size: 16,
+            etag: "e".into(),
+            content_type: None,
+            headers: Default::default(),
+            user_meta: Default::default(),
+            checksums: Default::default(),
+            created_ms: 0,
+            ec: EcParams { k: 4, m: 2 },
+            shard_size: 4,
+            stripes: vec![stripe_on(servers, 0x10)],
+            parts: Vec::new(),
+            inline: None,
+        }
+    }
+
+    /// PutObject and CommitRepair refuse a placement with two shards of a
+    /// stripe on one chunkserver or more than the zone cap in one zone;
+    /// the refused repair's copy goes to GC. Unwritten shards count for
+    /// nothing.
+    #[test]
+    fn apply_refuses_stacked_placements() {
+        let db = db();
+        six_in_three(&db);
+        let put = |m: ObjectManifest| Command::PutObject {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            manifest: m,
+            condition: PutCondition::None,
+        };
+        // Two shards on chunkserver 1.
+        let r = run(&db, put(manifest_on(&[1, 1, 3, 4, 5, 6])));
+        assert!(
+            matches!(&r, CommandResult::Err(MetaError::Placement { why, .. }) if why.contains("chunkserver 1")),
+            "{r:?}"
+        );
+        // Three shards in zone z0 (chunkservers 1, 2 and a third on 2).
+        let mut m = manifest_on(&[1, 2, 3, 4, 5, 6]);
+        m.stripes[0].shards[4].chunkserver = Some(1);
+        m.stripes[0].shards[5].chunkserver = None;
+        assert!(matches!(
+            run(&db, put(m)),
+            CommandResult::Err(MetaError::Placement { .. })
+        ));
+        // A degraded write (one unwritten shard) is fine.
+        let mut m = manifest_on(&[1, 2, 3, 4, 5, 6]);
+        m.stripes[0].shards[0].chunkserver = None;
+        assert_eq!(run(&db, put(m.clone())), CommandResult::Ok);
+        // Rebuilding shard 0 onto chunkserver 2 (holds shard 1): refused,
+        // the copy goes to GC.
+        let commit = |to: u64| Command::CommitRepair {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version: m.version,
+            stripe: 0,
+            index: 0,
+            shard: m.stripes[0].shards[0].shard,
+            from: None,
+            to,
+        };
+        assert!(matches!(
+            run(&db, commit(2)),
+            CommandResult::Err(MetaError::Stale(_))
+        ));
+        assert!(gc(&db, 2).contains(&m.stripes[0].shards[0].shard));
+        assert_eq!(object(&db).stripes[0].shards[0].chunkserver, None);
+        // Onto a seventh chunkserver in zone z1 (already holding 2): refused.
+        assert_eq!(
+            run(
+                &db,
+                Command::RegisterChunkserver {
+                    addr: "cs7".into(),
+                    zone: "z1".into(),
+                    capacity: 1 << 40,
+                    free: 1 << 30,
+                    now_ms: 0,
+                }
+            ),
+            CommandResult::Registered { id: 7 }
+        );
+        assert!(matches!(
+            run(&db, commit(7)),
+            CommandResult::Err(MetaError::Stale(_))
+        ));
+        // An eighth in z0 (holding only shard 1): accepted.
+        assert_eq!(
+            run(
+                &db,
+                Command::RegisterChunkserver {
+                    addr: "cs8".into(),
+                    zone: "z0".into(),
+                    capacity: 1 << 40,
+                    free: 1 << 30,
+                    now_ms: 0,
+                }
+            ),
+            CommandResult::Registered { id: 8 }
+        );
+        assert_eq!(run(&db, commit(8)), CommandResult::Ok);
+        assert_eq!(object(&db).stripes[0].shards[0].chunkserver, Some(8));
+        // The audit finds nothing wrong.
+        let txn = db.begin_read().expect("read");
+        match query(
+            &txn,
+            &Query::AuditPlacement {
+                cursor: None,
+                stripes: None,
+            },
+        ) {
+            Ok(QueryResult::Audit(p)) => {
+                assert!(p.violations.is_empty(), "{p:?}");
+                assert_eq!((p.manifests, p.stripes, p.next), (1, 1, None));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// place() never exceeds the zone cap: with one zone's servers
+    /// excluded it places fewer shards (at least `min`) or refuses; a
+    /// re-placement counts the stripe's placed shards toward the cap.
+    #[test]
+    fn place_honours_the_zone_cap() {
+        let ec = EcParams { k: 4, m: 2 };
+        let all: Vec<ChunkserverInfo> = (1..=6u64)
+            .map(|id| cs(id, &format!("z{}", (id - 1) / 2)))
+            .collect();
+        let zone = |id: u64| (id - 1) / 2;
+        for _ in 0..50 {
+            let p = place(&all, 6, 5, ec, 4, &[], &[]).expect("place");
+            assert_eq!(p.len(), 6);
+            for z in 0..3 {
+                assert_eq!(p.iter().filter(|c| zone(c.id) == z).count(), 2);
+            }
+        }
+        // Zone z0 unusable (1 and 2 excluded): 4 fit under the cap of 2.
+        let p = place(&all, 6, 4, ec, 4, &[1, 2], &[]).expect("degraded");
+        assert_eq!(p.len(), 4);
+        assert!(matches!(
+            place(&all, 6, 5, ec, 4, &[1, 2], &[]),
+            Err(MetaError::Placement { .. })
+        ));
+        // Re-placing one shard: z0 and z1 are full (1, 2, 3, 4 placed),
+        // 5 holds another shard: only 6 qualifies.
+        for _ in 0..20 {
+            let p = place(&all, 1, 1, ec, 4, &[], &[1, 2, 3, 4, 5]).expect("one");
+            assert_eq!(p.iter().map(|c| c.id).collect::<Vec<_>>(), vec![6]);
+        }
+        // Nothing left under the cap: a clear refusal, never a violation.
+        assert!(matches!(
+            place(&all, 1, 1, ec, 4, &[6], &[1, 2, 3, 4, 5]),
+            Err(MetaError::Placement { .. })
+        ));
     }
 }

@@ -425,6 +425,72 @@ pub async fn handle_reports(
     Ok(())
 }
 
+/// A stripe's remaining redundancy: how many more chunkserver losses it
+/// survives, counted in distinct failure domains. `healthy` gives, per
+/// shard index, the chunkserver of a healthy copy (`None`: lost). The count
+/// is the number of distinct chunkservers holding a healthy shard, each
+/// zone counting at most its zone cap, minus k: two shards on one
+/// chunkserver count once. A stripe with at least k healthy shards is
+/// readable and never counts below 0 (one more loss, of the server or zone
+/// that holds too much, can lose it); below k healthy shards it is
+/// `healthy - k` (negative: lost until shards come back). The status table,
+/// the planner's priorities and its "nothing to do" test all use this.
+pub fn redundancy(
+    rules: &model::PlacementRules,
+    ec: EcParams,
+    healthy: &[Option<ChunkserverId>],
+) -> i32 {
+    let k = i32::from(ec.k);
+    let n_healthy = healthy.iter().filter(|c| c.is_some()).count() as i32;
+    if n_healthy < k {
+        return n_healthy - k;
+    }
+    let distinct: HashSet<ChunkserverId> = healthy.iter().flatten().copied().collect();
+    let mut per_zone: HashMap<Option<&str>, usize> = HashMap::new();
+    for c in &distinct {
+        *per_zone.entry(rules.zone(*c)).or_insert(0) += 1;
+    }
+    let cap = rules.cap(ec);
+    let counted: usize = per_zone
+        .iter()
+        .map(|(z, n)| if z.is_some() { (*n).min(cap) } else { *n })
+        .sum();
+    (counted as i32 - k).max(0)
+}
+
+/// The healthy shards that break the placement invariant and must move:
+/// on a chunkserver holding several shards of the stripe, all but the
+/// lowest index; in a zone holding more distinct chunkservers' shards than
+/// the zone cap, the highest indexes beyond the cap. Ascending.
+pub fn must_move(
+    rules: &model::PlacementRules,
+    ec: EcParams,
+    healthy: &[Option<ChunkserverId>],
+) -> Vec<usize> {
+    let mut by_cs: BTreeMap<ChunkserverId, Vec<usize>> = BTreeMap::new();
+    for (i, c) in healthy.iter().enumerate() {
+        if let Some(c) = c {
+            by_cs.entry(*c).or_default().push(i);
+        }
+    }
+    let mut out = Vec::new();
+    let mut by_zone: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (c, idx) in &by_cs {
+        out.extend(idx.iter().skip(1).copied());
+        if let (Some(z), Some(first)) = (rules.zone(*c), idx.first()) {
+            by_zone.entry(z).or_default().push(*first);
+        }
+    }
+    let cap = rules.cap(ec);
+    for (_, mut idx) in by_zone {
+        idx.sort_unstable();
+        out.extend(idx.iter().skip(cap).copied());
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// One shard to rebuild or move, with what choosing a target needs.
 struct Candidate {
     /// 0 = rebuild a lost shard, 1 = move off a draining chunkserver.
@@ -560,6 +626,7 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
         .into_iter()
         .map(|c| (c.id, c))
         .collect();
+    let rules = model::PlacementRules::new(&servers.values().cloned().collect::<Vec<_>>());
     let silent_ms = cfg.silent_after.as_millis() as u64;
     let lost_cs = |c: ChunkserverId| match servers.get(&c) {
         None => true,
@@ -615,15 +682,33 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
                 }
             }
             let n_healthy = healthy.iter().filter(|h| **h).count();
-            let red = n_healthy as i32 - k as i32;
+            let on: Vec<Option<ChunkserverId>> = s
+                .shards
+                .iter()
+                .take(total)
+                .enumerate()
+                .map(|(i, l)| {
+                    l.chunkserver
+                        .filter(|_| healthy.get(i).copied().unwrap_or(false))
+                })
+                .collect();
+            let red = redundancy(&rules, m.ec, &on);
             *summary.redundancy.entry(red).or_insert(0) += 1;
+            // Shards breaking the invariant move first (class 0, by the
+            // stripe's redundancy), shards leaving a draining server last.
+            let fix = must_move(&rules, m.ec, &on);
+            let moves: Vec<(u8, usize)> = fix
+                .iter()
+                .map(|i| (0u8, *i))
+                .chain(moves.iter().filter(|i| !fix.contains(i)).map(|i| (1u8, *i)))
+                .collect();
             if n_healthy == total && moves.is_empty() {
                 continue;
             }
             if !moves.is_empty() {
                 draining_left = true;
             }
-            if red < 0 {
+            if n_healthy < k {
                 summary.unrecoverable += 1;
                 continue;
             }
@@ -638,7 +723,7 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
                 healthy: healthy.clone(),
             });
             let lost = (0..total).filter(|i| !healthy[*i]).map(|i| (0u8, i));
-            let wanted: Vec<(u8, usize)> = lost.chain(moves.iter().map(|i| (1u8, *i))).collect();
+            let wanted: Vec<(u8, usize)> = lost.chain(moves.iter().copied()).collect();
             for (class, idx) in wanted {
                 if busy.contains(&(m.version, si, idx as u8)) {
                     continue;
@@ -691,13 +776,13 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
         });
     }
     let mut load: HashMap<ChunkserverId, usize> = HashMap::new();
-    let mut stripe_targets: HashMap<StripeKey, Vec<ChunkserverId>> = HashMap::new();
+    let mut stripe_targets: HashMap<StripeKey, Vec<(u8, ChunkserverId)>> = HashMap::new();
     for f in s.in_flight.values() {
         *load.entry(f.target).or_insert(0) += 1;
         stripe_targets
             .entry((f.task.version, f.task.stripe))
             .or_default()
-            .push(f.target);
+            .push((f.task.index, f.target));
     }
     let up: Vec<&ChunkserverInfo> = servers
         .values()
@@ -729,7 +814,11 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
                 }
             }
         }
-        for t in stripe_targets
+        // The stripe's placement once the tasks in flight commit: what a
+        // new target is checked against (as `CommitRepair` will check it).
+        let mut planned: Vec<Option<ChunkserverId>> =
+            ctx.manifest.shards.iter().map(|l| l.chunkserver).collect();
+        for (i, t) in stripe_targets
             .get(&(ctx.version, ctx.stripe))
             .into_iter()
             .flatten()
@@ -738,17 +827,45 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
             if let Some(info) = servers.get(t) {
                 zones.insert(info.zone.as_str());
             }
+            if let Some(l) = planned.get_mut(usize::from(*i)) {
+                *l = Some(*t);
+            }
         }
+        let cap = rules.cap(ctx.ec);
+        let in_zone = |locs: &[Option<ChunkserverId>], z: &str| {
+            locs.iter()
+                .filter(|c| c.and_then(|c| rules.zone(c)) == Some(z))
+                .count()
+        };
+        // Never a chunkserver that holds (or is rebuilding) another shard of
+        // the stripe, nor one whose zone would exceed the zone cap: with no
+        // such target the stripe stays degraded (status says so) rather than
+        // stacking shards, and is repaired once a valid server is Up.
+        let index = usize::from(c.index);
+        let valid = |i: &ChunkserverInfo| {
+            let stacked = planned
+                .iter()
+                .enumerate()
+                .any(|(j, on)| j != index && *on == Some(i.id));
+            let mut after = planned.clone();
+            if let Some(l) = after.get_mut(index) {
+                *l = Some(i.id);
+            }
+            let n = in_zone(&after, &i.zone);
+            !stacked && (n <= cap || n <= in_zone(&planned, &i.zone))
+        };
         let mut options: Vec<&&ChunkserverInfo> = up
             .iter()
             .filter(|i| load.get(&i.id).copied().unwrap_or(0) < cfg.per_chunkserver)
             .filter(|i| i.free >= shard_len)
+            .filter(|i| valid(i))
             .collect();
         if options.is_empty() {
-            if up
-                .iter()
-                .any(|i| load.get(&i.id).copied().unwrap_or(0) >= cfg.per_chunkserver)
-            {
+            if up.iter().any(|i| {
+                i.free >= shard_len
+                    && valid(i)
+                    && load.get(&i.id).copied().unwrap_or(0) >= cfg.per_chunkserver
+            }) {
                 blocked = Some((c.class, c.redundancy));
             }
             continue;
@@ -847,7 +964,7 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
         stripe_targets
             .entry((ctx.version, ctx.stripe))
             .or_default()
-            .push(target);
+            .push((c.index, target));
         summary.waiting = summary.waiting.saturating_sub(1);
     }
     summary.active |= !s.in_flight.is_empty() || draining_left;
@@ -984,5 +1101,52 @@ impl Worker for Planner {
         Box::pin(async move {
             let _ = tokio::time::timeout(ACTIVE_EVERY, repairs.wake.notified()).await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cs(id: u64, zone: &str) -> ChunkserverInfo {
+        ChunkserverInfo {
+            id,
+            addr: format!("cs{id}"),
+            zone: zone.into(),
+            capacity: 1,
+            free: 1,
+            used: 0,
+            shard_count: 0,
+            last_heartbeat_ms: 0,
+            state: ChunkserverState::Up,
+        }
+    }
+
+    /// Redundancy counts distinct chunkservers within the zone cap, and the
+    /// shards breaking the invariant are the ones to move.
+    #[test]
+    fn redundancy_counts_distinct_failure_domains() {
+        let all: Vec<ChunkserverInfo> = (1..=6u64)
+            .map(|id| cs(id, &format!("z{}", (id - 1) / 2)))
+            .collect();
+        let rules = model::PlacementRules::new(&all);
+        let ec = EcParams { k: 4, m: 2 };
+        let on = |v: &[u64]| -> Vec<Option<ChunkserverId>> {
+            v.iter().map(|c| (*c != 0).then_some(*c)).collect()
+        };
+        assert_eq!(redundancy(&rules, ec, &on(&[1, 2, 3, 4, 5, 6])), 2);
+        assert_eq!(redundancy(&rules, ec, &on(&[1, 2, 3, 4, 5, 0])), 1);
+        // Two shards on chunkserver 2 count once.
+        assert_eq!(redundancy(&rules, ec, &on(&[1, 2, 3, 4, 5, 2])), 1);
+        assert_eq!(must_move(&rules, ec, &on(&[1, 2, 3, 4, 5, 2])), vec![5]);
+        // All six on one server: readable, but one loss away from lost.
+        assert_eq!(redundancy(&rules, ec, &on(&[1, 1, 1, 1, 1, 1])), 0);
+        assert_eq!(
+            must_move(&rules, ec, &on(&[1, 1, 1, 1, 1, 1])),
+            vec![1, 2, 3, 4, 5]
+        );
+        // Below k: lost, negative.
+        assert_eq!(redundancy(&rules, ec, &on(&[1, 2, 3, 0, 0, 0])), -1);
+        assert!(must_move(&rules, ec, &on(&[1, 2, 3, 4, 5, 6])).is_empty());
     }
 }

@@ -1027,6 +1027,24 @@ pub enum Query {
         /// `count` are usable (a degraded write); defaults to `count`.
         #[serde(default)]
         min: Option<usize>,
+        /// Chunkservers already holding (or being written) other shards of
+        /// the same stripe: never chosen, and counted toward the zone cap
+        /// (re-placing one shard of a stripe mid-write).
+        #[serde(default)]
+        placed: Vec<ChunkserverId>,
+    },
+    /// One page of the placement audit: every stripe of every object, then
+    /// of every uploaded part, checked against the placement invariant
+    /// (`cairn admin audit-placement`).
+    AuditPlacement {
+        /// Where the previous page stopped (`AuditPage::next`); `None`
+        /// starts at the beginning.
+        #[serde(default)]
+        cursor: Option<String>,
+        /// Stop after about this many stripes (capped at
+        /// [`AUDIT_PAGE_STRIPES`]; a manifest is never split).
+        #[serde(default)]
+        stripes: Option<u64>,
     },
     /// The repair queue, most urgent first.
     RepairQueue {
@@ -1164,8 +1182,69 @@ pub enum QueryResult {
         /// More uploads follow.
         truncated: bool,
     },
+    /// A page of the placement audit.
+    Audit(AuditPage),
     /// Refused.
     Err(MetaError),
+}
+
+/// Most stripes one [`Query::AuditPlacement`] page walks: bounds the reply
+/// and the time a read transaction is held.
+pub const AUDIT_PAGE_STRIPES: u64 = 100_000;
+
+/// What breaks the placement invariant in one stripe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViolationKind {
+    /// Two or more shards of the stripe on one chunkserver.
+    SameChunkserver,
+    /// More shards of the stripe in one zone than the zone cap.
+    ZoneCap,
+    /// A shard on a chunkserver the metadata service does not know (never
+    /// registered or removed).
+    UnknownChunkserver,
+}
+
+/// One violation of the placement invariant found by the audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementViolation {
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// The multipart upload, when the stripe belongs to an uploaded part.
+    #[serde(default)]
+    pub upload: Option<StripeId>,
+    /// The part number, for a part.
+    #[serde(default)]
+    pub part: Option<u32>,
+    /// Stripe number within the object (or part).
+    pub stripe: u64,
+    /// What is wrong.
+    pub kind: ViolationKind,
+    /// The chunkserver concerned (same-chunkserver and unknown kinds).
+    #[serde(default)]
+    pub chunkserver: Option<ChunkserverId>,
+    /// The zone concerned (zone-cap kind).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// The shard indexes concerned.
+    pub indexes: Vec<u8>,
+    /// A sentence for humans.
+    pub detail: String,
+}
+
+/// A page of the placement audit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// Violations found in this page.
+    pub violations: Vec<PlacementViolation>,
+    /// Object manifests and uploaded parts walked in this page.
+    pub manifests: u64,
+    /// Stripes walked in this page.
+    pub stripes: u64,
+    /// Pass back as `cursor` for the next page; `None` when done.
+    pub next: Option<String>,
 }
 
 /// A chunkserver's periodic report to the metadata service.

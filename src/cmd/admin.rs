@@ -4,7 +4,7 @@ use cairn_metadata::client::{Consistency, MetaClient, MetaClientOptions};
 use cairn_metadata::node::{AddNodeRequest, RemoveNodeRequest};
 use cairn_metadata::types::{
     BucketGrant, ChunkserverId, ChunkserverState, ClusterStatus, Command, CommandResult, NodeId,
-    Query, QueryResult, RaftStatus,
+    PlacementViolation, Query, QueryResult, RaftStatus,
 };
 use serde::Serialize;
 
@@ -35,6 +35,11 @@ pub enum AdminCmd {
     Scrub(ScrubArgs),
     /// Background workers of every metadata node and chunkserver.
     Workers,
+    /// Check every stripe of every object and uploaded part against the
+    /// placement invariant (no two shards of a stripe on one chunkserver,
+    /// at most the zone cap per zone, no shard on an unknown chunkserver);
+    /// lists the violations and exits non-zero when there are any.
+    AuditPlacement,
 }
 
 /// `cairn admin chunkserver ...`
@@ -412,7 +417,71 @@ pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<(
         AdminCmd::Key(c) => key_cmd(&meta, c, json).await,
         AdminCmd::Scrub(a) => scrub_cmd(&meta, &secret, a, json).await,
         AdminCmd::Workers => workers_cmd(&meta, &addrs, &secret, json).await,
+        AdminCmd::AuditPlacement => audit_cmd(&meta, json).await,
     }
+}
+
+/// What `cairn admin audit-placement --json` prints.
+#[derive(Serialize)]
+struct AuditReport {
+    manifests: u64,
+    stripes: u64,
+    violations: Vec<PlacementViolation>,
+}
+
+async fn audit_cmd(meta: &MetaClient, json: bool) -> anyhow::Result<()> {
+    let mut report = AuditReport {
+        manifests: 0,
+        stripes: 0,
+        violations: Vec::new(),
+    };
+    let mut cursor = None;
+    loop {
+        let r = meta
+            .query(
+                &Query::AuditPlacement {
+                    cursor: cursor.take(),
+                    stripes: None,
+                },
+                Consistency::Linearizable,
+            )
+            .await?;
+        let page = match r {
+            QueryResult::Audit(p) => p,
+            QueryResult::Err(e) => anyhow::bail!("{e}"),
+            other => anyhow::bail!("unexpected reply {other:?}"),
+        };
+        report.manifests += page.manifests;
+        report.stripes += page.stripes;
+        report.violations.extend(page.violations);
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} manifests, {} stripes checked: {} placement violations",
+            report.manifests,
+            report.stripes,
+            report.violations.len()
+        );
+        for v in &report.violations {
+            let what = match (v.upload, v.part) {
+                (Some(u), Some(p)) => {
+                    format!("{}/{} upload {} part {p}", v.bucket, v.key, u.to_hex())
+                }
+                _ => format!("{}/{}", v.bucket, v.key),
+            };
+            println!("  {what} stripe {}: {}", v.stripe, v.detail);
+        }
+    }
+    if !report.violations.is_empty() {
+        anyhow::bail!("{} placement violations", report.violations.len());
+    }
+    Ok(())
 }
 
 /// What `cairn admin scrub` does.

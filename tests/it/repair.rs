@@ -200,11 +200,13 @@ async fn check_all(client: &Client, want: &BTreeMap<String, Vec<u8>>) -> anyhow:
     Ok(())
 }
 
-/// Kill one chunkserver of six for good: every stripe is rebuilt on the
-/// other five; then a second: rebuilt again, six shards on four servers.
+/// Kill one chunkserver of eight (four zones) for good: every stripe is
+/// rebuilt on a server holding none of its shards; then a second: rebuilt
+/// again, still six shards on six distinct servers (shards are never
+/// stacked, so six servers must stay alive).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repair_after_losing_chunkservers() -> anyhow::Result<()> {
-    let mut c = Cluster::start(opts(6, 3, 4))?;
+    let mut c = Cluster::start(opts(8, 4, 4))?;
     let client = ready(&c).await?;
     let mut want = BTreeMap::new();
     for i in 0..6u64 {
@@ -241,7 +243,11 @@ async fn repair_after_losing_chunkservers() -> anyhow::Result<()> {
     for p in placements(&client, &keys).await? {
         let servers: BTreeSet<_> = p.iter().flatten().collect();
         assert_eq!(p.len(), 6);
-        assert!(servers.len() <= 4);
+        assert_eq!(
+            servers.len(),
+            6,
+            "six shards on six distinct servers: {p:?}"
+        );
     }
     check_all(&client, &want).await?;
     Ok(())
