@@ -532,7 +532,9 @@ impl Inner {
             let this = self.clone();
             async move {
                 let placed = this
-                    .upload_with_replacement(bucket, target, &meta, payload, &used, &assigned, intent)
+                    .upload_with_replacement(
+                        bucket, target, &meta, payload, &used, &assigned, intent,
+                    )
                     .await;
                 (meta, placed)
             }
@@ -572,6 +574,7 @@ impl Inner {
     /// written to. A re-placement holds `assigned` while it asks, so two
     /// shards of a stripe re-placed at once cannot both take a zone's last
     /// slot under the zone cap (`model::apply` would refuse the manifest).
+    #[allow(clippy::too_many_arguments)]
     async fn upload_with_replacement(
         &self,
         bucket: &str,

@@ -1342,7 +1342,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -3412,6 +3412,7 @@ mod tests {
             shard: m.stripes[0].shards[0].shard,
             from: None,
             to,
+            reused: false,
         };
         assert!(matches!(
             run(&db, commit(2)),

@@ -324,7 +324,7 @@ async fn double_failure_repairs_most_urgent_first() -> anyhow::Result<()> {
 /// redundancy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repair_races_overwrite_and_delete() -> anyhow::Result<()> {
-    let mut c = Cluster::start(opts(6, 3, 4))?;
+    let mut c = Cluster::start(opts(8, 4, 4))?;
     let client = ready(&c).await?;
     let n = 12u64;
     for i in 0..n {
@@ -389,7 +389,7 @@ async fn repair_races_overwrite_and_delete() -> anyhow::Result<()> {
 /// objects are identical, then removal succeeds and it leaves the status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drain_then_remove() -> anyhow::Result<()> {
-    let mut c = Cluster::start(opts(7, 3, 4))?;
+    let mut c = Cluster::start(opts(8, 4, 4))?;
     let client = ready(&c).await?;
     let mut want = BTreeMap::new();
     for i in 0..6u64 {
@@ -486,6 +486,6 @@ async fn drain_then_remove() -> anyhow::Result<()> {
         .filter_map(|x| x["id"].as_u64())
         .collect();
     assert!(!listed.contains(&victim), "{listed:?}");
-    assert_eq!(listed.len(), 6);
+    assert_eq!(listed.len(), 7);
     Ok(())
 }

@@ -537,45 +537,46 @@ async fn slow_put_outlives_the_orphan_grace() -> anyhow::Result<()> {
 /// the old shards are collected after the delay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn get_streams_through_an_overwrite() -> anyhow::Result<()> {
-    let c = cluster(&["--gc-delay-secs", "8"])?;
+    let c = cluster(&["--gc-delay-secs", "15"])?;
     c.wait_chunkservers_up(6).await?;
     let client = c.client();
     client
-        .create_bucket("ow", EcParams::default(), SHARD)
+        .create_bucket("overwrite", EcParams::default(), SHARD)
         .await?;
     let old = data(32 * 4 * SHARD as usize, 1);
     client
-        .put("ow", "k", &old[..], PutOptions::default())
+        .put("overwrite", "k", &old[..], PutOptions::default())
         .await?;
-    let (_, mut s) = client.get("ow", "k", None).await?;
+    let (_, mut s) = client.get("overwrite", "k", None).await?;
     let mut got = Vec::new();
     if let Some(chunk) = s.next().await {
         got.extend_from_slice(&chunk?);
     }
     let new = data(4 * SHARD as usize + 5, 2);
     client
-        .put("ow", "k", &new[..], PutOptions::default())
+        .put("overwrite", "k", &new[..], PutOptions::default())
         .await?;
     let overwritten = Instant::now();
-    // Read the rest slowly: about 4 s, several heartbeats.
+    // Read the rest slowly: 127 more shard-sized chunks, about 4 s,
+    // many heartbeats, well inside the 15 s delay.
     while let Some(chunk) = s.next().await {
         got.extend_from_slice(&chunk?);
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
     }
     assert!(
-        overwritten.elapsed() < Duration::from_secs(8),
+        overwritten.elapsed() < Duration::from_secs(15),
         "the read took longer than the GC delay"
     );
     assert!(got == old, "the streaming GET returned other bytes");
-    assert!(get_all(&client, "ow", "k").await? == new);
-    let ms = manifests(&client, "ow").await?;
+    assert!(get_all(&client, "overwrite", "k").await? == new);
+    let ms = manifests(&client, "overwrite").await?;
     let live = placed(ms.get("k").context("k")?);
     wait_for("old shards collected after the delay", 40, || async {
         Ok(count_shard_files(&c) == live)
     })
     .await?;
     assert!(
-        overwritten.elapsed() >= Duration::from_secs(8),
+        overwritten.elapsed() >= Duration::from_secs(15),
         "collected before the delay"
     );
     Ok(())
