@@ -31,79 +31,31 @@
 //! dropped by the planner's next pass.
 //!
 //! # Cost
-//! One page costs one scan of the `objects` and `upload_parts` tables
-//! (decoding only placements) with memory bounded by [`PAGE`]; a whole
-//! check is O(pages x manifests), run on the blocking pool one page per
-//! heartbeat. A reverse index chunkserver -> shards would make a page
-//! O(page).
+//! One page is one range of the reverse shard index
+//! ([`crate::shard_index`]): O(page), with memory bounded by [`PAGE`]; a
+//! whole check is O(shards on `cs`), one page per heartbeat.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
-use redb::ReadableTable;
-use serde::Deserialize;
-
-use crate::model;
+use crate::shard_index;
 use crate::types::{ChunkserverId, ShardId};
 
 /// Shards per `CheckShards` page: about 330 KB of JSON on a heartbeat
 /// reply, and the leader's memory per page.
 pub const PAGE: usize = 10_000;
 
-/// Shard placements only: the rest of a manifest or part is not decoded.
-#[derive(Deserialize)]
-struct Placements {
-    #[serde(default)]
-    stripes: Vec<StripePlacements>,
-}
-
-#[derive(Deserialize)]
-struct StripePlacements {
-    #[serde(default)]
-    shards: Vec<ShardPlacement>,
-}
-
-#[derive(Deserialize)]
-struct ShardPlacement {
-    #[serde(default)]
-    chunkserver: Option<ChunkserverId>,
-    shard: ShardId,
-}
-
 /// The first at most `limit` shard ids greater than `after` that a
 /// committed manifest or an uploaded part places on `cs`, in id order, and
-/// whether they are the last ones.
+/// whether they are the last ones: one range of the reverse shard index.
 pub fn placed_page(
     txn: &redb::ReadTransaction,
     cs: ChunkserverId,
     after: Option<ShardId>,
     limit: usize,
 ) -> Result<(Vec<ShardId>, bool), redb::Error> {
-    let mut page: BTreeSet<ShardId> = BTreeSet::new();
-    let mut more = false;
-    for def in [model::OBJECTS, model::UPLOAD_PARTS] {
-        let t = match txn.open_table(def) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        for r in t.iter()? {
-            let (_, v) = r?;
-            let p: Placements = serde_json::from_slice(v.value())
-                .map_err(|e| redb::Error::Corrupted(format!("decode placements: {e}")))?;
-            for l in p.stripes.iter().flat_map(|s| s.shards.iter()) {
-                if l.chunkserver != Some(cs) || after.is_some_and(|a| l.shard <= a) {
-                    continue;
-                }
-                page.insert(l.shard);
-                if page.len() > limit {
-                    page.pop_last();
-                    more = true;
-                }
-            }
-        }
-    }
-    Ok((page.into_iter().collect(), !more))
+    let (page, done) = shard_index::page(txn, cs, after, limit)?;
+    Ok((page.into_iter().map(|(s, _)| s).collect(), done))
 }
 
 #[derive(Default)]

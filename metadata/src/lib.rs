@@ -25,5 +25,7 @@ pub mod node;
 pub mod orphans;
 pub mod planner;
 pub mod raft;
+pub mod shard_index;
+pub mod stats;
 pub mod types;
 pub mod worker;

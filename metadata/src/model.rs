@@ -64,10 +64,12 @@ use std::ops::Bound;
 
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use crate::shard_index::{self, OwnerRow};
+use crate::stats;
 use crate::types::*;
 
 /// Version of the model tables' encoding.
-pub const MODEL_FORMAT_VERSION: u64 = 1;
+pub const MODEL_FORMAT_VERSION: u64 = 2;
 
 /// Buckets by name.
 pub const BUCKETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("buckets");
@@ -134,6 +136,8 @@ pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>
     INTENT_EXPIRY,
     INTENT_SHARDS,
     INTENT_ROWS,
+    shard_index::SHARD_OWNERS,
+    stats::BUCKET_STATS,
 ];
 
 /// How long a GC tombstone is kept: far longer than a repair report can be
@@ -195,7 +199,7 @@ fn part_key(upload: &StripeId, number: u32) -> [u8; 20] {
 
 /// Removes every part of `upload`, returning them by number.
 fn take_parts(txn: &redb::WriteTransaction, upload: &StripeId) -> StoreResult<Vec<UploadPart>> {
-    let mut t = txn.open_table(UPLOAD_PARTS)?;
+    let t = txn.open_table(UPLOAD_PARTS)?;
     let start = part_key(upload, 0);
     let end = part_key(upload, u32::MAX);
     let mut keys = Vec::new();
@@ -205,8 +209,11 @@ fn take_parts(txn: &redb::WriteTransaction, upload: &StripeId) -> StoreResult<Ve
         keys.push(k.value().to_vec());
         parts.push(dec::<UploadPart>(v.value())?);
     }
-    for k in keys {
+    drop(t);
+    let mut t = txn.open_table(UPLOAD_PARTS)?;
+    for (k, p) in keys.into_iter().zip(&parts) {
         t.remove(k.as_slice())?;
+        shard_index::remove(txn, &OwnerRow::Part(k), &p.stripes)?;
     }
     Ok(parts)
 }
@@ -353,6 +360,8 @@ fn apply_inner(
                 return Ok(Err(MetaError::BucketNotEmpty(name.clone())));
             }
             t.remove(name.as_bytes())?;
+            drop(t);
+            stats::forget(txn, name)?;
             Ok(Ok(CommandResult::Ok))
         }
         Command::PutObject {
@@ -389,6 +398,13 @@ fn apply_inner(
             }
             objects.insert(ok.as_slice(), enc(manifest)?.as_slice())?;
             drop(objects);
+            let row = OwnerRow::Object(ok);
+            if let Some(old) = &old {
+                shard_index::remove(txn, &row, &old.stripes)?;
+            }
+            shard_index::add(txn, &row, manifest.version, 0, &manifest.stripes)?;
+            stats::replace(txn, bucket, old.as_ref(), Some(manifest))?;
+            queue_unplaced(txn, bucket, key, manifest)?;
             if let Some(old) = old {
                 let keep: HashSet<ShardId> = manifest.placed_shards().map(|(_, s)| s).collect();
                 queue_gc(
@@ -423,6 +439,8 @@ fn apply_inner(
             if let Some(old) = old {
                 objects.remove(ok.as_slice())?;
                 drop(objects);
+                shard_index::remove(txn, &OwnerRow::Object(ok), &old.stripes)?;
+                stats::replace(txn, bucket, Some(&old), None)?;
                 queue_gc(txn, now, old.placed_shards())?;
                 drop_repairs(txn, &old.version)?;
             }
@@ -635,6 +653,11 @@ fn apply_inner(
             };
             t.insert(pk.as_slice(), enc(part)?.as_slice())?;
             drop(t);
+            let row = OwnerRow::Part(pk.to_vec());
+            if let Some(old) = &old {
+                shard_index::remove(txn, &row, &old.stripes)?;
+            }
+            shard_index::add(txn, &row, *upload, 0, &part.stripes)?;
             if let Some(old) = old {
                 let keep: HashSet<ShardId> = placed_in(&part.stripes).map(|(_, s)| s).collect();
                 let old: Vec<_> = placed_in(&old.stripes)
@@ -808,6 +831,13 @@ fn complete_upload(
     drop(objects);
     txn.open_table(UPLOADS)?.remove(uk.as_slice())?;
     let all = take_parts(txn, upload)?;
+    let row = OwnerRow::Object(ok);
+    if let Some(old) = &old {
+        shard_index::remove(txn, &row, &old.stripes)?;
+    }
+    shard_index::add(txn, &row, manifest.version, 0, &manifest.stripes)?;
+    stats::replace(txn, bucket, old.as_ref(), Some(&manifest))?;
+    queue_unplaced(txn, bucket, key, &manifest)?;
     let keep: HashSet<ShardId> = manifest.placed_shards().map(|(_, s)| s).collect();
     let mut garbage: Vec<(ChunkserverId, ShardId)> = all
         .iter()
@@ -965,6 +995,18 @@ fn commit_repair(
     }
     objects.insert(ok.as_slice(), enc(&m)?.as_slice())?;
     drop(objects);
+    shard_index::relocate(
+        txn,
+        &shard_index::Owner {
+            row: OwnerRow::Object(ok),
+            version,
+            stripe,
+            index,
+        },
+        shard,
+        from,
+        to,
+    )?;
     txn.open_table(REPAIR)?.remove(item_key.as_slice())?;
     if let Some(f) = from {
         txn.open_table(BAD)?.remove(gc_key(f, shard).as_slice())?;
@@ -977,27 +1019,9 @@ fn commit_repair(
     Ok(Ok(CommandResult::Ok))
 }
 
-/// Whether any manifest or uploaded part places a shard on `cs`.
-fn places_on(txn: &redb::WriteTransaction, cs: ChunkserverId) -> StoreResult<bool> {
-    for r in txn.open_table(OBJECTS)?.iter()? {
-        let (_, v) = r?;
-        let m: ObjectManifest = dec(v.value())?;
-        if m.placed_shards().any(|(c, _)| c == cs) {
-            return Ok(true);
-        }
-    }
-    for r in txn.open_table(UPLOAD_PARTS)?.iter()? {
-        let (_, v) = r?;
-        let p: UploadPart = dec(v.value())?;
-        if placed_in(&p.stripes).any(|(c, _)| c == cs) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// Forgets a drained or dead chunkserver that no manifest or upload names:
-/// its row, its GC queue and its bad reports. A full scan: removal is rare.
+/// its row, its GC queue and its bad reports. The "names nothing" check is
+/// one range of the reverse index.
 fn remove_chunkserver(
     txn: &redb::WriteTransaction,
     id: ChunkserverId,
@@ -1019,7 +1043,7 @@ fn remove_chunkserver(
             info.state
         ))));
     }
-    if places_on(txn, id)? {
+    if shard_index::places_on(txn, id)? {
         return Ok(Err(MetaError::Invalid(format!(
             "chunkserver {id} still holds shards named by objects or uploads; \
              wait until the drain (or repair) has moved them"
@@ -1205,6 +1229,10 @@ impl StripeViolation {
                 "shards {idx} are on chunkserver {}, which is not registered",
                 self.chunkserver.unwrap_or(0)
             ),
+            ViolationKind::Index => format!(
+                "shards {idx} on chunkserver {} disagree with the reverse shard index",
+                self.chunkserver.unwrap_or(0)
+            ),
         }
     }
 }
@@ -1321,7 +1349,7 @@ impl PlacementRules {
                 .find(|v| match v.kind {
                     ViolationKind::SameChunkserver => true,
                     ViolationKind::ZoneCap => zone_cap,
-                    ViolationKind::UnknownChunkserver => false,
+                    ViolationKind::UnknownChunkserver | ViolationKind::Index => false,
                 });
             if let Some(v) = v {
                 return Err(MetaError::Placement {
@@ -1352,8 +1380,9 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// One page of `Query::AuditPlacement`. The cursor is `o` + the hex of the
-/// last object key walked, or `p` + the hex of the last upload-part key:
-/// objects first, then uploaded parts, each in key order.
+/// last object key walked, `p` + the hex of the last upload-part key, or `i`
+/// + the hex of the last reverse-index key (`i` alone: its start): objects
+/// first, then uploaded parts, each in key order, then the reverse index.
 fn audit_page(
     txn: &redb::ReadTransaction,
     cursor: Option<&str>,
@@ -1375,6 +1404,9 @@ fn audit_page(
             match tag {
                 "o" => (false, Some(bytes)),
                 "p" => (true, Some(bytes)),
+                "i" => {
+                    return audit_index_page(txn, Some(bytes), limit);
+                }
                 _ => return bad_cursor(),
             }
         }
@@ -1385,11 +1417,32 @@ fn audit_page(
                 bucket: &str,
                 key: &str,
                 upload: Option<(StripeId, u32)>,
+                row: OwnerRow,
+                version: StripeId,
                 ec: EcParams,
-                stripes: &[StripeManifest]| {
+                stripes: &[StripeManifest]|
+     -> StoreResult<()> {
         let cap = rules.cap(ec);
         for (si, s) in stripes.iter().enumerate() {
-            for v in rules.check(ec, &s.shards) {
+            let mut found = rules.check(ec, &s.shards);
+            for (idx, l) in s.shards.iter().enumerate() {
+                let Some(cs) = l.chunkserver else { continue };
+                let want = shard_index::Owner {
+                    row: row.clone(),
+                    version,
+                    stripe: si as u64,
+                    index: idx as u8,
+                };
+                if shard_index::owner(txn, cs, &l.shard)?.as_ref() != Some(&want) {
+                    found.push(StripeViolation {
+                        kind: ViolationKind::Index,
+                        chunkserver: Some(cs),
+                        zone: None,
+                        indexes: vec![idx as u8],
+                    });
+                }
+            }
+            for v in found {
                 page.violations.push(PlacementViolation {
                     bucket: bucket.to_string(),
                     key: key.to_string(),
@@ -1406,6 +1459,7 @@ fn audit_page(
         }
         page.manifests += 1;
         page.stripes += stripes.len() as u64;
+        Ok(())
     };
     if !in_parts {
         let t = open_ro(txn, OBJECTS)?;
@@ -1425,7 +1479,10 @@ fn audit_page(
                     ),
                     None => (String::from_utf8_lossy(raw).into_owned(), String::new()),
                 };
-                push(&mut page, &bucket, &key, None, m.ec, &m.stripes);
+                let row = OwnerRow::Object(raw.to_vec());
+                push(
+                    &mut page, &bucket, &key, None, row, m.version, m.ec, &m.stripes,
+                )?;
                 if page.stripes >= limit {
                     page.next = Some(format!("o{}", hex(raw)));
                     return Ok(Ok(QueryResult::Audit(page)));
@@ -1462,13 +1519,118 @@ fn audit_page(
                 &u.bucket,
                 &u.key,
                 Some((id, p.info.number)),
+                OwnerRow::Part(raw.to_vec()),
+                id,
                 u.ec,
                 &p.stripes,
-            );
+            )?;
             if page.stripes >= limit {
                 page.next = Some(format!("p{}", hex(raw)));
                 return Ok(Ok(QueryResult::Audit(page)));
             }
+        }
+    }
+    // Then the reverse index itself, from its start, with what is left of
+    // the page.
+    let rest = limit.saturating_sub(page.stripes);
+    if rest == 0 {
+        page.next = Some("i".to_string());
+        return Ok(Ok(QueryResult::Audit(page)));
+    }
+    if let Ok(QueryResult::Audit(tail)) = audit_index_page(txn, None, rest)? {
+        page.violations.extend(tail.violations);
+        page.next = tail.next;
+    }
+    Ok(Ok(QueryResult::Audit(page)))
+}
+
+/// The last phase of the audit: every reverse-index row after `after` must
+/// be placed, by the row it names, at its stripe and index. Rows count
+/// towards `limit` like stripes.
+fn audit_index_page(
+    txn: &redb::ReadTransaction,
+    after: Option<Vec<u8>>,
+    limit: u64,
+) -> StoreResult<Result<QueryResult, MetaError>> {
+    let mut page = AuditPage::default();
+    let Some(t) = open_ro(txn, shard_index::SHARD_OWNERS)? else {
+        return Ok(Ok(QueryResult::Audit(page)));
+    };
+    let objects = open_ro(txn, OBJECTS)?;
+    let parts = open_ro(txn, UPLOAD_PARTS)?;
+    let lower = match &after {
+        Some(a) if !a.is_empty() => Bound::Excluded(a.as_slice()),
+        _ => Bound::Unbounded,
+    };
+    // Decoded rows, so an object's many shards decode it once per page.
+    let mut cache: HashMap<Vec<u8>, Option<Vec<StripeManifest>>> = HashMap::new();
+    let mut rows = 0u64;
+    for r in t.range::<&[u8]>((lower, Bound::Unbounded))? {
+        let (k, v) = r?;
+        let raw = k.value();
+        let Some((cs, shard)) = split_cs_shard(raw) else {
+            return Err(redb::Error::Corrupted(
+                "shard index key of bad length".into(),
+            ));
+        };
+        let owner = shard_index::decode(v.value())?;
+        let (table, row_key, is_part) = match &owner.row {
+            shard_index::OwnerRow::Object(k) => (&objects, k, false),
+            shard_index::OwnerRow::Part(k) => (&parts, k, true),
+        };
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        let cache_key = [[u8::from(is_part)].as_slice(), row_key.as_slice()].concat();
+        if !cache.contains_key(&cache_key) {
+            let stripes = match table {
+                Some(t) => match t.get(row_key.as_slice())? {
+                    Some(v) if is_part => Some(dec::<UploadPart>(v.value())?.stripes),
+                    Some(v) => Some(dec::<ObjectManifest>(v.value())?.stripes),
+                    None => None,
+                },
+                None => None,
+            };
+            cache.insert(cache_key.clone(), stripes);
+        }
+        let placed = cache
+            .get(&cache_key)
+            .and_then(|s| s.as_ref())
+            .and_then(|s| usize::try_from(owner.stripe).ok().and_then(|i| s.get(i)))
+            .and_then(|s| s.shards.get(usize::from(owner.index)))
+            .is_some_and(|l| l.shard == shard && l.chunkserver == Some(cs));
+        if !placed {
+            let (bucket, key) = if is_part {
+                (String::new(), String::new())
+            } else {
+                match row_key.iter().position(|b| *b == 0) {
+                    Some(p) => (
+                        String::from_utf8_lossy(&row_key[..p]).into_owned(),
+                        String::from_utf8_lossy(&row_key[p + 1..]).into_owned(),
+                    ),
+                    None => (String::from_utf8_lossy(row_key).into_owned(), String::new()),
+                }
+            };
+            page.violations.push(PlacementViolation {
+                bucket,
+                key,
+                upload: is_part.then_some(owner.version),
+                part: None,
+                stripe: owner.stripe,
+                kind: ViolationKind::Index,
+                chunkserver: Some(cs),
+                zone: None,
+                indexes: vec![owner.index],
+                detail: format!(
+                    "the reverse shard index places shard {} on chunkserver {cs}, but its row does not",
+                    shard.to_hex()
+                ),
+            });
+        }
+        rows += 1;
+        if rows >= limit {
+            page.next = Some(format!("i{}", hex(raw)));
+            return Ok(Ok(QueryResult::Audit(page)));
         }
     }
     Ok(Ok(QueryResult::Audit(page)))
@@ -1510,6 +1672,37 @@ fn drop_repairs(txn: &redb::WriteTransaction, version: &StripeId) -> StoreResult
         .collect::<Result<_, _>>()?;
     for k in keys {
         t.remove(k.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Queues for repair every shard of `m` that no chunkserver holds (a write
+/// that could not place every shard), in the transaction that commits it:
+/// the planner learns of the degraded stripe by construction, not from a
+/// follow-up command the writer may never send.
+fn queue_unplaced(
+    txn: &redb::WriteTransaction,
+    bucket: &str,
+    key: &str,
+    m: &ObjectManifest,
+) -> StoreResult<()> {
+    let mut t = txn.open_table(REPAIR)?;
+    for (si, s) in m.stripes.iter().enumerate() {
+        for (i, l) in s.shards.iter().enumerate() {
+            if l.chunkserver.is_some() {
+                continue;
+            }
+            let item = RepairItem {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                version: m.version,
+                stripe: si as u64,
+                index: i as u8,
+                chunkserver: None,
+                reason: "written degraded".into(),
+            };
+            t.insert(repair_key(&item).as_slice(), enc(&item)?.as_slice())?;
+        }
     }
     Ok(())
 }
@@ -1878,7 +2071,11 @@ pub fn intent_named(
 /// GC rows with an empty value (from before GC had a minimum delay) become
 /// "queued at time 0", i.e. due at once, as they were, and get their
 /// `gc_due` index row. Deterministic: every replica rewrites the same rows.
+///
+/// Format 1 files have no reverse shard index: [`build_shard_index`] builds
+/// it once (the one full walk of every object and part, at upgrade).
 pub fn migrate(txn: &redb::WriteTransaction) -> StoreResult<()> {
+    build_shard_index(txn)?;
     let mut counters = txn.open_table(COUNTERS)?;
     if counters.get(b"gc_due_index".as_slice())?.is_some() {
         return Ok(());
@@ -1901,6 +2098,51 @@ pub fn migrate(txn: &redb::WriteTransaction) -> StoreResult<()> {
         };
         gc.insert(k.as_slice(), 0u64.to_be_bytes().as_slice())?;
         due.insert(gc_due_key(cs, 0, &s).as_slice(), [].as_slice())?;
+    }
+    Ok(())
+}
+
+/// Builds the `shard_owners` index from every object and uploaded part,
+/// and the `bucket_stats` counters from every object, once per state (a
+/// counter marks them built). Deterministic.
+fn build_shard_index(txn: &redb::WriteTransaction) -> StoreResult<()> {
+    let mut counters = txn.open_table(COUNTERS)?;
+    if counters.get(b"shard_index".as_slice())?.is_some() {
+        return Ok(());
+    }
+    counters.insert(b"shard_index".as_slice(), 1u64.to_be_bytes().as_slice())?;
+    drop(counters);
+    txn.delete_table(shard_index::SHARD_OWNERS)?;
+    txn.open_table(shard_index::SHARD_OWNERS)?;
+    txn.delete_table(stats::BUCKET_STATS)?;
+    txn.open_table(stats::BUCKET_STATS)?;
+    let objects = txn.open_table(OBJECTS)?;
+    for r in objects.iter()? {
+        let (k, v) = r?;
+        let m: ObjectManifest = dec(v.value())?;
+        let row = OwnerRow::Object(k.value().to_vec());
+        shard_index::add(txn, &row, m.version, 0, &m.stripes)?;
+        let raw = k.value();
+        let bucket = raw
+            .iter()
+            .position(|b| *b == 0)
+            .map(|p| &raw[..p])
+            .unwrap_or(raw);
+        stats::replace(txn, &String::from_utf8_lossy(bucket), None, Some(&m))?;
+    }
+    drop(objects);
+    let parts = txn.open_table(UPLOAD_PARTS)?;
+    for r in parts.iter()? {
+        let (k, v) = r?;
+        let p: UploadPart = dec(v.value())?;
+        let upload = k
+            .value()
+            .get(..16)
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map(StripeId)
+            .ok_or_else(|| redb::Error::Corrupted("upload part key of bad length".into()))?;
+        let row = OwnerRow::Part(k.value().to_vec());
+        shard_index::add(txn, &row, upload, 0, &p.stripes)?;
     }
     Ok(())
 }
@@ -2488,6 +2730,57 @@ mod tests {
         }
     }
 
+    /// The reverse index and bucket counters `apply` maintained equal the
+    /// ones the migration builds from the rows, and the audit finds no index
+    /// disagreement.
+    fn assert_index_matches(db: &redb::Database) {
+        let rows = |txn: &redb::WriteTransaction| -> Vec<(Vec<u8>, Vec<u8>)> {
+            let mut out = Vec::new();
+            for def in [shard_index::SHARD_OWNERS, stats::BUCKET_STATS] {
+                let t = txn.open_table(def).expect("table");
+                out.extend(t.iter().expect("iter").map(|r| {
+                    let (k, v) = r.expect("row");
+                    (k.value().to_vec(), v.value().to_vec())
+                }));
+            }
+            out
+        };
+        let txn = db.begin_write().expect("begin");
+        let kept = rows(&txn);
+        txn.open_table(COUNTERS)
+            .expect("counters")
+            .remove(b"shard_index".as_slice())
+            .expect("remove");
+        build_shard_index(&txn).expect("rebuild");
+        let rebuilt = rows(&txn);
+        txn.abort().expect("abort");
+        assert_eq!(kept, rebuilt, "maintained index differs from a rebuild");
+        let txn = db.begin_read().expect("read");
+        let mut cursor: Option<String> = None;
+        loop {
+            let r = query(
+                &txn,
+                &Query::AuditPlacement {
+                    cursor: cursor.clone(),
+                    stripes: Some(3),
+                },
+            );
+            let Ok(QueryResult::Audit(page)) = r else {
+                panic!("audit: {r:?}")
+            };
+            let index: Vec<_> = page
+                .violations
+                .iter()
+                .filter(|v| v.kind == ViolationKind::Index)
+                .collect();
+            assert!(index.is_empty(), "{index:?}");
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+    }
+
     fn run(db: &redb::Database, cmd: Command) -> CommandResult {
         let txn = db.begin_write().expect("begin");
         let r = apply(&txn, &cmd).expect("apply");
@@ -2777,6 +3070,7 @@ mod tests {
             run(&db, remove(1)),
             CommandResult::Err(MetaError::NoSuchChunkserver(1))
         ));
+        assert_index_matches(&db);
     }
 
     /// A completion whose parts add up to more than 5 TiB is refused.
@@ -2831,6 +3125,7 @@ mod tests {
             CommandResult::Ok,
             "one 3 TiB part is within the limit"
         );
+        assert_index_matches(&db);
     }
 
     /// Replaced, unused and aborted parts' shards all reach the GC queue;
@@ -2984,6 +3279,7 @@ mod tests {
             run(&db, abort),
             CommandResult::Err(MetaError::NoSuchUpload(_))
         ));
+        assert_index_matches(&db);
     }
 
     fn at(now_ms: u64, cmd: Command) -> Command {
@@ -3050,6 +3346,53 @@ mod tests {
         gc_due(&txn, cs, 1000, before).expect("gc due")
     }
 
+    /// A manifest committed with an unplaced shard queues its repair in the
+    /// same transaction; overwriting the object drops it.
+    #[test]
+    fn unplaced_shards_are_queued_for_repair_on_commit() {
+        let db = db();
+        let bucket = BucketInfo {
+            name: "bkt".into(),
+            ec: EcParams { k: 1, m: 1 },
+            shard_size: 4,
+            created_ms: 0,
+            owner: String::new(),
+        };
+        assert_eq!(
+            run(&db, Command::CreateBucket { bucket }),
+            CommandResult::Ok
+        );
+        for id in 1..=2u64 {
+            let r = run(
+                &db,
+                Command::RegisterChunkserver {
+                    addr: format!("cs{id}"),
+                    zone: format!("z{id}"),
+                    capacity: 1,
+                    free: 1,
+                    now_ms: 0,
+                },
+            );
+            assert_eq!(r, CommandResult::Registered { id });
+        }
+        let mut stripe = stripe_on(&[1, 2], 0x40);
+        stripe.shards[1].chunkserver = None;
+        let m = manifest(1, vec![stripe]);
+        assert_eq!(run(&db, put(&m)), CommandResult::Ok);
+        let items = repair_items(&db.begin_read().expect("read")).expect("items");
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(
+            (items[0].version, items[0].stripe, items[0].index),
+            (m.version, 0, 1)
+        );
+        let m2 = manifest(2, vec![stripe_on(&[1, 2], 0x50)]);
+        assert_eq!(run(&db, put(&m2)), CommandResult::Ok);
+        assert!(repair_items(&db.begin_read().expect("read"))
+            .expect("items")
+            .is_empty());
+        assert_index_matches(&db);
+    }
+
     /// Overwritten shards are queued with the entry's time and handed out
     /// only once they are older than the delay; GcDone clears both rows.
     /// Legacy rows (empty value) are migrated to "due at once".
@@ -3094,6 +3437,7 @@ mod tests {
         migrate(&txn).expect("migrate");
         txn.commit().expect("commit");
         assert_eq!(due(&db, 3, 0), vec![ShardId([0x77; 16])]);
+        assert_index_matches(&db);
     }
 
     /// Item 7: the chunkserver deleted its (stale) copy and, in the same
@@ -3161,6 +3505,7 @@ mod tests {
         let txn = db.begin_read().expect("read");
         let t = txn.open_table(GC_DELETED).expect("tombstones");
         assert!(t.get(gc_key(3, &shard).as_slice()).expect("get").is_none());
+        assert_index_matches(&db);
     }
 
     fn intent_rows(db: &redb::Database) -> (u64, u64, u64, u64) {
@@ -3310,6 +3655,7 @@ mod tests {
             CommandResult::Ok
         );
         assert_eq!(intent_rows(&db), (0, 0, 0, 0));
+        assert_index_matches(&db);
     }
 
     fn cs(id: u64, zone: &str) -> ChunkserverInfo {
@@ -3469,6 +3815,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert_index_matches(&db);
     }
 
     /// place() never exceeds the zone cap: with one zone's servers

@@ -256,6 +256,11 @@ impl HttpClient {
 /// objects and snapshot chunks fit; anything larger is a bug or an attack.
 pub const MAX_JSON_BODY: usize = 64 << 20;
 
+/// Extra bytes a Raft RPC body may hold beyond [`MAX_JSON_BODY`]: the
+/// envelope (log id, vote, the leader's time stamp) around one entry that
+/// holds a client write of the full limit.
+pub const RAFT_ENVELOPE: usize = 1 << 20;
+
 /// Transport-level failures, kept apart from application errors.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NetError {
@@ -327,6 +332,16 @@ pub struct ErrorBody {
 /// A JSON response with `status`.
 pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     match serde_json::to_vec(value) {
+        // Every reader refuses a body over the limit: say so instead of
+        // sending what the other side cannot take.
+        Ok(v) if v.len() > MAX_JSON_BODY => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ReplyTooLarge",
+            &format!(
+                "the reply would be {} bytes; the limit is {MAX_JSON_BODY}",
+                v.len()
+            ),
+        ),
         Ok(v) => {
             let mut r = Response::new(full(v));
             *r.status_mut() = status;

@@ -245,14 +245,20 @@ async fn read_barrier_loop(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<ReadW
     }
 }
 
-/// A client write waiting to be proposed.
+/// A client write waiting to be proposed, with its encoded size in bytes.
 type Pending = (
     Command,
+    usize,
     tokio::sync::oneshot::Sender<Result<CommandResult, ApiError>>,
 );
 
-/// Most client writes proposed as one log entry: bounds the entry size.
+/// Most client writes proposed as one log entry.
 const MAX_BATCH: usize = 256;
+
+/// Most bytes of client writes (as they arrived, JSON) gathered into one
+/// log entry: a single write may be larger (up to the API's body limit),
+/// but it is then proposed alone, never joined by others.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// Proposals in flight at once. While they are, new writes queue up and
 /// form the next batch: group commit that grows with load, one fsync per
@@ -279,17 +285,31 @@ async fn propose(raft: &Raft, cmd: Command) -> Result<CommandResult, ApiError> {
 /// when the node (the only sender) is dropped.
 async fn batch_loop(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
+    // A write that would have overflowed the previous batch starts the next.
+    let mut held: Option<Pending> = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
-            return;
+        let first = match held.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        let mut bytes = first.1;
+        let mut batch = vec![(first.0, first.2)];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) if bytes + p.1 > MAX_BATCH_BYTES => {
+                    held = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    bytes += p.1;
+                    batch.push((p.0, p.2));
+                }
                 Err(_) => break,
             }
         }
@@ -470,13 +490,13 @@ impl MetaNode {
     }
 
     /// Proposes a client's `cmd` through the group-commit batcher.
-    async fn client_write(&self, cmd: Command) -> Result<CommandResult, ApiError> {
+    async fn client_write(&self, cmd: Command, bytes: usize) -> Result<CommandResult, ApiError> {
         if !self.is_leader() {
             return Err(ApiError::NotLeader(self.leader_addr()));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.batcher
-            .send((cmd, tx))
+            .send((cmd, bytes, tx))
             .await
             .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
         rx.await
@@ -875,7 +895,15 @@ impl MetaNode {
             .uri()
             .query()
             .is_some_and(|q| q.split('&').any(|p| p == "stale=1" || p == "stale=true"));
-        let body = match net::read_body(req.into_body(), net::MAX_JSON_BODY).await {
+        // A Raft append may carry a client write of the full body limit
+        // plus its envelope: a follower must accept what the leader's own
+        // API accepted, or replication would stall on that entry forever.
+        let limit = if path.starts_with(raft::network::RAFT_PATH_PREFIX) {
+            net::MAX_JSON_BODY + net::RAFT_ENVELOPE
+        } else {
+            net::MAX_JSON_BODY
+        };
+        let body = match net::read_body(req.into_body(), limit).await {
             Ok(b) => b,
             Err(net::NetError::TooLarge { limit }) => {
                 return net::error_response(
@@ -898,7 +926,7 @@ impl MetaNode {
             Ok(match path.as_str() {
                 "/v1/write" => {
                     let cmd: Command = parse(&body)?;
-                    net::json_response(StatusCode::OK, &self.client_write(cmd).await?)
+                    net::json_response(StatusCode::OK, &self.client_write(cmd, body.len()).await?)
                 }
                 "/v1/read" => {
                     let q: Query = parse(&body)?;

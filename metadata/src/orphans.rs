@@ -47,20 +47,19 @@
 //! manifest does not place it on is a stale copy and is collected).
 //!
 //! # Cost
-//! Each page costs one scan of the `objects` and `upload_parts` tables
-//! (decoding only shard placements) with memory bounded by the page, and
-//! scans are serialized, so reconciliation never takes more than one core.
-//! A reverse index (shard -> owner) would make it O(page); the model does
-//! not have one yet.
+//! Each page costs a few point lookups per entry (GC queue, write intents,
+//! the reverse shard index [`crate::shard_index`]): O(page), whatever the
+//! number of objects, with memory bounded by the page. Checks are still
+//! serialized, so reconciliation never takes more than one core.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::model;
+use crate::shard_index;
 use crate::types::{ChunkserverId, InventoryEntry, InventoryPage, ShardId};
 
 /// Largest inventory page accepted: 10,000 entries are about 700 KB of
@@ -115,26 +114,6 @@ pub struct Verdict {
     pub queued: u64,
 }
 
-/// Shard placements only: the rest of a manifest or part is not decoded.
-#[derive(Deserialize)]
-struct Placements {
-    #[serde(default)]
-    stripes: Vec<StripePlacements>,
-}
-
-#[derive(Deserialize)]
-struct StripePlacements {
-    #[serde(default)]
-    shards: Vec<ShardPlacement>,
-}
-
-#[derive(Deserialize)]
-struct ShardPlacement {
-    #[serde(default)]
-    chunkserver: Option<ChunkserverId>,
-    shard: ShardId,
-}
-
 /// The `gc` table's key (see the model's format notes).
 fn gc_key(cs: ChunkserverId, shard: &ShardId) -> [u8; 24] {
     let mut k = [0u8; 24];
@@ -155,33 +134,6 @@ fn open<'a>(
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Removes from `candidates` every shard the JSON rows of `table` (manifests
-/// or uploaded parts) place on `cs`.
-fn strike_named(
-    txn: &redb::ReadTransaction,
-    table: redb::TableDefinition<'static, &'static [u8], &'static [u8]>,
-    cs: ChunkserverId,
-    candidates: &mut HashMap<ShardId, u64>,
-) -> Result<(), redb::Error> {
-    let Some(t) = open(txn, table)? else {
-        return Ok(());
-    };
-    for r in t.iter()? {
-        if candidates.is_empty() {
-            break;
-        }
-        let (_, v) = r?;
-        let p: Placements = serde_json::from_slice(v.value())
-            .map_err(|e| redb::Error::Corrupted(format!("decode placements: {e}")))?;
-        for l in p.stripes.iter().flat_map(|s| s.shards.iter()) {
-            if l.chunkserver == Some(cs) {
-                candidates.remove(&l.shard);
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Sorts one page of chunkserver `cs`'s inventory against the state on
@@ -214,8 +166,17 @@ pub fn check_page(
     for s in model::intent_named(txn, cs, candidates.keys().copied())? {
         candidates.remove(&s);
     }
-    strike_named(txn, model::OBJECTS, cs, &mut candidates)?;
-    strike_named(txn, model::UPLOAD_PARTS, cs, &mut candidates)?;
+    // Shards a committed object version or uploaded part places on `cs`:
+    // one lookup each in the reverse index.
+    let mut named = Vec::new();
+    for s in candidates.keys() {
+        if shard_index::is_named(txn, cs, s)? {
+            named.push(*s);
+        }
+    }
+    for s in named {
+        candidates.remove(&s);
+    }
     v.named = unnamed_before - candidates.len() as u64;
     for (shard, age) in candidates {
         if age >= grace_ms {

@@ -746,20 +746,10 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
             }
         }
     })?;
-    model::for_each_part(&txn, |p| {
-        for s in &p.stripes {
-            for l in &s.shards {
-                if let Some(c) = l.chunkserver {
-                    if let Some(seen) = bad.get_mut(&(c, l.shard)) {
-                        *seen = true;
-                    }
-                }
-            }
-        }
-    })?;
+    // Bad reports that no committed row places (any more): forget them.
     let mut clear_bad: BTreeMap<ChunkserverId, Vec<ShardId>> = BTreeMap::new();
     for ((c, s), seen) in bad {
-        if !seen {
+        if !seen && !crate::shard_index::is_named(&txn, c, &s)? {
             clear_bad.entry(c).or_default().push(s);
         }
     }

@@ -1203,6 +1203,10 @@ pub enum ViolationKind {
     /// A shard on a chunkserver the metadata service does not know (never
     /// registered or removed).
     UnknownChunkserver,
+    /// The reverse shard index disagrees with the rows: a placed shard
+    /// without its index row (or with another owner's), or an index row no
+    /// row places. Never expected: a bug in the model.
+    Index,
 }
 
 /// One violation of the placement invariant found by the audit.

@@ -63,9 +63,9 @@ pub const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
 const SNAPSHOT_TMP: &str = "raft-snapshot.bin.tmp";
 
 /// Last applied id, membership and model format version, by name.
-const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
-const KEY_FORMAT: &str = "format";
+pub(crate) const KEY_FORMAT: &str = "format";
 const KEY_LAST_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "last_membership";
 
@@ -90,7 +90,8 @@ const KEY_MEMBERSHIP: &str = "last_membership";
  *
  * Nothing may follow the trailer. A reader checks every length against the
  * bytes left, refuses unknown or repeated table names, unsorted keys, a
- * model_format_version other than its own, and a meta that disagrees with
+ * model_format_version newer than its own (an older one is migrated after the
+ * install), and a meta that disagrees with
  * the SnapshotMeta openraft hands it. A new version bumps SNAPSHOT_VERSION;
  * readers keep accepting the older versions they can convert.
  */
@@ -218,18 +219,38 @@ impl StateMachineStore {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
+            let found = match txn.open_table(SM_META)?.get(KEY_FORMAT)? {
+                Some(v) => Some(serde_json::from_slice::<u64>(v.value())?),
+                None => None,
+            };
+            // Refuse a newer format before touching anything.
+            if let Some(found) = found.filter(|f| *f > MODEL_FORMAT_VERSION) {
+                return Err(StoreError::Version {
+                    what: "state machine",
+                    found,
+                    supported: MODEL_FORMAT_VERSION,
+                });
+            }
             for def in MODEL_TABLES {
                 txn.open_table(*def)?;
             }
             model::migrate(&txn)?;
             let mut meta = txn.open_table(SM_META)?;
-            let found = match meta.get(KEY_FORMAT)? {
-                Some(v) => Some(serde_json::from_slice::<u64>(v.value())?),
-                None => None,
-            };
             match found {
                 Some(MODEL_FORMAT_VERSION) => {}
-                // Migrations from older model versions go here.
+                // Format 1 (no reverse shard index): `model::migrate` has
+                // just built what format 2 adds.
+                Some(1) => {
+                    tracing::info!(
+                        from = 1,
+                        to = MODEL_FORMAT_VERSION,
+                        "state machine upgraded"
+                    );
+                    meta.insert(
+                        KEY_FORMAT,
+                        serde_json::to_vec(&MODEL_FORMAT_VERSION)?.as_slice(),
+                    )?;
+                }
                 Some(found) => {
                     return Err(StoreError::Version {
                         what: "state machine",
@@ -446,7 +467,9 @@ fn load_stream(
     }
     let meta: StreamMeta = serde_json::from_slice(r.chunk32()?)
         .map_err(|e| StoreError::corrupt(WHAT, format!("bad meta: {e}")))?;
-    if meta.model_format_version != MODEL_FORMAT_VERSION {
+    // Format 1 snapshots (an older leader's) lack the reverse shard index;
+    // `model::migrate` below builds it.
+    if !(1..=MODEL_FORMAT_VERSION).contains(&meta.model_format_version) {
         return Err(StoreError::Version {
             what: "snapshot model",
             found: meta.model_format_version,

@@ -559,3 +559,121 @@ async fn three_node_cluster_replicates_and_ships_snapshots() {
         n.stop().await;
     }
 }
+
+/// A state machine file of model format 1 (no reverse shard index) opens,
+/// builds the index from its rows and is stamped format 2.
+#[tokio::test]
+async fn format_1_state_opens_and_builds_the_shard_index() {
+    use crate::shard_index;
+    use crate::types::StripeManifest;
+    use crate::types::{Hash32, ObjectManifest, PutCondition, ShardId, ShardLoc, StripeId};
+    let dir = TempDir::new().unwrap();
+    {
+        let (_log, mut sm) = open_stores(dir.path()).await.unwrap();
+        let mut entries = vec![normal(1, create_bucket("bkt"))];
+        for i in 0..2u64 {
+            entries.push(normal(
+                2 + i,
+                Command::RegisterChunkserver {
+                    addr: format!("cs{i}"),
+                    zone: format!("z{i}"),
+                    capacity: 1,
+                    free: 1,
+                    now_ms: 0,
+                },
+            ));
+        }
+        let manifest = ObjectManifest {
+            version: StripeId([1; 16]),
+            size: 4,
+            etag: "e".into(),
+            content_type: None,
+            headers: Default::default(),
+            user_meta: Default::default(),
+            checksums: Default::default(),
+            created_ms: 0,
+            ec: EcParams { k: 1, m: 1 },
+            shard_size: 4,
+            stripes: vec![StripeManifest {
+                id: StripeId([2; 16]),
+                len: 4,
+                shards: (0..2u8)
+                    .map(|i| ShardLoc {
+                        chunkserver: Some(u64::from(i) + 1),
+                        shard: ShardId([0x30 + i; 16]),
+                        blake3: Hash32([0; 32]),
+                    })
+                    .collect(),
+            }],
+            parts: Vec::new(),
+            inline: None,
+        };
+        entries.push(normal(
+            4,
+            Command::PutObject {
+                bucket: "bkt".into(),
+                key: "k".into(),
+                manifest,
+                condition: PutCondition::None,
+            },
+        ));
+        let replies = sm.apply(entries).await.unwrap();
+        assert!(
+            replies.iter().all(|r| !matches!(r, CommandResult::Err(_))),
+            "{replies:?}"
+        );
+    }
+    // Make it what an older binary left: no index, no counter, format 1.
+    {
+        let db = redb::Database::open(dir.path().join(state_machine::SM_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(shard_index::SHARD_OWNERS).unwrap();
+        txn.open_table(model::COUNTERS)
+            .unwrap()
+            .remove(b"shard_index".as_slice())
+            .unwrap();
+        txn.open_table(state_machine::SM_META)
+            .unwrap()
+            .insert(state_machine::KEY_FORMAT, b"1".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let (_log, sm) = open_stores(dir.path()).await.unwrap();
+    let txn = sm.begin_read().unwrap();
+    let format: u64 = serde_json::from_slice(
+        txn.open_table(state_machine::SM_META)
+            .unwrap()
+            .get(state_machine::KEY_FORMAT)
+            .unwrap()
+            .unwrap()
+            .value(),
+    )
+    .unwrap();
+    assert_eq!(format, model::MODEL_FORMAT_VERSION);
+    assert_eq!(shard_index::len(&txn).unwrap(), 2);
+    let owner = shard_index::owner(&txn, 2, &ShardId([0x31; 16]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        owner,
+        shard_index::Owner {
+            row: shard_index::OwnerRow::Object(model::object_key("bkt", "k")),
+            version: StripeId([1; 16]),
+            stripe: 0,
+            index: 1,
+        }
+    );
+    // A newer format than this binary knows is refused, untouched.
+    drop(txn);
+    drop(sm);
+    {
+        let db = redb::Database::open(dir.path().join(state_machine::SM_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(state_machine::SM_META)
+            .unwrap()
+            .insert(state_machine::KEY_FORMAT, b"99".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    assert!(open_stores(dir.path()).await.is_err());
+}
