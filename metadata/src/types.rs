@@ -1502,6 +1502,14 @@ pub struct ClusterStatus {
     pub last_plan_ms: Option<u64>,
     /// Recent dispatches, oldest first (bounded).
     pub recent_repairs: Vec<RepairRecord>,
+    /// Shard bytes rebuilt by committed repairs since this node became
+    /// leader (the measured repair rate is this over `repair_busy_secs`).
+    #[serde(default)]
+    pub repaired_bytes: u64,
+    /// Seconds during which at least one repair task was running, since
+    /// this node became leader (the union of finished tasks' run times).
+    #[serde(default)]
+    pub repair_busy_secs: f64,
 }
 
 /// The metadata service's reply to a heartbeat.
