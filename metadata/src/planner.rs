@@ -113,6 +113,7 @@ struct Summary {
     objects: u64,
     bytes: u64,
     redundancy: BTreeMap<i32, u64>,
+    buckets: BTreeMap<String, BucketUsage>,
     waiting: u64,
     unrecoverable: u64,
     last_plan_ms: Option<u64>,
@@ -389,6 +390,7 @@ impl Repairs {
             orphans_pending: 0,
             last_plan_ms: summary.last_plan_ms,
             recent_repairs: records,
+            buckets: summary.buckets,
             repaired_bytes: measured.0,
             repair_busy_secs: measured.1,
         }
@@ -686,6 +688,10 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
     model::for_each_object(&txn, |bucket, key, m| {
         summary.objects += 1;
         summary.bytes += m.size;
+        let usage = summary.buckets.entry(bucket.to_string()).or_default();
+        usage.objects += 1;
+        usage.bytes += m.size;
+        usage.stripes += m.stripes.len() as u64;
         let k = usize::from(m.ec.k);
         let total = m.ec.total();
         for (si, s) in m.stripes.iter().enumerate() {

@@ -1510,6 +1510,21 @@ pub struct ClusterStatus {
     /// this node became leader (the union of finished tasks' run times).
     #[serde(default)]
     pub repair_busy_secs: f64,
+    /// Objects, bytes and erasure-coded stripes per bucket (as of the last
+    /// planner pass; buckets with no objects are absent).
+    #[serde(default)]
+    pub buckets: BTreeMap<String, BucketUsage>,
+}
+
+/// What one bucket holds, counted by the planner's pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketUsage {
+    /// Objects.
+    pub objects: u64,
+    /// Logical bytes.
+    pub bytes: u64,
+    /// Erasure-coded stripes (inline objects have none).
+    pub stripes: u64,
 }
 
 /// The metadata service's reply to a heartbeat.
