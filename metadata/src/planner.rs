@@ -102,6 +102,8 @@ struct InFlight {
     deadline: Instant,
     /// When a heartbeat reply carried it (`None`: waiting for one).
     sent: Option<Instant>,
+    /// When the planner dispatched it (for the measured repair rate).
+    planned: Instant,
     seq: u64,
 }
 
@@ -111,6 +113,7 @@ struct Summary {
     objects: u64,
     bytes: u64,
     redundancy: BTreeMap<i32, u64>,
+    buckets: BTreeMap<String, BucketUsage>,
     waiting: u64,
     unrecoverable: u64,
     last_plan_ms: Option<u64>,
@@ -132,6 +135,13 @@ struct State {
     records: VecDeque<RepairRecord>,
     done: u64,
     commits: VecDeque<Instant>,
+    /// Shard bytes of committed repairs (this term).
+    repaired_bytes: u64,
+    /// Wall time at least one finished task was running (this term): the
+    /// union of the finished tasks' [planned, finished] intervals.
+    repair_busy: Duration,
+    /// The latest end of an interval counted in `repair_busy`.
+    busy_until: Option<Instant>,
     summary: Summary,
     triggered: bool,
     fingerprint: u64,
@@ -161,6 +171,23 @@ impl State {
         {
             r.outcome = outcome.to_string();
         }
+    }
+
+    /// Counts a finished task that ran from `start` to `end` into the
+    /// measured repair rate. Tasks end in time order, so the part of
+    /// [start, end] after the latest counted end is new busy time (gaps
+    /// between earlier intervals that this one spans are not counted: the
+    /// rate may read a little high while tasks overlap irregularly).
+    fn note_finished(&mut self, start: Instant, end: Instant, bytes: u64) {
+        let from = match self.busy_until {
+            Some(u) if u > start => u,
+            _ => start,
+        };
+        if end > from {
+            self.repair_busy += end - from;
+        }
+        self.busy_until = Some(self.busy_until.map_or(end, |u| u.max(end)));
+        self.repaired_bytes = self.repaired_bytes.saturating_add(bytes);
     }
 
     fn back_off(&mut self, key: StripeKey, now: Instant) {
@@ -289,6 +316,11 @@ impl Repairs {
             if ours {
                 if let Some(f) = s.in_flight.remove(&task.task) {
                     s.set_outcome(f.seq, outcome.as_str());
+                    let bytes = match outcome {
+                        Outcome::Committed => f.task.shard_len,
+                        Outcome::Stale | Outcome::Failed => 0,
+                    };
+                    s.note_finished(f.planned, now, bytes);
                 }
                 if s.busy.get(&key) == Some(&task.task) {
                     s.busy.remove(&key);
@@ -324,7 +356,7 @@ impl Repairs {
     ) -> ClusterStatus {
         let scrub = self.scrub.lock().map(|m| m.clone()).unwrap_or_default();
         let now = Instant::now();
-        let (summary, in_flight, done, rate, records) = match self.state.lock() {
+        let (summary, in_flight, done, rate, records, measured) = match self.state.lock() {
             Ok(s) => {
                 let recent = s
                     .commits
@@ -338,9 +370,10 @@ impl Repairs {
                     s.done,
                     recent as f64 / 60.0,
                     s.records.iter().skip(skip).cloned().collect(),
+                    (s.repaired_bytes, s.repair_busy.as_secs_f64()),
                 )
             }
-            Err(_) => (Summary::default(), 0, 0, 0.0, Vec::new()),
+            Err(_) => (Summary::default(), 0, 0, 0.0, Vec::new(), (0, 0.0)),
         };
         ClusterStatus {
             raft,
@@ -357,6 +390,9 @@ impl Repairs {
             orphans_pending: 0,
             last_plan_ms: summary.last_plan_ms,
             recent_repairs: records,
+            buckets: summary.buckets,
+            repaired_bytes: measured.0,
+            repair_busy_secs: measured.1,
         }
     }
 }
@@ -652,6 +688,10 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
     model::for_each_object(&txn, |bucket, key, m| {
         summary.objects += 1;
         summary.bytes += m.size;
+        let usage = summary.buckets.entry(bucket.to_string()).or_default();
+        usage.objects += 1;
+        usage.bytes += m.size;
+        usage.stripes += m.stripes.len() as u64;
         let k = usize::from(m.ec.k);
         let total = m.ec.total();
         for (si, s) in m.stripes.iter().enumerate() {
@@ -947,6 +987,7 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
                 target,
                 deadline: now + cfg.task_timeout,
                 sent: None,
+                planned: now,
                 seq,
             },
         );

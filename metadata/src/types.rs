@@ -1506,6 +1506,29 @@ pub struct ClusterStatus {
     pub last_plan_ms: Option<u64>,
     /// Recent dispatches, oldest first (bounded).
     pub recent_repairs: Vec<RepairRecord>,
+    /// Shard bytes rebuilt by committed repairs since this node became
+    /// leader (the measured repair rate is this over `repair_busy_secs`).
+    #[serde(default)]
+    pub repaired_bytes: u64,
+    /// Seconds during which at least one repair task was running, since
+    /// this node became leader (the union of finished tasks' run times).
+    #[serde(default)]
+    pub repair_busy_secs: f64,
+    /// Objects, bytes and erasure-coded stripes per bucket (as of the last
+    /// planner pass; buckets with no objects are absent).
+    #[serde(default)]
+    pub buckets: BTreeMap<String, BucketUsage>,
+}
+
+/// What one bucket holds, counted by the planner's pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketUsage {
+    /// Objects.
+    pub objects: u64,
+    /// Logical bytes.
+    pub bytes: u64,
+    /// Erasure-coded stripes (inline objects have none).
+    pub stripes: u64,
 }
 
 /// The metadata service's reply to a heartbeat.

@@ -40,6 +40,11 @@ pub enum AdminCmd {
     /// at most the zone cap per zone, no shard on an unknown chunkserver);
     /// lists the violations and exits non-zero when there are any.
     AuditPlacement,
+    /// Mean time to data loss per bucket (Markov model of its stripes on
+    /// the live layout, the measured repair rate and an AFR), with its
+    /// assumptions, the time to re-protect after losing a chunkserver and
+    /// what another k+m or one more zone would do.
+    Durability(super::durability::DurabilityArgs),
 }
 
 /// `cairn admin chunkserver ...`
@@ -418,6 +423,7 @@ pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<(
         AdminCmd::Scrub(a) => scrub_cmd(&meta, &secret, a, json).await,
         AdminCmd::Workers => workers_cmd(&meta, &addrs, &secret, json).await,
         AdminCmd::AuditPlacement => audit_cmd(&meta, json).await,
+        AdminCmd::Durability(a) => super::durability::run(&meta, &a, json).await,
     }
 }
 

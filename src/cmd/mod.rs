@@ -4,6 +4,7 @@ pub mod bench;
 pub mod chunkserver;
 pub mod cli;
 pub mod dev;
+pub mod durability;
 pub mod metadata;
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
