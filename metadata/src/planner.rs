@@ -685,13 +685,21 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
     let mut heap: BinaryHeap<Candidate> = BinaryHeap::new();
     let mut order = 0u64;
     let mut draining_left = false;
+    // Per-bucket usage: the counters `apply` keeps, one row per bucket.
+    summary.buckets = crate::stats::all(&txn)?
+        .into_iter()
+        .map(|(b, s)| {
+            let u = BucketUsage {
+                objects: s.objects,
+                bytes: s.bytes,
+                stripes: s.stripes,
+            };
+            (b, u)
+        })
+        .collect();
     model::for_each_object(&txn, |bucket, key, m| {
         summary.objects += 1;
         summary.bytes += m.size;
-        let usage = summary.buckets.entry(bucket.to_string()).or_default();
-        usage.objects += 1;
-        usage.bytes += m.size;
-        usage.stripes += m.stripes.len() as u64;
         let k = usize::from(m.ec.k);
         let total = m.ec.total();
         for (si, s) in m.stripes.iter().enumerate() {

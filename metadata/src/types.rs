@@ -1515,12 +1515,14 @@ pub struct ClusterStatus {
     #[serde(default)]
     pub repair_busy_secs: f64,
     /// Objects, bytes and erasure-coded stripes per bucket (as of the last
-    /// planner pass; buckets with no objects are absent).
+    /// planner pass, from the `bucket_stats` counters; buckets with no
+    /// objects are absent).
     #[serde(default)]
     pub buckets: BTreeMap<String, BucketUsage>,
 }
 
-/// What one bucket holds, counted by the planner's pass.
+/// What one bucket holds (live versions; kept by `apply`, see
+/// `crate::stats`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketUsage {
     /// Objects.
