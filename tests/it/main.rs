@@ -15,6 +15,7 @@ mod linearizability;
 mod lost;
 mod metadata;
 mod netns;
+mod partition;
 mod placement;
 mod repair;
 mod s3;
