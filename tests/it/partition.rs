@@ -129,8 +129,8 @@ impl Workload {
 
 async fn one_op(s3: &S3, rec: &Mutex<Record>, start: Instant, w: usize, n: usize) {
     let key = (w + n) % KEYS;
-    let unique = n % 5 == 0;
-    let is_put = unique || n % 2 == 0;
+    let unique = n.is_multiple_of(5);
+    let is_put = unique || n.is_multiple_of(2);
     let tag = format!("w{w}-{n}");
     let (name, body) = if unique {
         (format!("u-{w}-{n}"), body_of(KEYS, &tag))
@@ -287,11 +287,10 @@ async fn check_record(s3: &S3, start: Instant, mut rec: Record) -> anyhow::Resul
 async fn converged(c: &Cluster, registers: bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let last;
-        match views_agree(c, registers).await {
+        let last = match views_agree(c, registers).await {
             Ok(()) => return Ok(()),
-            Err(e) => last = format!("{e:#}"),
-        }
+            Err(e) => format!("{e:#}"),
+        };
         if Instant::now() > deadline {
             bail!("metadata nodes did not converge: {last}");
         }
