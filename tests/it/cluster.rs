@@ -62,6 +62,9 @@ pub struct Cluster {
     pub chunkservers: Vec<Proc>,
     /// Options it was started with.
     pub opts: Opts,
+    /// The hosts (network namespaces) the roles run on, or `None` for
+    /// 127.0.0.1 (see `netns.rs`).
+    pub hosts: Option<crate::netns::Hosts>,
 }
 
 /// Flags that make elections and failure detection quick in tests.
@@ -79,10 +82,24 @@ pub const FAST_META: &[&str] = &[
 impl Cluster {
     /// Starts metadata nodes (node 1 initializes them all) and chunkservers.
     pub fn start(opts: Opts) -> anyhow::Result<Cluster> {
+        Cluster::start_on(opts, None)
+    }
+
+    /// As `start`, with metadata node i and chunkserver i on `hosts`
+    /// (each in its own network namespace, as on separate machines).
+    pub fn start_on(opts: Opts, hosts: Option<crate::netns::Hosts>) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
-        let meta_addrs: Vec<String> = (0..opts.metas)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
+        let meta_addrs: Vec<String> = match &hosts {
+            Some(h) => (0..opts.metas)
+                .map(|i| {
+                    h.meta(i)
+                        .map(|m| format!("{}:{}", m.ip, crate::netns::META_PORT))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            None => (0..opts.metas)
+                .map(|_| format!("127.0.0.1:{}", free_port()))
+                .collect(),
+        };
         let peers: Vec<String> = meta_addrs
             .iter()
             .enumerate()
@@ -94,6 +111,7 @@ impl Cluster {
             meta_addrs: meta_addrs.clone(),
             chunkservers: Vec::new(),
             opts: opts.clone(),
+            hosts,
         };
         for (i, addr) in meta_addrs.iter().enumerate() {
             let mut extra = Vec::new();
@@ -127,7 +145,12 @@ impl Cluster {
         args.extend(FAST_META.iter().map(OsString::from));
         args.extend(self.opts.meta_flags.iter().map(OsString::from));
         args.extend(extra.iter().map(OsString::from));
-        Proc::spawn(
+        let wrapper = match &self.hosts {
+            Some(h) => h.meta(id - 1)?.wrapper(),
+            None => Vec::new(),
+        };
+        Proc::spawn_wrapped(
+            &wrapper,
             &format!("meta{id}"),
             &dir,
             args,
@@ -140,12 +163,19 @@ impl Cluster {
         let n = self.chunkservers.len() + 1;
         let name = format!("cs{n}");
         let dir = self.dir.path().join(&name);
+        let (wrapper, listen) = match &self.hosts {
+            Some(h) => {
+                let host = h.chunkserver(n - 1)?;
+                (host.wrapper(), format!("{}:0", host.ip))
+            }
+            None => (Vec::new(), "127.0.0.1:0".to_string()),
+        };
         let mut args: Vec<OsString> = vec![
             "chunkserver".into(),
             "--data".into(),
             dir.join("data").into(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            listen.into(),
             "--zone".into(),
             zone.into(),
             "--metadata".into(),
@@ -154,7 +184,7 @@ impl Cluster {
             "300".into(),
         ];
         args.extend(self.opts.cs_flags.iter().map(OsString::from));
-        let p = Proc::spawn(&name, &dir, args, &[("CAIRN_SECRET", SECRET)])?;
+        let p = Proc::spawn_wrapped(&wrapper, &name, &dir, args, &[("CAIRN_SECRET", SECRET)])?;
         self.chunkservers.push(p);
         Ok(())
     }

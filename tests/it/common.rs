@@ -31,6 +31,8 @@ const LOG_TAIL_LINES: usize = 60;
 /// test is panicking (or always, with `CAIRN_IT_LOGS=1`).
 pub struct Proc {
     name: String,
+    /// A command the binary runs under (`ip netns exec NS`), or empty.
+    wrapper: Vec<OsString>,
     args: Vec<OsString>,
     envs: Vec<(String, String)>,
     log_path: PathBuf,
@@ -48,9 +50,22 @@ impl Proc {
         args: impl IntoIterator<Item = impl Into<OsString>>,
         envs: &[(&str, &str)],
     ) -> anyhow::Result<Proc> {
+        Proc::spawn_wrapped(&[] as &[OsString], name, dir, args, envs)
+    }
+
+    /// As `spawn`, but runs `<wrapper...> cairn <args>`, e.g. under
+    /// `ip netns exec NS` (which execs, so the pid is cairn's).
+    pub fn spawn_wrapped(
+        wrapper: &[impl AsRef<std::ffi::OsStr>],
+        name: &str,
+        dir: &Path,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         std::fs::create_dir_all(dir)?;
         let mut p = Proc {
             name: name.to_string(),
+            wrapper: wrapper.iter().map(|w| w.as_ref().to_owned()).collect(),
             args: args.into_iter().map(Into::into).collect(),
             envs: envs
                 .iter()
@@ -76,7 +91,14 @@ impl Proc {
             .append(true)
             .open(&self.log_path)?;
         writeln!(log, "==== starting {} {:?}", self.name, self.args)?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_cairn"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_cairn")),
+        };
         cmd.args(&self.args)
             .arg("--addr-file")
             .arg(&self.addr_file)
@@ -126,6 +148,11 @@ impl Proc {
     /// The address as `host:port`.
     pub fn addr_str(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// The file the process logs to (all its runs).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
     }
 
     /// The child's pid, while it runs.

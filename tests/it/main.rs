@@ -16,6 +16,8 @@ mod e2e;
 mod linearizability;
 mod lost;
 mod metadata;
+mod netns;
+mod partition;
 mod placement;
 mod repair;
 mod s3;

@@ -471,14 +471,14 @@ async fn s3_clients_against_one_cluster() -> anyhow::Result<()> {
 /// the `aws-sigv4` crate (UNSIGNED-PAYLOAD), over a pooled hyper client, so
 /// a test sees exactly what an SDK would: status line, headers, and how the
 /// body ends.
-struct RawS3 {
+pub(crate) struct RawS3 {
     http: cairn_metadata::net::HttpClient,
     host: String,
     identity: aws_smithy_runtime_api::client::identity::Identity,
 }
 
 impl RawS3 {
-    fn new(host: &str, key: &str, secret: &str) -> RawS3 {
+    pub(crate) fn new(host: &str, key: &str, secret: &str) -> RawS3 {
         RawS3 {
             http: cairn_metadata::net::HttpClient::default(),
             host: host.to_string(),
@@ -488,7 +488,7 @@ impl RawS3 {
 
     /// Signs and sends one request; `timeout` covers the exchange up to
     /// the response headers.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: hyper::Method,
         path: &str,
@@ -539,7 +539,9 @@ impl RawS3 {
 /// How a GET's body ended: the bytes received, and whether the transfer
 /// failed (connection cut before the announced length) rather than ending
 /// cleanly.
-async fn drain(resp: hyper::Response<hyper::body::Incoming>) -> (Vec<u8>, Option<String>) {
+pub(crate) async fn drain(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> (Vec<u8>, Option<String>) {
     use http_body_util::BodyExt;
     let mut body = resp.into_body();
     let mut out = Vec::new();
@@ -558,7 +560,7 @@ async fn drain(resp: hyper::Response<hyper::body::Incoming>) -> (Vec<u8>, Option
 }
 
 /// Creates an admin access key through the CLI: (id, secret).
-fn admin_key(c: &Cluster) -> anyhow::Result<(String, String)> {
+pub(crate) fn admin_key(c: &Cluster) -> anyhow::Result<(String, String)> {
     let out = c.cli(&["--json", "admin", "key", "create", "it", "--admin"])?;
     if !out.status.success() {
         bail!(
