@@ -40,35 +40,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use redb::ReadableTable;
-use serde::Deserialize;
-
 use crate::model;
 use crate::types::{ChunkserverId, ShardId};
 
 /// Shards per `CheckShards` page: about 330 KB of JSON on a heartbeat
 /// reply, and the leader's memory per page.
 pub const PAGE: usize = 10_000;
-
-/// Shard placements only: the rest of a manifest or part is not decoded.
-#[derive(Deserialize)]
-struct Placements {
-    #[serde(default)]
-    stripes: Vec<StripePlacements>,
-}
-
-#[derive(Deserialize)]
-struct StripePlacements {
-    #[serde(default)]
-    shards: Vec<ShardPlacement>,
-}
-
-#[derive(Deserialize)]
-struct ShardPlacement {
-    #[serde(default)]
-    chunkserver: Option<ChunkserverId>,
-    shard: ShardId,
-}
 
 /// The first at most `limit` shard ids greater than `after` that a
 /// committed manifest or an uploaded part places on `cs`, in id order, and
@@ -82,26 +59,16 @@ pub fn placed_page(
     let mut page: BTreeSet<ShardId> = BTreeSet::new();
     let mut more = false;
     for def in [model::OBJECTS, model::UPLOAD_PARTS] {
-        let t = match txn.open_table(def) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        for r in t.iter()? {
-            let (_, v) = r?;
-            let p: Placements = serde_json::from_slice(v.value())
-                .map_err(|e| redb::Error::Corrupted(format!("decode placements: {e}")))?;
-            for l in p.stripes.iter().flat_map(|s| s.shards.iter()) {
-                if l.chunkserver != Some(cs) || after.is_some_and(|a| l.shard <= a) {
-                    continue;
-                }
-                page.insert(l.shard);
+        crate::orphans::for_each_placement(txn, def, |on, shard| {
+            if on == Some(cs) && after.is_none_or(|a| shard > a) {
+                page.insert(shard);
                 if page.len() > limit {
                     page.pop_last();
                     more = true;
                 }
             }
-        }
+            true
+        })?;
     }
     Ok((page.into_iter().collect(), !more))
 }

@@ -157,6 +157,31 @@ fn open<'a>(
     }
 }
 
+/// Calls `f` with the placement (chunkserver, shard) of every shard the
+/// JSON rows of `table` (manifests or uploaded parts) hold, decoding
+/// nothing else, until `f` returns false. Shared with the named-but-absent
+/// checks ([`crate::absent`]).
+pub(crate) fn for_each_placement(
+    txn: &redb::ReadTransaction,
+    table: redb::TableDefinition<'static, &'static [u8], &'static [u8]>,
+    mut f: impl FnMut(Option<ChunkserverId>, ShardId) -> bool,
+) -> Result<(), redb::Error> {
+    let Some(t) = open(txn, table)? else {
+        return Ok(());
+    };
+    for r in t.iter()? {
+        let (_, v) = r?;
+        let p: Placements = serde_json::from_slice(v.value())
+            .map_err(|e| redb::Error::Corrupted(format!("decode placements: {e}")))?;
+        for l in p.stripes.iter().flat_map(|s| s.shards.iter()) {
+            if !f(l.chunkserver, l.shard) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Removes from `candidates` every shard the JSON rows of `table` (manifests
 /// or uploaded parts) place on `cs`.
 fn strike_named(
@@ -165,23 +190,12 @@ fn strike_named(
     cs: ChunkserverId,
     candidates: &mut HashMap<ShardId, u64>,
 ) -> Result<(), redb::Error> {
-    let Some(t) = open(txn, table)? else {
-        return Ok(());
-    };
-    for r in t.iter()? {
-        if candidates.is_empty() {
-            break;
+    for_each_placement(txn, table, |on, shard| {
+        if on == Some(cs) {
+            candidates.remove(&shard);
         }
-        let (_, v) = r?;
-        let p: Placements = serde_json::from_slice(v.value())
-            .map_err(|e| redb::Error::Corrupted(format!("decode placements: {e}")))?;
-        for l in p.stripes.iter().flat_map(|s| s.shards.iter()) {
-            if l.chunkserver == Some(cs) {
-                candidates.remove(&l.shard);
-            }
-        }
-    }
-    Ok(())
+        !candidates.is_empty()
+    })
 }
 
 /// Sorts one page of chunkserver `cs`'s inventory against the state on
