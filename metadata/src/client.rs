@@ -158,7 +158,16 @@ impl MetaClient {
                     hops = 0;
                     last_err = format!("{target}: {e}");
                     self.set_leader(None);
-                    next_idx = (next_idx + 1) % self.addrs.len();
+                    // The node after the one that failed: counting from
+                    // where the last rotation stood could pick the same
+                    // silent node again (a leader hint at index 1 was
+                    // retried once more before index 2 was tried).
+                    let at = self
+                        .addrs
+                        .iter()
+                        .position(|a| *a == target)
+                        .unwrap_or(next_idx);
+                    next_idx = (at + 1) % self.addrs.len();
                     target = self.addrs[next_idx].clone();
                 }
             }

@@ -561,6 +561,8 @@ fn apply_inner(
             for s in shards {
                 t.remove(gc_key(*chunkserver, s).as_slice())?;
             }
+            drop(t);
+            clear_seen_repairs(txn, *chunkserver, shards)?;
             Ok(Ok(CommandResult::Ok))
         }
         Command::CommitRepair {
@@ -1174,6 +1176,87 @@ pub fn repair_items(txn: &redb::ReadTransaction) -> StoreResult<Vec<RepairItem>>
         }
     }
     Ok(out)
+}
+
+/// The shard whose copy on `cs` repair-queue item `item` is about, if the
+/// live version of its object places it there.
+fn item_shard(
+    objects: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    item: &RepairItem,
+    cs: ChunkserverId,
+) -> StoreResult<Option<ShardId>> {
+    if item.chunkserver != Some(cs) {
+        return Ok(None);
+    }
+    let Some(v) = objects.get(object_key(&item.bucket, &item.key).as_slice())? else {
+        return Ok(None);
+    };
+    let m: ObjectManifest = dec(v.value())?;
+    if m.version != item.version {
+        return Ok(None);
+    }
+    Ok(m.stripes
+        .get(item.stripe as usize)
+        .and_then(|s| s.shards.get(usize::from(item.index)))
+        .filter(|l| l.chunkserver == Some(cs))
+        .map(|l| l.shard))
+}
+
+/// Of `listed` (shards an inventory of `cs` lists, so stored there and not
+/// found corrupt), those with a stale report: a bad row or a repair-queue
+/// item. Costs a lookup per listed shard plus one pass over the repair
+/// queue (bounded by damage, not by objects).
+pub fn stale_reports(
+    txn: &redb::ReadTransaction,
+    cs: ChunkserverId,
+    listed: &[ShardId],
+) -> StoreResult<Vec<ShardId>> {
+    let mut out: HashSet<ShardId> = HashSet::new();
+    if let Some(t) = open_ro(txn, BAD)? {
+        for s in listed {
+            if t.get(gc_key(cs, s).as_slice())?.is_some() {
+                out.insert(*s);
+            }
+        }
+    }
+    if let (Some(q), Some(objects)) = (open_ro(txn, REPAIR)?, open_ro(txn, OBJECTS)?) {
+        let seen: HashSet<ShardId> = listed.iter().copied().collect();
+        for r in q.iter()? {
+            let (_, v) = r?;
+            let item: RepairItem = dec(v.value())?;
+            if let Some(s) = item_shard(&objects, &item, cs)?.filter(|s| seen.contains(s)) {
+                out.insert(s);
+            }
+        }
+    }
+    let mut out: Vec<ShardId> = out.into_iter().collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Drops the repair-queue items about the copies on `cs` of `shards`,
+/// which were seen healthy there (`Command::ClearBadShards`): a read that
+/// could not get them is no verdict once an inventory lists them.
+fn clear_seen_repairs(
+    txn: &redb::WriteTransaction,
+    cs: ChunkserverId,
+    shards: &[ShardId],
+) -> StoreResult<()> {
+    let seen: HashSet<ShardId> = shards.iter().copied().collect();
+    let objects = txn.open_table(OBJECTS)?;
+    let mut q = txn.open_table(REPAIR)?;
+    let mut stale = Vec::new();
+    for r in q.iter()? {
+        let (k, v) = r?;
+        let item: RepairItem = dec(v.value())?;
+        if item_shard(&objects, &item, cs)?.is_some_and(|s| seen.contains(&s)) {
+            stale.push(k.value().to_vec());
+        }
+    }
+    for k in stale {
+        q.remove(k.as_slice())?;
+    }
+    Ok(())
 }
 
 /// The zone cap of a stripe with EC `ec` in a cluster of `zones` counted
@@ -2902,9 +2985,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn commit_repair_is_conditional() {
-        let db = db();
+    /// Bucket "bkt" (1+1, 4-byte shards), chunkservers 1..=`servers` in one
+    /// zone, and a one-stripe manifest on chunkservers 1 and 2 (shards
+    /// 0x10.. and 0x11..), not yet put.
+    fn one_stripe_object(db: &redb::Database, servers: u64) -> ObjectManifest {
         let bucket = BucketInfo {
             name: "bkt".into(),
             ec: EcParams { k: 1, m: 1 },
@@ -2913,12 +2997,12 @@ mod tests {
             owner: String::new(),
         };
         assert_eq!(
-            run(&db, Command::CreateBucket { bucket }),
+            run(db, Command::CreateBucket { bucket }),
             CommandResult::Ok
         );
-        for id in 1..=3u64 {
+        for id in 1..=servers {
             let r = run(
-                &db,
+                db,
                 Command::RegisterChunkserver {
                     addr: format!("cs{id}"),
                     zone: "z".into(),
@@ -2929,7 +3013,7 @@ mod tests {
             );
             assert_eq!(r, CommandResult::Registered { id });
         }
-        let mut m = crate::types::ObjectManifest {
+        crate::types::ObjectManifest {
             version: StripeId([1; 16]),
             size: 4,
             etag: "e".into(),
@@ -2943,7 +3027,13 @@ mod tests {
             stripes: vec![stripe_on(&[1, 2], 0x10)],
             parts: Vec::new(),
             inline: None,
-        };
+        }
+    }
+
+    #[test]
+    fn commit_repair_is_conditional() {
+        let db = db();
+        let mut m = one_stripe_object(&db, 3);
         let put = |m: &ObjectManifest| Command::PutObject {
             bucket: "bkt".into(),
             key: "k".into(),
@@ -3853,5 +3943,57 @@ mod tests {
             place(&all, 1, 1, ec, 4, &[6], &[1, 2, 3, 4, 5]),
             Err(MetaError::Placement { .. })
         ));
+    }
+
+    /// Issue 11 item 3: a bad row or repair-queue item about a copy that an
+    /// inventory lists again is stale and cleared with it; reports about
+    /// other copies stay.
+    #[test]
+    fn a_copy_seen_healthy_clears_its_bad_row_and_repair_item() {
+        let db = db();
+        let m = one_stripe_object(&db, 2);
+        let put = Command::PutObject {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            manifest: m,
+            condition: PutCondition::None,
+        };
+        assert_eq!(run(&db, put), CommandResult::Ok);
+        let (on1, on2) = (ShardId([0x10; 16]), ShardId([0x11; 16]));
+        let item = |index: u8, cs: u64| RepairItem {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version: StripeId([1; 16]),
+            stripe: 0,
+            index,
+            chunkserver: Some(cs),
+            reason: "missing".into(),
+        };
+        let queue = Command::QueueRepair {
+            items: vec![item(0, 1), item(1, 2)],
+        };
+        assert_eq!(run(&db, queue), CommandResult::Ok);
+        let bad = Command::ReportBadShards {
+            chunkserver: 1,
+            shards: vec![on1],
+        };
+        assert_eq!(run(&db, bad), CommandResult::Ok);
+        let stale = |cs: u64, listed: &[ShardId]| {
+            stale_reports(&db.begin_read().expect("read"), cs, listed).expect("stale")
+        };
+        // cs1 lists its copy (and one nothing reports): stale. cs1 listing
+        // cs2's shard says nothing about cs2's copy.
+        assert_eq!(stale(1, &[on1, ShardId([9; 16])]), vec![on1]);
+        assert_eq!(stale(1, &[on2]), Vec::<ShardId>::new());
+        assert_eq!(stale(2, &[on2]), vec![on2]);
+        let clear = Command::ClearBadShards {
+            chunkserver: 1,
+            shards: vec![on1],
+        };
+        assert_eq!(run(&db, clear), CommandResult::Ok);
+        let txn = db.begin_read().expect("read");
+        assert!(bad_shards(&txn).expect("bad").is_empty());
+        assert_eq!(repair_items(&txn).expect("items"), vec![item(1, 2)]);
+        assert!(stale(1, &[on1]).is_empty());
     }
 }

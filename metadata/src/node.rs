@@ -779,18 +779,13 @@ impl MetaNode {
                 other => return Err(ApiError::Internal(format!("queue gc: {other:?}"))),
             }
         }
-        // Seen healthy again: a bad report for a shard this inventory lists
-        // is stale (a quarantined or absent shard is never listed; one
-        // listed was stored again, e.g. rebuilt in place).
+        // Seen healthy again: a bad report or repair-queue item for a shard
+        // this inventory lists is stale (a quarantined or absent shard is
+        // never listed; one listed was stored with a matching BLAKE3, e.g.
+        // rebuilt in place, or a read merely failed to reach it).
         let listed: Vec<ShardId> = page.shards.iter().map(|e| e.shard).collect();
         let stale = self
-            .read(move |txn| {
-                let bad = model::bad_shards(txn)?;
-                Ok(listed
-                    .into_iter()
-                    .filter(|s| bad.contains(&(id, *s)))
-                    .collect::<Vec<ShardId>>())
-            })
+            .read(move |txn| model::stale_reports(txn, id, &listed))
             .await?;
         if !stale.is_empty() {
             tracing::info!(

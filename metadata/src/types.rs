@@ -735,8 +735,9 @@ pub enum Command {
         /// The shards.
         shards: Vec<ShardId>,
     },
-    /// Forget bad-shard reports (repaired, or no longer named by any
-    /// manifest).
+    /// Forget bad-shard reports (repaired, seen healthy again, or no longer
+    /// named by any manifest), and the repair-queue items about these
+    /// copies.
     ClearBadShards {
         /// Which chunkserver.
         chunkserver: ChunkserverId,

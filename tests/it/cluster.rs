@@ -361,3 +361,160 @@ pub async fn create_bucket(meta: &MetaClient, name: &str) -> anyhow::Result<()> 
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     crate::common::find_files(dir, &|_| true)
 }
+
+impl Opts {
+    /// The fault tests' cluster: one metadata node, `chunkservers` in
+    /// `zones` (chunkserver i in zone i % zones: 8 in 3 zones is 3/3/2), a
+    /// down mark after 3 s (short, but not so short that a loaded test
+    /// machine flaps healthy chunkservers) and repair tasks forgotten after
+    /// 20 s.
+    pub fn faults(chunkservers: usize, zones: usize) -> Opts {
+        Opts {
+            metas: 1,
+            chunkservers,
+            zones,
+            ..Opts::default()
+        }
+        .meta_flag("--chunkserver-down-secs", "3")
+        .meta_flag("--repair-task-timeout-secs", "20")
+    }
+
+    /// One more metadata-node flag (a later one wins).
+    pub fn meta_flag(mut self, flag: &str, value: &str) -> Opts {
+        self.meta_flags.push(flag.into());
+        self.meta_flags.push(value.into());
+        self
+    }
+}
+
+impl Cluster {
+    /// The index in `chunkservers` of the process registered as `id`.
+    pub async fn proc_of(&self, id: ChunkserverId) -> anyhow::Result<usize> {
+        let st = self.meta().cluster_status().await?;
+        let addr = st
+            .chunkservers
+            .iter()
+            .find(|x| x.id == id)
+            .map(|x| x.addr.clone())
+            .with_context(|| format!("no chunkserver {id}"))?;
+        self.chunkservers
+            .iter()
+            .position(|p| p.addr_str() == addr)
+            .with_context(|| format!("no process at {addr}"))
+    }
+
+    /// The chunkserver id of process `i`.
+    pub async fn cs_id(&self, i: usize) -> anyhow::Result<ChunkserverId> {
+        let addr = self.chunkservers[i].addr_str();
+        let st = self.meta().cluster_status().await?;
+        st.chunkservers
+            .iter()
+            .find(|x| x.addr == addr)
+            .map(|x| x.id)
+            .with_context(|| format!("no chunkserver at {addr}"))
+    }
+
+    /// Sends `sig` (e.g. "-STOP") to chunkserver process `i`.
+    pub fn signal(&self, i: usize, sig: &str) -> anyhow::Result<()> {
+        signal(&self.chunkservers[i], sig)
+    }
+}
+
+/// Sends `sig` (e.g. "-STOP", "-CONT") to process `p`.
+pub fn signal(p: &Proc, sig: &str) -> anyhow::Result<()> {
+    let pid = p.pid().context("not running")?;
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()?;
+    if !st.success() {
+        bail!("kill {sig} {pid} failed");
+    }
+    Ok(())
+}
+
+/// The result of `cairn admin audit-placement --json`.
+#[derive(Debug)]
+pub struct Audit {
+    /// The command exited 0.
+    pub ok: bool,
+    /// Every violation found.
+    pub violations: Vec<serde_json::Value>,
+    /// Stripes walked.
+    pub stripes: u64,
+}
+
+/// Runs `cairn admin audit-placement --json`.
+pub fn audit_placement(c: &Cluster) -> anyhow::Result<Audit> {
+    let out = c.cli(&["--json", "admin", "audit-placement"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        anyhow::anyhow!(
+            "audit output {e}: {} / {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok(Audit {
+        ok: out.status.success(),
+        violations: v["violations"].as_array().cloned().unwrap_or_default(),
+        stripes: v["stripes"].as_u64().unwrap_or(0),
+    })
+}
+
+/// The placement auditor finds no violation (no two shards of a stripe on
+/// one chunkserver, no zone over the cap, no shard on an unknown server)
+/// and exits 0. Returns the stripes it walked.
+pub fn assert_placement_clean(c: &Cluster) -> anyhow::Result<u64> {
+    let a = audit_placement(c)?;
+    if !a.ok || !a.violations.is_empty() {
+        bail!(
+            "audit-placement: exit ok {}, violations {:?}",
+            a.ok,
+            a.violations
+        );
+    }
+    Ok(a.stripes)
+}
+
+/// Polls `f` until it yields `Some`, or fails after `secs`.
+pub async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    loop {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {secs} s (last error: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The whole body of `bucket/key`.
+pub async fn get_all(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Vec<u8>, cairn_client::ClientError> {
+    use futures::StreamExt;
+    let (_, mut s) = c.get(bucket, key, None).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}

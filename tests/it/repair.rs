@@ -8,15 +8,13 @@
 //! 2, one lost shard is 1 ("-1" in the words), two lost is 0 ("-2").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cairn_client::{Client, ClientError, PutOptions};
 use cairn_metadata::types::*;
-use futures::StreamExt;
 
-use crate::cluster::{Cluster, Opts};
+use crate::cluster::{assert_placement_clean, get_all, now_ms, wait_for, Cluster, Opts};
 use crate::common::data;
 
 const BUCKET: &str = "rep";
@@ -25,31 +23,11 @@ const SHARD: u32 = 4096;
 const FULL: i32 = 2;
 
 fn opts(chunkservers: usize, zones: usize, per_cs: usize) -> Opts {
-    Opts {
-        metas: 1,
-        chunkservers,
-        zones,
-        meta_flags: vec![
-            // Short, but not so short that a loaded test machine (2 cores,
-            // parallel builds) flaps healthy chunkservers.
-            "--chunkserver-down-secs".into(),
-            "3".into(),
-            "--repair-task-timeout-secs".into(),
-            "20".into(),
-            "--repair-per-chunkserver".into(),
-            per_cs.to_string(),
-        ],
-        cs_flags: Vec::new(),
-    }
+    Opts::faults(chunkservers, zones).meta_flag("--repair-per-chunkserver", &per_cs.to_string())
 }
 
-async fn get_all(c: &Client, key: &str) -> Result<Vec<u8>, ClientError> {
-    let (_, mut s) = c.get(BUCKET, key, None).await?;
-    let mut out = Vec::new();
-    while let Some(chunk) = s.next().await {
-        out.extend_from_slice(&chunk?);
-    }
-    Ok(out)
+async fn get(c: &Client, key: &str) -> Result<Vec<u8>, ClientError> {
+    get_all(c, BUCKET, key).await
 }
 
 async fn put(c: &Client, key: &str, body: &[u8]) -> anyhow::Result<ObjectManifest> {
@@ -65,40 +43,8 @@ async fn ready(c: &Cluster) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-/// Polls `f` until it yields `Some`, or fails after `secs`.
-async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut last = String::new();
-    loop {
-        match f().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = e.to_string(),
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {secs} s (last error: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 async fn status(c: &Cluster) -> anyhow::Result<ClusterStatus> {
     Ok(c.meta().cluster_status().await?)
-}
-
-/// The chunkserver id of process `i`.
-async fn cs_id(c: &Cluster, i: usize) -> anyhow::Result<ChunkserverId> {
-    let addr = c.chunkservers[i].addr_str();
-    let st = status(c).await?;
-    st.chunkservers
-        .iter()
-        .find(|x| x.addr == addr)
-        .map(|x| x.id)
-        .with_context(|| format!("no chunkserver at {addr}"))
 }
 
 /// Every chunkserver any stripe of `keys` names (None = unplaced).
@@ -185,16 +131,9 @@ async fn wait_repaired(
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 async fn check_all(client: &Client, want: &BTreeMap<String, Vec<u8>>) -> anyhow::Result<()> {
     for (k, body) in want {
-        let got = get_all(client, k).await?;
+        let got = get(client, k).await?;
         assert!(got == *body, "{k} differs after repair");
     }
     Ok(())
@@ -224,7 +163,7 @@ async fn repair_after_losing_chunkservers() -> anyhow::Result<()> {
     })
     .await?;
 
-    let first = cs_id(&c, 0).await?;
+    let first = c.cs_id(0).await?;
     c.chunkservers[0].kill_9();
     let st = wait_repaired(&c, &client, &keys, &[first], 60).await?;
     assert_eq!(st.redundancy.get(&FULL).copied(), Some(stripes as u64));
@@ -235,7 +174,7 @@ async fn repair_after_losing_chunkservers() -> anyhow::Result<()> {
         .all(|r| r.to != first && r.outcome != "dispatched"));
     check_all(&client, &want).await?;
 
-    let second = cs_id(&c, 1).await?;
+    let second = c.cs_id(1).await?;
     c.chunkservers[1].kill_9();
     // Still readable while degraded.
     check_all(&client, &want).await?;
@@ -250,6 +189,7 @@ async fn repair_after_losing_chunkservers() -> anyhow::Result<()> {
         );
     }
     check_all(&client, &want).await?;
+    assert_placement_clean(&c)?;
     Ok(())
 }
 
@@ -270,8 +210,8 @@ async fn double_failure_repairs_most_urgent_first() -> anyhow::Result<()> {
         want.insert(key, body);
     }
     let keys: Vec<String> = want.keys().cloned().collect();
-    let a = cs_id(&c, 0).await?;
-    let b = cs_id(&c, 1).await?;
+    let a = c.cs_id(0).await?;
+    let b = c.cs_id(1).await?;
     let both = placements(&client, &keys)
         .await?
         .iter()
@@ -316,6 +256,7 @@ async fn double_failure_repairs_most_urgent_first() -> anyhow::Result<()> {
             );
         }
     }
+    assert_placement_clean(&c)?;
     Ok(())
 }
 
@@ -335,7 +276,7 @@ async fn repair_races_overwrite_and_delete() -> anyhow::Result<()> {
         )
         .await?;
     }
-    let dead = cs_id(&c, 2).await?;
+    let dead = c.cs_id(2).await?;
     c.chunkservers[2].kill_9();
     let mut latest: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut deleted: BTreeSet<String> = BTreeSet::new();
@@ -369,18 +310,16 @@ async fn repair_races_overwrite_and_delete() -> anyhow::Result<()> {
     wait_repaired(&c, &client, &keys, &[dead], 90).await?;
     for k in &deleted {
         assert!(
-            matches!(
-                get_all(&client, k).await,
-                Err(ClientError::NoSuchKey { .. })
-            ),
+            matches!(get(&client, k).await, Err(ClientError::NoSuchKey { .. })),
             "{k} came back"
         );
     }
     check_all(&client, &latest).await?;
     for i in (0..n).filter(|i| i % 3 == 2) {
-        let got = get_all(&client, &format!("k{i}")).await?;
+        let got = get(&client, &format!("k{i}")).await?;
         assert!(got == data(50_000 + 1000 * i as usize, i), "k{i} differs");
     }
+    assert_placement_clean(&c)?;
     Ok(())
 }
 
@@ -487,5 +426,6 @@ async fn drain_then_remove() -> anyhow::Result<()> {
         .collect();
     assert!(!listed.contains(&victim), "{listed:?}");
     assert_eq!(listed.len(), 7);
+    assert_placement_clean(&c)?;
     Ok(())
 }

@@ -327,6 +327,7 @@ async fn scrub_finds_corrupt_and_missing_shards_and_repair_heals() -> anyhow::Re
             "{w}"
         );
     }
+    crate::cluster::assert_placement_clean(&c)?;
     Ok(())
 }
 
@@ -475,6 +476,7 @@ async fn gc_leaves_exactly_what_manifests_and_uploads_name() -> anyhow::Result<(
             "{key} differs"
         );
     }
+    crate::cluster::assert_placement_clean(&c)?;
     Ok(())
 }
 
