@@ -29,9 +29,9 @@ use crate::format::HEADER_LEN;
 use crate::ids::ShardId;
 use crate::metrics::ServerMetrics;
 use crate::repair::RepairExecutor;
-use cairn_metadata::metrics::{self as ops, OpsEndpoint};
 use crate::scrub::{ScrubConfig, ScrubHandle};
 use crate::store::{PutStart, Store, StoreConfig};
+use cairn_metadata::metrics::{self as ops, OpsEndpoint};
 use cairn_metadata::types::ScrubControl;
 use cairn_metadata::worker::WorkerRunner;
 
@@ -210,10 +210,12 @@ impl Chunkserver {
         m.scrub_total_shards.set(i(p.total_shards));
         m.scrub_scanned_bytes.set(i(p.scanned_bytes));
         m.scrub_corrupt.set(i(p.bad_found));
-        m.scrub_running
-            .set(i64::from(p.state == cairn_metadata::types::ScrubState::Running));
-        m.scrub_paused
-            .set(i64::from(p.state == cairn_metadata::types::ScrubState::Paused));
+        m.scrub_running.set(i64::from(
+            p.state == cairn_metadata::types::ScrubState::Running,
+        ));
+        m.scrub_paused.set(i64::from(
+            p.state == cairn_metadata::types::ScrubState::Paused,
+        ));
         m.scrub_last_full_pass
             .set(i(p.last_full_pass_ms.unwrap_or(0) / 1000));
         if let Some(r) = self.repair.get() {

@@ -291,7 +291,11 @@ impl MetaMetrics {
             "Node id of the Raft leader this node knows (0: none)",
             m.leader.clone(),
         );
-        r.register("cairn_raft_is_leader", "1 on the Raft leader", m.is_leader.clone());
+        r.register(
+            "cairn_raft_is_leader",
+            "1 on the Raft leader",
+            m.is_leader.clone(),
+        );
         r.register(
             "cairn_raft_last_log_index",
             "Index of the last Raft log entry",
@@ -322,7 +326,11 @@ impl MetaMetrics {
             "Applied entries not yet covered by a snapshot",
             m.entries_since_snapshot.clone(),
         );
-        r.register("cairn_raft_voters", "Voters in the membership", m.voters.clone());
+        r.register(
+            "cairn_raft_voters",
+            "Voters in the membership",
+            m.voters.clone(),
+        );
         r.register_with_unit(
             "cairn_meta_commit_duration",
             "Time from proposing a log entry to its commit and apply",

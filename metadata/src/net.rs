@@ -62,8 +62,7 @@ pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(REQUEST_ID_HEADER)?.to_str().ok()?;
     let ok = !v.is_empty()
         && v.len() <= MAX_REQUEST_ID
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     ok.then(|| v.to_string())
 }

@@ -915,7 +915,8 @@ impl MetaNode {
         mm.applied_index.set(i(applied));
         mm.snapshot_index.set(i(snap));
         mm.log_entries.set(i(last.saturating_sub(purged)));
-        mm.entries_since_snapshot.set(i(applied.saturating_sub(snap)));
+        mm.entries_since_snapshot
+            .set(i(applied.saturating_sub(snap)));
         mm.voters.set(voters.len() as i64);
         if let (true, Some(rep)) = (leading, &m.replication) {
             // The quorum-th highest index held by the voters (the leader

@@ -220,7 +220,8 @@ async fn status_cmd(
     );
     outln!(
         "gc: {} shards pending, {} orphans in their grace period",
-        c.gc_pending, c.orphans_pending
+        c.gc_pending,
+        c.orphans_pending
     );
     Ok(())
 }

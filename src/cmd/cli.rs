@@ -337,7 +337,10 @@ pub async fn cp(conn: &ConnArgs, a: CopyArgs, out: &OutArgs) -> anyhow::Result<(
                     let m = upload(&c, &src, &d, &a, out).await?;
                     outln!(
                         "upload: {} to cairn://{}/{} ({} bytes)",
-                        src, d.bucket, d.key, m.size
+                        src,
+                        d.bucket,
+                        d.key,
+                        m.size
                     );
                 }
                 return Ok(());
@@ -353,7 +356,10 @@ pub async fn cp(conn: &ConnArgs, a: CopyArgs, out: &OutArgs) -> anyhow::Result<(
             let m = upload(&c, &a.src, &d, &a, out).await?;
             outln!(
                 "upload: {} to cairn://{}/{} ({} bytes)",
-                a.src, d.bucket, d.key, m.size
+                a.src,
+                d.bucket,
+                d.key,
+                m.size
             );
             Ok(())
         }
@@ -392,7 +398,8 @@ pub async fn cp(conn: &ConnArgs, a: CopyArgs, out: &OutArgs) -> anyhow::Result<(
             if dst != "-" {
                 outln!(
                     "download: cairn://{}/{} to {dst} ({n} bytes)",
-                    src.bucket, src.key
+                    src.bucket,
+                    src.key
                 );
             }
             Ok(())

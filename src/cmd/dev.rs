@@ -95,7 +95,13 @@ fn die_with_parent(cmd: &mut Command) {
     // only async-signal-safe functions (prctl, getppid).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
             {
                 return Err(std::io::Error::last_os_error());
             }
@@ -189,7 +195,13 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
             args.push("--peers".into());
             args.push(peers.join(","));
         }
-        roles.push(spawn(&format!("meta{id}"), &args, &logs, &secret, json_logs)?);
+        roles.push(spawn(
+            &format!("meta{id}"),
+            &args,
+            &logs,
+            &secret,
+            json_logs,
+        )?);
     }
     let mut cs_addrs = Vec::new();
     for j in 1..=a.chunkservers {

@@ -207,9 +207,7 @@ impl Gateway {
                         }
                     };
                     if let Ok(v) = http::HeaderValue::from_str(&request_id) {
-                        resp.headers_mut()
-                            .entry("x-amz-request-id")
-                            .or_insert(v);
+                        resp.headers_mut().entry("x-amz-request-id").or_insert(v);
                     }
                     metrics.record(op.get(), resp.status(), started);
                     resp
@@ -286,7 +284,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ServerOptions::default(),
         ));
     }
-    gw.serve(listener, crate::cmd::shutdown_signal(), opts).await;
+    gw.serve(listener, crate::cmd::shutdown_signal(), opts)
+        .await;
     tracing::info!("S3 gateway stopped");
     Ok(())
 }

@@ -14,6 +14,7 @@ mod e2e;
 mod linearizability;
 mod lost;
 mod metadata;
+mod ops;
 mod placement;
 mod repair;
 mod s3;
