@@ -12,8 +12,6 @@
 //! HEAD) on the exact paths is answered here; the role's own API keeps
 //! requiring the secret.
 
-use std::sync::atomic::AtomicU64;
-
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -34,9 +32,6 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// Label sets of Cairn's metric families: (name, value) pairs.
 pub type Labels = Vec<(String, String)>;
-
-/// A float gauge (seconds, ratios, sizes that may exceed i64 are not used).
-pub type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Which operations endpoint a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

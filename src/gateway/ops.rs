@@ -75,6 +75,12 @@ pub struct GatewayMetrics {
     pub shards: Arc<ShardClientMetrics>,
 }
 
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl GatewayMetrics {
     /// Builds and registers every metric.
     pub fn new() -> GatewayMetrics {
