@@ -1,9 +1,67 @@
 //! The `cairn` binary: every role (chunkserver, metadata, dev cluster) and
 //! the user CLI, as subcommands.
 
+/// `println!` for command output: exits quietly when stdout is a closed
+/// pipe (`cairn ls | head`), see [`write_stdout`].
+macro_rules! outln {
+    () => {
+        $crate::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for command output, like [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod cmd;
 mod config;
 mod gateway;
+
+/// Writes command output to stdout. A reader that went away (EPIPE: `cairn
+/// stat ... | head`) ends the process at once, quietly and successfully,
+/// as for ripgrep; any other write error ends it with a message.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        exit_on_stdout_error(&e);
+    }
+}
+
+/// Ends the process after a failed write to stdout: quietly (status 0) on
+/// a broken pipe, with a message (status 1) otherwise.
+pub(crate) fn exit_on_stdout_error(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to stdout: {e}");
+    std::process::exit(1);
+}
+
+/// True when `e` is (or was caused by) a broken pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Log output format (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields and the
+    /// current span, e.g. an S3 request's `request_id`).
+    Json,
+}
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +73,16 @@ struct Cli {
     conn: config::ConnArgs,
     #[command(flatten)]
     out: cmd::cli::OutArgs,
+    /// Log format on stderr: text or json. `cairn dev` passes it on to its
+    /// children.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "CAIRN_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -53,15 +121,23 @@ enum Command {
     Bench(cmd::bench::BenchCmd),
 }
 
-fn init_tracing(server: bool) {
+fn init_tracing(server: bool, format: LogFormat) {
     let default = if server { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// Prints the process's peak resident set size (VmHWM) to stderr, for the
@@ -83,7 +159,7 @@ fn main() -> std::process::ExitCode {
         cli.cmd,
         Command::Dev(_) | Command::Metadata(_) | Command::Chunkserver(_) | Command::Gateway(_)
     );
-    init_tracing(server);
+    init_tracing(server, cli.log_format);
     if matches!(cli.cmd, Command::Gateway(_)) {
         gateway::limit_malloc_arenas();
     }
@@ -98,10 +174,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     let conn = cli.conn;
+    let json_logs = cli.log_format == LogFormat::Json;
     let out = cli.out;
     let res = rt.block_on(async move {
         match cli.cmd {
-            Command::Dev(a) => cmd::dev::run(a).await,
+            Command::Dev(a) => cmd::dev::run(a, json_logs).await,
             Command::Metadata(a) => cmd::metadata::run(a).await,
             Command::Chunkserver(a) => cmd::chunkserver::run(a).await,
             Command::Gateway(a) => gateway::run(a).await,
@@ -124,6 +201,7 @@ fn main() -> std::process::ExitCode {
     }
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

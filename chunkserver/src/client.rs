@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cairn_metadata::net::{self, ErrorBody, HttpClient, NetError, SECRET_HEADER};
@@ -21,6 +21,7 @@ use crate::api::{self, InventoryPage, StatsReply};
 use crate::error::{Error, Result};
 use crate::format::ShardMeta;
 use crate::ids::ShardId;
+use crate::metrics::ShardClientMetrics;
 use crate::store::{PutOutcome, DEFAULT_MAX_SHARD_SIZE};
 
 /// Error replies are small JSON documents; anything bigger is cut here.
@@ -34,6 +35,18 @@ pub struct ShardClient {
     secret: Arc<str>,
     timeout: Duration,
     max_shard_size: u64,
+    metrics: Option<Arc<ShardClientMetrics>>,
+}
+
+/// The `result` label of a shard call.
+fn result_label<T>(r: &Result<T>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(Error::Net(NetError::Connect(_))) => "connect",
+        Err(Error::Net(NetError::Timeout)) => "timeout",
+        Err(Error::Net(NetError::Transport(_))) => "transport",
+        Err(e) => e.http_status().1,
+    }
 }
 
 impl ShardClient {
@@ -45,7 +58,14 @@ impl ShardClient {
             secret: Arc::from(secret.into()),
             timeout: Duration::from_secs(30),
             max_shard_size: DEFAULT_MAX_SHARD_SIZE,
+            metrics: None,
         }
+    }
+
+    /// Records every `put` and `get` in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ShardClientMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Sets the time allowed for each call, body transfer included.
@@ -64,6 +84,17 @@ impl ShardClient {
     /// Stores `payload` as the shard `meta` describes on the chunkserver at
     /// `addr` (`host:port`). Returns once it is durable there.
     pub async fn put(&self, addr: &str, meta: &ShardMeta, payload: Bytes) -> Result<PutOutcome> {
+        let started = Instant::now();
+        let len = payload.len() as u64;
+        let r = self.put_inner(addr, meta, payload).await;
+        if let Some(m) = &self.metrics {
+            let bytes = if r.is_ok() { len } else { 0 };
+            m.record(addr, "put", started, result_label(&r), bytes);
+        }
+        r
+    }
+
+    async fn put_inner(&self, addr: &str, meta: &ShardMeta, payload: Bytes) -> Result<PutOutcome> {
         if payload.len() as u64 != meta.len {
             return Err(Error::InvalidParams(format!(
                 "payload is {} bytes but the metadata says {}",
@@ -94,6 +125,22 @@ impl ShardClient {
     /// hash on the reactor). Any mismatch is [`Error::CorruptShard`]: a
     /// whole payload returned with `expected` given is verified against it.
     pub async fn get(
+        &self,
+        addr: &str,
+        id: ShardId,
+        range: Option<Range<u64>>,
+        expected: Option<blake3::Hash>,
+    ) -> Result<Bytes> {
+        let started = Instant::now();
+        let r = self.get_inner(addr, id, range, expected).await;
+        if let Some(m) = &self.metrics {
+            let bytes = r.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+            m.record(addr, "get", started, result_label(&r), bytes);
+        }
+        r
+    }
+
+    async fn get_inner(
         &self,
         addr: &str,
         id: ShardId,

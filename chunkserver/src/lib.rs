@@ -27,6 +27,8 @@
 //!   shard, quarantines bad ones and checkpoints its cursor.
 //! - [`repair`]: the executor of the leader's repair tasks: fetch k
 //!   survivors, rebuild, verify against the manifest's BLAKE3, store.
+//! - [`metrics`]: the chunkserver's `/metrics` and the shard client's
+//!   per-chunkserver call metrics.
 //! - [`client`]: [`ShardClient`](client::ShardClient), the typed client of a
 //!   chunkserver.
 
@@ -37,6 +39,7 @@ pub mod error;
 pub mod format;
 pub mod heartbeat;
 pub mod ids;
+pub mod metrics;
 pub mod repair;
 pub mod scrub;
 pub mod server;

@@ -57,6 +57,10 @@ struct Inner {
     running: std::sync::atomic::AtomicU32,
     reports: Mutex<Vec<RepairReport>>,
     ready: Notify,
+    /// Bytes of shards rebuilt and stored (reused copies not counted).
+    rebuilt_bytes: std::sync::atomic::AtomicU64,
+    /// Tasks that failed.
+    failed: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RepairExecutor {
@@ -80,6 +84,8 @@ impl RepairExecutor {
                 running: Default::default(),
                 reports: Mutex::new(Vec::new()),
                 ready: Notify::new(),
+                rebuilt_bytes: Default::default(),
+                failed: Default::default(),
             }),
         }
     }
@@ -151,6 +157,18 @@ impl RepairExecutor {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Bytes of shards rebuilt and stored since start (for `/metrics`).
+    pub fn rebuilt_bytes(&self) -> u64 {
+        self.inner
+            .rebuilt_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Tasks that failed since start (for `/metrics`).
+    pub fn failed(&self) -> u64 {
+        self.inner.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Tasks accepted and not yet finished (running or waiting for a slot).
     pub fn accepted(&self) -> usize {
         self.inner.accepted.lock().map(|a| a.len()).unwrap_or(0)
@@ -172,6 +190,16 @@ impl RepairExecutor {
 
 impl Inner {
     fn report(&self, task: RepairTask, result: Result<Reuse, String>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match &result {
+            Ok(Reuse::Written) => {
+                self.rebuilt_bytes.fetch_add(task.shard_len, Relaxed);
+            }
+            Ok(Reuse::Kept) => {}
+            Err(_) => {
+                self.failed.fetch_add(1, Relaxed);
+            }
+        }
         match &result {
             Ok(_) => tracing::info!(
                 task = task.task,

@@ -27,8 +27,11 @@ use crate::api::{self, InventoryPage, StatsReply};
 use crate::error::{Error, Result};
 use crate::format::HEADER_LEN;
 use crate::ids::ShardId;
+use crate::metrics::ServerMetrics;
+use crate::repair::RepairExecutor;
 use crate::scrub::{ScrubConfig, ScrubHandle};
 use crate::store::{PutStart, Store, StoreConfig};
+use cairn_metadata::metrics::{self as ops, OpsEndpoint};
 use cairn_metadata::types::ScrubControl;
 use cairn_metadata::worker::WorkerRunner;
 
@@ -91,6 +94,10 @@ pub struct Chunkserver {
     /// The process's background workers, for `/v1/admin/workers`; set once
     /// by whoever spawns them.
     workers: std::sync::OnceLock<WorkerRunner>,
+    /// The repair executor, for `/metrics`; set once when there is one.
+    repair: std::sync::OnceLock<RepairExecutor>,
+    /// What `/metrics` exports.
+    metrics: ServerMetrics,
 }
 
 impl fmt::Debug for Chunkserver {
@@ -129,6 +136,8 @@ impl Chunkserver {
             server_options: cfg.server,
             scrub,
             workers: std::sync::OnceLock::new(),
+            repair: std::sync::OnceLock::new(),
+            metrics: ServerMetrics::new(),
         }))
     }
 
@@ -151,6 +160,71 @@ impl Chunkserver {
     /// `POST /v1/admin/workers`. Only the first call counts.
     pub fn attach_workers(&self, runner: WorkerRunner) {
         let _ = self.workers.set(runner);
+    }
+
+    /// Records the repair executor, whose progress `/metrics` exports.
+    /// Only the first call counts.
+    pub fn attach_repair(&self, repair: RepairExecutor) {
+        let _ = self.repair.set(repair);
+    }
+
+    /// Readiness: every data directory takes a file (created, written and
+    /// removed; not fsynced).
+    pub async fn ready(&self) -> std::result::Result<(), String> {
+        let dirs = self.store.data_dirs();
+        let probe = tokio::task::spawn_blocking(move || {
+            for d in dirs {
+                let p = d.join(".ready-probe");
+                let r = std::fs::write(&p, b"ok").and_then(|()| std::fs::remove_file(&p));
+                if let Err(e) = r {
+                    return Err(format!("data dir {} is not writable: {e}", d.display()));
+                }
+            }
+            Ok(())
+        });
+        match probe.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("readiness probe failed: {e}")),
+        }
+    }
+
+    /// Refreshes the scrape-time values and encodes the registry.
+    pub async fn metrics_reply(&self) -> Response<Body> {
+        let m = &self.metrics;
+        m.process.refresh();
+        let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        match self.store.stats().await {
+            Ok(disks) => {
+                for d in disks {
+                    let l = cairn_metadata::metrics::labels([("dir", &d.path.to_string_lossy())]);
+                    m.disk_capacity.get_or_create(&l).set(i(d.capacity));
+                    m.disk_free.get_or_create(&l).set(i(d.free));
+                    m.disk_used.get_or_create(&l).set(i(d.used_by_shards));
+                    m.disk_shards.get_or_create(&l).set(i(d.shard_count));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: cannot read disk stats"),
+        }
+        let p = self.scrub.progress();
+        m.scrub_scanned_shards.set(i(p.scanned_shards));
+        m.scrub_total_shards.set(i(p.total_shards));
+        m.scrub_scanned_bytes.set(i(p.scanned_bytes));
+        m.scrub_corrupt.set(i(p.bad_found));
+        m.scrub_running.set(i64::from(
+            p.state == cairn_metadata::types::ScrubState::Running,
+        ));
+        m.scrub_paused.set(i64::from(
+            p.state == cairn_metadata::types::ScrubState::Paused,
+        ));
+        m.scrub_last_full_pass
+            .set(i(p.last_full_pass_ms.unwrap_or(0) / 1000));
+        if let Some(r) = self.repair.get() {
+            m.repair_running.set(i64::from(r.running()));
+            m.repair_accepted.set(r.accepted() as i64);
+            m.repair_rebuilt.set(i(r.rebuilt_bytes()));
+            m.repair_failed.set(i(r.failed()));
+        }
+        cairn_metadata::metrics::encode(&m.registry)
     }
 
     /// Space and usage, per data directory and in total.
@@ -183,9 +257,37 @@ impl Chunkserver {
         B: hyper::body::Body<Data = Bytes> + Send + Unpin,
         B::Error: fmt::Display,
     {
+        match ops::ops_endpoint(&req) {
+            Some(OpsEndpoint::Metrics) => return self.metrics_reply().await,
+            Some(OpsEndpoint::Live) => return ops::live(),
+            Some(OpsEndpoint::Ready) => return ops::ready(self.ready().await),
+            None => {}
+        }
         if !has_secret(req.headers(), &self.secret) {
             return unauthorized();
         }
+        let started = std::time::Instant::now();
+        let method = req.method().as_str().to_string();
+        let (span, _) = net::request_span(req.headers());
+        let resp = tracing::Instrument::instrument(self.handle_authorized(req), span).await;
+        let m = &self.metrics;
+        m.requests
+            .get_or_create(&ops::labels([
+                ("method", &method),
+                ("status", resp.status().as_str()),
+            ]))
+            .inc();
+        m.duration
+            .get_or_create(&ops::labels([("method", &method)]))
+            .observe(started.elapsed().as_secs_f64());
+        resp
+    }
+
+    async fn handle_authorized<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin,
+        B::Error: fmt::Display,
+    {
         let work = async {
             let _permit = self
                 .inflight

@@ -66,6 +66,9 @@ pub struct ClientConfig {
     /// Lease of a write's intent (see `write`): renewed every quarter of
     /// it while the write runs; a writer silent this long loses its write.
     pub intent_lease: Duration,
+    /// Where to record shard call latency and errors per chunkserver (the
+    /// S3 gateway exports them on `/metrics`); none by default.
+    pub shard_metrics: Option<Arc<cairn_chunkserver::metrics::ShardClientMetrics>>,
 }
 
 impl ClientConfig {
@@ -83,6 +86,7 @@ impl ClientConfig {
             meta: MetaClientOptions::default(),
             pool: ClientOptions::default(),
             intent_lease: write::INTENT_LEASE,
+            shard_metrics: None,
         }
     }
 }
@@ -149,8 +153,11 @@ impl Client {
         // a failed write) is bounded by `shard_timeout`, not the shard
         // client's 30 s default: a hung chunkserver must cost a re-placement
         // or a parity read, never a half-minute stall.
-        let shards = ShardClient::new(HttpClient::new(&cfg.pool), cfg.secret.clone())
+        let mut shards = ShardClient::new(HttpClient::new(&cfg.pool), cfg.secret.clone())
             .with_timeout(cfg.shard_timeout);
+        if let Some(m) = &cfg.shard_metrics {
+            shards = shards.with_metrics(m.clone());
+        }
         Client {
             inner: Arc::new(Inner {
                 cfg,

@@ -5,6 +5,8 @@
 //! - [`absent`]: the leader's named-but-absent check (shards the state
 //!   places on a chunkserver that it no longer holds).
 //! - [`client`]: `MetaClient`, leader-following client of the metadata API.
+//! - [`metrics`]: `/metrics` (Prometheus) and `/health/live|ready`, shared
+//!   by every role; process metrics.
 //! - [`node`]: a metadata node: composition root, API server, failure detector.
 //! - [`net`]: HTTP plumbing shared by every role (server loop, pooled client,
 //!   cluster-secret check).
@@ -19,6 +21,7 @@
 //! - [`worker`]: the background-worker runtime every role uses.
 pub mod absent;
 pub mod client;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod node;

@@ -30,6 +30,52 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 /// Header carrying the shared cluster secret on internal requests.
 pub const SECRET_HEADER: &str = "x-cairn-secret";
 
+/// Header carrying the id of the S3 request (its `x-amz-request-id`) an
+/// internal call works for, so the logs of every hop it causes carry it.
+pub const REQUEST_ID_HEADER: &str = "x-cairn-request-id";
+
+/// Longest request id accepted from a peer.
+const MAX_REQUEST_ID: usize = 64;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// Runs `f` with `id` as the current request id: every [`HttpClient`]
+/// request `f` sends on this task carries it in [`REQUEST_ID_HEADER`].
+/// Work `f` spawns onto other tasks does not inherit it.
+pub async fn with_request_id<F: Future>(id: Option<String>, f: F) -> F::Output {
+    match id {
+        Some(id) => REQUEST_ID.scope(id, f).await,
+        None => f.await,
+    }
+}
+
+/// The current task's request id (see [`with_request_id`]).
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(|id| id.clone()).ok()
+}
+
+/// The request id a peer sent in [`REQUEST_ID_HEADER`], when well formed
+/// (at most 64 ASCII letters, digits, `-` or `_`).
+pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(REQUEST_ID_HEADER)?.to_str().ok()?;
+    let ok = !v.is_empty()
+        && v.len() <= MAX_REQUEST_ID
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then(|| v.to_string())
+}
+
+/// A span for the server-side work of one request, carrying the request id
+/// the caller sent (none: no span).
+pub fn request_span(headers: &HeaderMap) -> (tracing::Span, Option<String>) {
+    match request_id_of(headers) {
+        Some(id) => (tracing::info_span!("request", request_id = %id), Some(id)),
+        None => (tracing::Span::none(), None),
+    }
+}
+
 /// A body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
@@ -204,9 +250,14 @@ impl HttpClient {
     /// within `timeout`.
     pub async fn send(
         &self,
-        req: Request<Body>,
+        mut req: Request<Body>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, NetError> {
+        if let Some(id) = current_request_id() {
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                req.headers_mut().entry(REQUEST_ID_HEADER).or_insert(v);
+            }
+        }
         match tokio::time::timeout(timeout, self.inner.request(req)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) if e.is_connect() => Err(NetError::Connect(e.to_string())),

@@ -20,6 +20,10 @@
 //!   membership changes
 //! - `/raft/append`, `/raft/vote`, `/raft/snapshot`: Raft RPCs
 //!
+//! Without the secret, `GET /metrics` (Prometheus), `/health/live` and
+//! `/health/ready` (200 when this node knows a leader, else 503) are
+//! served; see [`crate::metrics`].
+//!
 //! A node that must be the leader and is not answers 421 with the leader's
 //! address in the error body; clients retry there.
 
@@ -39,6 +43,7 @@ use tokio::net::TcpListener;
 use redb::ReadableDatabase;
 
 use crate::absent::{self, Absent};
+use crate::metrics::{self as ops, MetaMetrics, OpsEndpoint};
 use crate::model;
 use crate::net::{self, Body, HttpClient, ServerOptions};
 use crate::orphans::{self, InventoryReply, OrphanConfig, Orphans};
@@ -208,6 +213,8 @@ pub struct MetaNode {
     workers: std::sync::OnceLock<WorkerRunner>,
     /// The repair planner's state (leader memory).
     repairs: Arc<Repairs>,
+    /// What `/metrics` exports.
+    metrics: Arc<MetaMetrics>,
 }
 
 /// A linearizable read waiting for a leadership check.
@@ -283,7 +290,11 @@ async fn propose(raft: &Raft, cmd: Command) -> Result<CommandResult, ApiError> {
 
 /// Collects concurrent client writes into `Command::Batch` entries. Ends
 /// when the node (the only sender) is dropped.
-async fn batch_loop(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
+async fn batch_loop(
+    raft: Raft,
+    mut rx: tokio::sync::mpsc::Receiver<Pending>,
+    metrics: Arc<MetaMetrics>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
     // A write that would have overflowed the previous batch starts the next.
     let mut held: Option<Pending> = None;
@@ -314,17 +325,28 @@ async fn batch_loop(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
             }
         }
         let raft = raft.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            metrics.batch_size.observe(batch.len() as f64);
+            let started = Instant::now();
             if batch.len() == 1 {
                 if let Some((cmd, tx)) = batch.pop() {
-                    let _ = tx.send(propose(&raft, cmd).await);
+                    let r = propose(&raft, cmd).await;
+                    metrics
+                        .commit_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    let _ = tx.send(r);
                 }
                 return;
             }
             let (cmds, txs): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
             let n = cmds.len();
-            match propose(&raft, Command::Batch { cmds }).await {
+            let r = propose(&raft, Command::Batch { cmds }).await;
+            metrics
+                .commit_latency
+                .observe(started.elapsed().as_secs_f64());
+            match r {
                 Ok(CommandResult::Batch(results)) if results.len() == n => {
                     for (tx, r) in txs.into_iter().zip(results) {
                         let _ = tx.send(Ok(r));
@@ -378,8 +400,9 @@ impl MetaNode {
         let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log_store, sm_store)
             .await
             .map_err(|e| err("raft", &e))?;
+        let metrics = Arc::new(MetaMetrics::new());
         let (batcher, rx) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(batch_loop(raft.clone(), rx));
+        tokio::spawn(batch_loop(raft.clone(), rx, metrics.clone()));
         let (reads, rx) = tokio::sync::mpsc::channel(MAX_READ_BATCH * 4);
         tokio::spawn(read_barrier_loop(raft.clone(), rx));
         let repairs = Arc::new(Repairs::new(PlannerConfig {
@@ -389,6 +412,7 @@ impl MetaNode {
         }));
         Ok(Arc::new(MetaNode {
             repairs,
+            metrics,
             raft,
             batcher,
             reads,
@@ -874,7 +898,83 @@ impl MetaNode {
         Ok(())
     }
 
+    /// Readiness: this node knows a leader (it is one, or it follows one),
+    /// so the requests it gets are answered or redirected.
+    fn ready(&self) -> Result<(), String> {
+        let m = self.raft.metrics().borrow().clone();
+        if let Err(e) = &m.running_state {
+            return Err(format!("raft stopped: {e}"));
+        }
+        match m.current_leader {
+            Some(_) => Ok(()),
+            None => Err(format!("no known leader (term {})", m.current_term)),
+        }
+    }
+
+    /// Refreshes the scrape-time values and encodes the registry.
+    async fn metrics_reply(&self) -> Response<Body> {
+        let mm = &self.metrics;
+        mm.process.refresh();
+        let m = self.raft.metrics().borrow().clone();
+        let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let last = m.last_log_index.unwrap_or(0);
+        let applied = m.last_applied.map(|x| x.index).unwrap_or(0);
+        let snap = m.snapshot.map(|x| x.index).unwrap_or(0);
+        let purged = m.purged.map(|x| x.index).unwrap_or(0);
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let leading = m.current_leader == Some(self.cfg.id);
+        mm.term.set(i(m.current_term));
+        mm.leader.set(i(m.current_leader.unwrap_or(0)));
+        mm.is_leader.set(i64::from(leading));
+        mm.last_log_index.set(i(last));
+        mm.applied_index.set(i(applied));
+        mm.snapshot_index.set(i(snap));
+        mm.log_entries.set(i(last.saturating_sub(purged)));
+        mm.entries_since_snapshot
+            .set(i(applied.saturating_sub(snap)));
+        mm.voters.set(voters.len() as i64);
+        if let (true, Some(rep)) = (leading, &m.replication) {
+            // The quorum-th highest index held by the voters (the leader
+            // holds its whole log).
+            let mut held: Vec<u64> = voters
+                .iter()
+                .map(|v| {
+                    if *v == self.cfg.id {
+                        last
+                    } else {
+                        rep.get(v).copied().flatten().map(|l| l.index).unwrap_or(0)
+                    }
+                })
+                .collect();
+            held.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(c) = held.get(held.len() / 2) {
+                mm.commit_index.set(i(*c));
+            }
+        } else {
+            mm.commit_index.set(0);
+        }
+        let st = if leading {
+            self.cluster_status().await.ok()
+        } else {
+            None
+        };
+        mm.set_cluster(st.as_ref());
+        ops::encode(&mm.registry)
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        match ops::ops_endpoint(&req) {
+            Some(OpsEndpoint::Metrics) => return self.metrics_reply().await,
+            Some(OpsEndpoint::Live) => return ops::live(),
+            Some(OpsEndpoint::Ready) => return ops::ready(self.ready()),
+            None => {}
+        }
+        let (span, request_id) = net::request_span(req.headers());
+        let work = net::with_request_id(request_id, self.handle_api(req));
+        tracing::Instrument::instrument(work, span).await
+    }
+
+    async fn handle_api(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         if !net::has_secret(req.headers(), &self.cfg.secret) {
             return net::unauthorized();
         }

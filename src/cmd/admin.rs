@@ -81,7 +81,7 @@ async fn chunkserver_cmd(meta: &MetaClient, cmd: ChunkserverCmd) -> anyhow::Resu
     match meta.write(&cmd).await? {
         CommandResult::Err(e) => anyhow::bail!("{e}"),
         _ => {
-            println!("{done}");
+            outln!("{done}");
             Ok(())
         }
     }
@@ -150,7 +150,7 @@ async fn status_cmd(
     }
     let c: ClusterStatus = meta.cluster_status().await?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "metadata": nodes,
@@ -159,7 +159,7 @@ async fn status_cmd(
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "leader: node {} (term {})",
         c.raft
             .leader
@@ -167,10 +167,10 @@ async fn status_cmd(
             .unwrap_or_else(|| "none".into()),
         c.raft.term
     );
-    println!("metadata nodes:");
+    outln!("metadata nodes:");
     for n in &nodes {
         match &n.status {
-            Some(s) => println!(
+            Some(s) => outln!(
                 "  {} id={} term={} leader={} applied={}",
                 n.addr,
                 s.id,
@@ -182,10 +182,10 @@ async fn status_cmd(
                     .map(|l| l.to_string())
                     .unwrap_or_else(|| "-".into())
             ),
-            None => println!("  {} DOWN ({})", n.addr, n.error.as_deref().unwrap_or("")),
+            None => outln!("  {} DOWN ({})", n.addr, n.error.as_deref().unwrap_or("")),
         }
     }
-    println!("chunkservers:");
+    outln!("chunkservers:");
     for cs in &c.chunkservers {
         let scrub = match c.scrub.get(&cs.id) {
             Some(p) => format!(
@@ -197,7 +197,7 @@ async fn status_cmd(
             ),
             None => "scrub -".into(),
         };
-        println!(
+        outln!(
             "  cs{} {} zone={} state={:?} capacity={} used={} free={} shards={} {scrub}",
             cs.id,
             cs.addr,
@@ -209,13 +209,13 @@ async fn status_cmd(
             cs.shard_count
         );
     }
-    println!("objects: {} ({})", c.objects, fmt_bytes(c.bytes));
-    println!("stripes by remaining redundancy (healthy shards - k; below 0 = lost):");
+    outln!("objects: {} ({})", c.objects, fmt_bytes(c.bytes));
+    outln!("stripes by remaining redundancy (healthy shards - k; below 0 = lost):");
     for (r, n) in c.redundancy.iter().rev() {
         let note = if *r < 0 { "  LOST" } else { "" };
-        println!("  {r:>3}: {n}{note}");
+        outln!("  {r:>3}: {n}{note}");
     }
-    println!(
+    outln!(
         "repair: {} waiting, {} in flight, {} done, {:.2}/s over the last minute (last plan {})",
         c.repair_queue,
         c.repairs_in_flight,
@@ -223,9 +223,10 @@ async fn status_cmd(
         c.repair_rate,
         fmt_age(c.last_plan_ms)
     );
-    println!(
+    outln!(
         "gc: {} shards pending, {} orphans in their grace period",
-        c.gc_pending, c.orphans_pending
+        c.gc_pending,
+        c.orphans_pending
     );
     Ok(())
 }
@@ -280,14 +281,14 @@ async fn key_cmd(meta: &MetaClient, cmd: KeyCmd, json: bool) -> anyhow::Result<(
             let key = crate::gateway::auth::generate_key(&name, admin);
             write(Command::PutAccessKey { key: key.clone() }).await?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"id": key.id, "secret": key.secret, "name": key.name, "admin": key.admin})
                 );
             } else {
-                println!("key id:     {}", key.id);
-                println!("secret key: {}", key.secret);
-                println!("(the secret is not shown again)");
+                outln!("key id:     {}", key.id);
+                outln!("secret key: {}", key.secret);
+                outln!("(the secret is not shown again)");
             }
         }
         KeyCmd::List => {
@@ -304,7 +305,7 @@ async fn key_cmd(meta: &MetaClient, cmd: KeyCmd, json: bool) -> anyhow::Result<(
                     .iter()
                     .map(|k| serde_json::json!({"id": k.id, "name": k.name, "admin": k.admin, "buckets": k.buckets, "created_ms": k.created_ms}))
                     .collect();
-                println!("{}", serde_json::Value::Array(v));
+                outln!("{}", serde_json::Value::Array(v));
             } else {
                 for k in &keys {
                     let grants: Vec<String> = k
@@ -324,7 +325,7 @@ async fn key_cmd(meta: &MetaClient, cmd: KeyCmd, json: bool) -> anyhow::Result<(
                             format!("{b}:{r}")
                         })
                         .collect();
-                    println!(
+                    outln!(
                         "{}  {}{}  {}",
                         k.id,
                         k.name,
@@ -409,14 +410,14 @@ pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<(
             let s: RaftStatus = meta
                 .call("/v1/admin/add-node", &AddNodeRequest { id, addr })
                 .await?;
-            println!("voters: {:?}", s.voters);
+            outln!("voters: {:?}", s.voters);
             Ok(())
         }
         AdminCmd::Metadata(MetadataCmd::RemoveNode { id }) => {
             let s: RaftStatus = meta
                 .call("/v1/admin/remove-node", &RemoveNodeRequest { id })
                 .await?;
-            println!("voters: {:?}", s.voters);
+            outln!("voters: {:?}", s.voters);
             Ok(())
         }
         AdminCmd::Key(c) => key_cmd(&meta, c, json).await,
@@ -466,9 +467,9 @@ async fn audit_cmd(meta: &MetaClient, json: bool) -> anyhow::Result<()> {
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        outln!(
             "{} manifests, {} stripes checked: {} placement violations",
             report.manifests,
             report.stripes,
@@ -481,7 +482,7 @@ async fn audit_cmd(meta: &MetaClient, json: bool) -> anyhow::Result<()> {
                 }
                 _ => format!("{}/{}", v.bucket, v.key),
             };
-            println!("  {what} stripe {}: {}", v.stripe, v.detail);
+            outln!("  {what} stripe {}: {}", v.stripe, v.detail);
         }
     }
     if !report.violations.is_empty() {
@@ -595,11 +596,11 @@ async fn scrub_cmd(
         })
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
+        outln!("{}", serde_json::to_string_pretty(&views)?);
     } else {
         for v in &views {
             match &v.progress {
-                Some(p) => println!(
+                Some(p) => outln!(
                     "cs{} {} {:?} {}/{} shards {} MB bad={} last-full-pass={} cap={} MB/s tranquility={}",
                     v.id,
                     v.addr,
@@ -614,7 +615,7 @@ async fn scrub_cmd(
                     p.max_mbps,
                     p.tranquility
                 ),
-                None => println!(
+                None => outln!(
                     "cs{} {} UNREACHABLE ({})",
                     v.id,
                     v.addr,
@@ -684,7 +685,7 @@ async fn workers_cmd(
         })
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
+        outln!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(());
     }
     for v in &views {
@@ -693,11 +694,11 @@ async fn workers_cmd(
             None => format!("{} {}", v.role, v.addr),
         };
         match &v.error {
-            Some(e) => println!("{who}: UNREACHABLE ({e})"),
+            Some(e) => outln!("{who}: UNREACHABLE ({e})"),
             None => {
-                println!("{who}:");
+                outln!("{who}:");
                 for w in &v.workers {
-                    println!(
+                    outln!(
                         "  {:<32} {:<10} errors={} {}",
                         w.name,
                         format!("{:?}", w.state).to_lowercase(),

@@ -189,9 +189,9 @@ pub async fn run(conn: &ConnArgs, cmd: BenchCmd, json: bool) -> anyhow::Result<(
         BenchCmd::Limits(a) => {
             let l = tokio::task::spawn_blocking(move || measure_limits(a.ec, &a.dir)).await??;
             if json {
-                println!("{}", serde_json::to_string_pretty(&l)?);
+                outln!("{}", serde_json::to_string_pretty(&l)?);
             } else {
-                print!("{}", limits_table(&l));
+                out!("{}", limits_table(&l));
             }
             return Ok(());
         }
@@ -203,9 +203,9 @@ pub async fn run(conn: &ConnArgs, cmd: BenchCmd, json: bool) -> anyhow::Result<(
     };
     let report = bench_load(conn, mode, a).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.to_table());
+        out!("{}", report.to_table());
     }
     if report.errors > 0 {
         eprintln!("cairn bench: {} operations failed", report.errors);
@@ -471,12 +471,12 @@ async fn bench_meta(conn: &ConnArgs, a: MetaArgs, json: bool) -> anyhow::Result<
         eprintln!("cairn bench: {failed} metadata test keys left in bucket {bucket}");
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "results": rows }))?
         );
     } else {
-        print!("{}", report::rows_table(&rows));
+        out!("{}", report::rows_table(&rows));
     }
     Ok(())
 }

@@ -124,6 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         )
         .with_max_shard_size(args.max_shard_size);
         let repair = RepairExecutor::new(cs.store().clone(), shards, args.repair_concurrency);
+        cs.attach_repair(repair.clone());
         workers.spawn(Heartbeat::new(cs.clone(), meta, advertise, interval).with_repair(repair));
     } else {
         tracing::info!("no --metadata given: running standalone");

@@ -40,6 +40,21 @@ impl std::str::FromStr for CairnUrl {
     }
 }
 
+/// What `cairn ls` lists: the buckets (no URL, or `cairn://`) or the keys
+/// under `cairn://bucket[/prefix]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LsTarget(Option<CairnUrl>);
+
+impl std::str::FromStr for LsTarget {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        if s == "cairn://" || s == "cairn:///" {
+            return Ok(LsTarget(None));
+        }
+        Ok(LsTarget(Some(s.parse()?)))
+    }
+}
+
 fn is_remote(s: &str) -> bool {
     s.starts_with("cairn://")
 }
@@ -86,8 +101,9 @@ pub struct CopyArgs {
 /// `cairn ls`.
 #[derive(clap::Args, Debug)]
 pub struct LsArgs {
-    /// `cairn://bucket[/prefix]`; without it, lists buckets.
-    pub url: Option<CairnUrl>,
+    /// `cairn://bucket[/prefix]`; without it (or with a bare `cairn://`),
+    /// lists buckets.
+    pub url: Option<LsTarget>,
     /// List every key under the prefix instead of one level.
     #[arg(long, short)]
     pub recursive: bool,
@@ -142,7 +158,7 @@ fn bar(len: Option<u64>, quiet: bool, what: &str) -> ProgressBar {
 pub async fn mb(conn: &ConnArgs, a: MbArgs) -> anyhow::Result<()> {
     let c = client(conn).await?;
     c.create_bucket(&a.url.bucket, a.ec, a.shard_size).await?;
-    println!("make_bucket: {} ({})", a.url.bucket, a.ec);
+    outln!("make_bucket: {} ({})", a.url.bucket, a.ec);
     Ok(())
 }
 
@@ -150,7 +166,7 @@ pub async fn mb(conn: &ConnArgs, a: MbArgs) -> anyhow::Result<()> {
 pub async fn rb(conn: &ConnArgs, a: UrlArgs) -> anyhow::Result<()> {
     let c = client(conn).await?;
     c.delete_bucket(&a.url.bucket).await?;
-    println!("remove_bucket: {}", a.url.bucket);
+    outln!("remove_bucket: {}", a.url.bucket);
     Ok(())
 }
 
@@ -319,9 +335,12 @@ pub async fn cp(conn: &ConnArgs, a: CopyArgs, out: &OutArgs) -> anyhow::Result<(
                     };
                     let src = f.to_string_lossy().to_string();
                     let m = upload(&c, &src, &d, &a, out).await?;
-                    println!(
+                    outln!(
                         "upload: {} to cairn://{}/{} ({} bytes)",
-                        src, d.bucket, d.key, m.size
+                        src,
+                        d.bucket,
+                        d.key,
+                        m.size
                     );
                 }
                 return Ok(());
@@ -335,9 +354,12 @@ pub async fn cp(conn: &ConnArgs, a: CopyArgs, out: &OutArgs) -> anyhow::Result<(
                 d.key.push_str(name);
             }
             let m = upload(&c, &a.src, &d, &a, out).await?;
-            println!(
+            outln!(
                 "upload: {} to cairn://{}/{} ({} bytes)",
-                a.src, d.bucket, d.key, m.size
+                a.src,
+                d.bucket,
+                d.key,
+                m.size
             );
             Ok(())
         }
@@ -358,7 +380,7 @@ pub async fn cp(conn: &ConnArgs, a: CopyArgs, out: &OutArgs) -> anyhow::Result<(
                         key: e.key.clone(),
                     };
                     let n = download(&c, &s, &path.to_string_lossy(), out).await?;
-                    println!(
+                    outln!(
                         "download: cairn://{}/{} to {} ({n} bytes)",
                         s.bucket,
                         s.key,
@@ -374,9 +396,10 @@ pub async fn cp(conn: &ConnArgs, a: CopyArgs, out: &OutArgs) -> anyhow::Result<(
             }
             let n = download(&c, &src, &dst, out).await?;
             if dst != "-" {
-                println!(
+                outln!(
                     "download: cairn://{}/{} to {dst} ({n} bytes)",
-                    src.bucket, src.key
+                    src.bucket,
+                    src.key
                 );
             }
             Ok(())
@@ -389,13 +412,13 @@ pub async fn cp(conn: &ConnArgs, a: CopyArgs, out: &OutArgs) -> anyhow::Result<(
 /// `cairn ls`.
 pub async fn ls(conn: &ConnArgs, a: LsArgs, out: &OutArgs) -> anyhow::Result<()> {
     let c = client(conn).await?;
-    let Some(url) = a.url else {
+    let Some(url) = a.url.and_then(|t| t.0) else {
         let buckets = c.list_buckets().await?;
         if out.json {
-            println!("{}", serde_json::to_string_pretty(&buckets)?);
+            outln!("{}", serde_json::to_string_pretty(&buckets)?);
         } else {
             for b in buckets {
-                println!("{}  {}  {}", fmt_time(b.created_ms), b.ec, b.name);
+                outln!("{}  {}  {}", fmt_time(b.created_ms), b.ec, b.name);
             }
         }
         return Ok(());
@@ -422,7 +445,7 @@ pub async fn ls(conn: &ConnArgs, a: LsArgs, out: &OutArgs) -> anyhow::Result<()>
         token = page.next_continuation;
     }
     if out.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "bucket": url.bucket,
@@ -433,10 +456,10 @@ pub async fn ls(conn: &ConnArgs, a: LsArgs, out: &OutArgs) -> anyhow::Result<()>
         );
     } else {
         for p in prefixes {
-            println!("{:>19}  {:>12}  {p}", "", "PRE");
+            outln!("{:>19}  {:>12}  {p}", "", "PRE");
         }
         for e in entries {
-            println!("{}  {:>12}  {}", fmt_time(e.created_ms), e.size, e.key);
+            outln!("{}  {:>12}  {}", fmt_time(e.created_ms), e.size, e.key);
         }
     }
     Ok(())
@@ -448,7 +471,7 @@ pub async fn rm(conn: &ConnArgs, a: RmArgs) -> anyhow::Result<()> {
     if a.recursive {
         for e in all_keys(&c, &a.url.bucket, &a.url.key).await? {
             c.delete(&a.url.bucket, &e.key).await?;
-            println!("delete: cairn://{}/{}", a.url.bucket, e.key);
+            outln!("delete: cairn://{}/{}", a.url.bucket, e.key);
         }
         return Ok(());
     }
@@ -456,7 +479,7 @@ pub async fn rm(conn: &ConnArgs, a: RmArgs) -> anyhow::Result<()> {
         bail!("rm needs a key (or -r for a prefix)");
     }
     c.delete(&a.url.bucket, &a.url.key).await?;
-    println!("delete: cairn://{}/{}", a.url.bucket, a.url.key);
+    outln!("delete: cairn://{}/{}", a.url.bucket, a.url.key);
     Ok(())
 }
 
@@ -465,7 +488,7 @@ pub async fn stat(conn: &ConnArgs, a: UrlArgs, out: &OutArgs) -> anyhow::Result<
     let c = client(conn).await?;
     let m = c.head(&a.url.bucket, &a.url.key).await?;
     if out.json {
-        println!("{}", serde_json::to_string_pretty(&m)?);
+        outln!("{}", serde_json::to_string_pretty(&m)?);
         return Ok(());
     }
     let servers = c.chunkservers().await.unwrap_or_default();
@@ -477,25 +500,25 @@ pub async fn stat(conn: &ConnArgs, a: UrlArgs, out: &OutArgs) -> anyhow::Result<
             .map(|s| format!("cs{id} {} [{}] {:?}", s.addr, s.zone, s.state).to_lowercase())
             .unwrap_or_else(|| format!("cs{id} (unknown)")),
     };
-    println!("cairn://{}/{}", a.url.bucket, a.url.key);
-    println!("  size:     {}", m.size);
-    println!("  etag:     {}", m.etag);
-    println!("  version:  {}", m.version);
-    println!("  created:  {}", fmt_time(m.created_ms));
-    println!("  coding:   {} shards of {} bytes", m.ec, m.shard_size);
+    outln!("cairn://{}/{}", a.url.bucket, a.url.key);
+    outln!("  size:     {}", m.size);
+    outln!("  etag:     {}", m.etag);
+    outln!("  version:  {}", m.version);
+    outln!("  created:  {}", fmt_time(m.created_ms));
+    outln!("  coding:   {} shards of {} bytes", m.ec, m.shard_size);
     if let Some(ct) = &m.content_type {
-        println!("  type:     {ct}");
+        outln!("  type:     {ct}");
     }
-    println!("  stripes:  {}", m.stripes.len());
+    outln!("  stripes:  {}", m.stripes.len());
     for (i, s) in m.stripes.iter().enumerate() {
-        println!("  stripe {i} ({} bytes) {}", s.len, s.id);
+        outln!("  stripe {i} ({} bytes) {}", s.len, s.id);
         for (j, l) in s.shards.iter().enumerate() {
             let kind = if j < usize::from(m.ec.k) {
                 "data"
             } else {
                 "parity"
             };
-            println!(
+            outln!(
                 "    [{j}] {kind:<6} {}  {}  blake3 {}",
                 l.shard,
                 addr(l.chunkserver),

@@ -2,7 +2,9 @@
 //! of this binary on 127.0.0.1: 3 metadata nodes, 6 chunkservers in 3
 //! zones, and one S3 gateway on BASE+900. Data lives under one directory; running it again reuses the data
 //! (ports are fixed so the Raft membership stays valid). Ctrl-C stops every
-//! child cleanly (SIGTERM, then SIGKILL after a grace period).
+//! child cleanly (SIGTERM, then SIGKILL after a grace period). Children
+//! die with `cairn dev` however it ends (even by SIGKILL): each is started
+//! with `PR_SET_PDEATHSIG` = SIGKILL.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -79,13 +81,59 @@ fn load_or_make_s3_key(data: &Path) -> anyhow::Result<AccessKey> {
     Ok(k)
 }
 
-fn spawn(name: &str, args: &[String], logs: &Path, secret: &str) -> anyhow::Result<Role> {
+/// Makes the child about to be exec'd get SIGKILL when its parent dies.
+///
+/// Linux sends the signal when the *thread* that forked the child exits,
+/// not the process. `cairn dev` spawns its children from `run`, which is
+/// the future `main` drives with `Runtime::block_on`: it is polled only on
+/// the main thread, which lives as long as the process. The parent check
+/// after `prctl` closes the race of a parent that died before it.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("cairn dev exited during the spawn"));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
+
+fn spawn(
+    name: &str,
+    args: &[String],
+    logs: &Path,
+    secret: &str,
+    json_logs: bool,
+) -> anyhow::Result<Role> {
     let exe = std::env::current_exe().context("cannot find the cairn binary")?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(logs.join(format!("{name}.log")))?;
-    let child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    die_with_parent(&mut cmd);
+    if json_logs {
+        cmd.env("CAIRN_LOG_FORMAT", "json");
+    }
+    let child = cmd
         .args(args)
         .env("CAIRN_SECRET", secret)
         .stdin(Stdio::null())
@@ -109,7 +157,7 @@ fn terminate(child: &Child) {
 }
 
 /// Runs the dev cluster until Ctrl-C.
-pub async fn run(a: Args) -> anyhow::Result<()> {
+pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
     anyhow::ensure!(a.metadata_nodes >= 1, "need at least one metadata node");
     anyhow::ensure!(a.zones >= 1, "need at least one zone");
     let data = a.data.clone();
@@ -147,7 +195,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             args.push("--peers".into());
             args.push(peers.join(","));
         }
-        roles.push(spawn(&format!("meta{id}"), &args, &logs, &secret)?);
+        roles.push(spawn(
+            &format!("meta{id}"),
+            &args,
+            &logs,
+            &secret,
+            json_logs,
+        )?);
     }
     let mut cs_addrs = Vec::new();
     for j in 1..=a.chunkservers {
@@ -164,7 +218,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             "--metadata".into(),
             meta_addrs.join(","),
         ];
-        roles.push(spawn(&format!("cs{j}"), &args, &logs, &secret)?);
+        roles.push(spawn(&format!("cs{j}"), &args, &logs, &secret, json_logs)?);
         cs_addrs.push(addr);
     }
 
@@ -180,6 +234,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         ],
         &logs,
         &secret,
+        json_logs,
     )?);
     let s3_endpoint = format!("http://{s3_addr}");
 
@@ -225,26 +280,26 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     {
         anyhow::bail!("cannot store the dev S3 key: {e}");
     }
-    println!("Cairn dev cluster is up.");
-    println!("  metadata:     {}", meta_addrs.join(","));
-    println!(
+    outln!("Cairn dev cluster is up.");
+    outln!("  metadata:     {}", meta_addrs.join(","));
+    outln!(
         "  chunkservers: {} in {} zones ({})",
         a.chunkservers,
         a.zones.min(a.chunkservers),
         cs_addrs.join(",")
     );
-    println!("  secret:       {secret}");
-    println!("  S3 endpoint:  {s3_endpoint}");
-    println!("  S3 key id:    {}", s3_key.id);
-    println!("  S3 secret:    {}", s3_key.secret);
-    println!(
+    outln!("  secret:       {secret}");
+    outln!("  S3 endpoint:  {s3_endpoint}");
+    outln!("  S3 key id:    {}", s3_key.id);
+    outln!("  S3 secret:    {}", s3_key.secret);
+    outln!(
         "  data:         {}  (logs in {})",
         data.display(),
         logs.display()
     );
-    println!("  CLI config:   {}", cfg_path.display());
-    println!("Try: cairn mb cairn://demo && cairn put FILE cairn://demo/ && cairn ls cairn://demo");
-    println!("Ctrl-C stops the cluster.");
+    outln!("  CLI config:   {}", cfg_path.display());
+    outln!("Try: cairn mb cairn://demo && cairn put FILE cairn://demo/ && cairn ls cairn://demo");
+    outln!("Ctrl-C stops the cluster.");
 
     // Watch the children until Ctrl-C; report any that dies.
     let mut alive: Vec<bool> = vec![true; roles.len()];
@@ -265,9 +320,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             }
         }
     }
-    println!("stopping...");
+    outln!("stopping...");
     stop(roles).await;
-    println!("stopped.");
+    outln!("stopped.");
     Ok(())
 }
 

@@ -164,6 +164,10 @@ pub struct Access(pub std::sync::Arc<KeyStore>);
 #[async_trait::async_trait]
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let op = cx.s3_op().name().to_string();
+        if let Some(slot) = cx.extensions_mut().get::<super::ops::OpSlot>() {
+            slot.set(&op);
+        }
         let Some(cred) = cx.credentials() else {
             return Err(s3_error!(AccessDenied, "requests must be signed"));
         };

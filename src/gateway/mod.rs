@@ -9,6 +9,7 @@
 //! - [`auth`]: SigV4 secrets and per-bucket grants from the `keys` table.
 //! - [`body`]: streaming bodies, checksum verification before commit.
 //! - [`error`]: client errors -> S3 error codes.
+//! - [`ops`]: metrics, readiness, request ids (`/metrics`, `/health/*`).
 //!
 //! Memory is bounded: bodies stream through the client's stripe pipeline
 //! (a few stripes in flight per request), never buffered whole.
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod mpu_checksum;
+pub mod ops;
 pub mod s3;
 
 use std::path::PathBuf;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_client::{Client, ClientConfig};
+use cairn_metadata::metrics::{ops_endpoint, OpsEndpoint};
 use cairn_metadata::net::{self, ServerOptions};
 use http_body_util::BodyExt;
 use s3s::host::{S3Host, VirtualHost};
@@ -65,6 +68,10 @@ pub struct Args {
     /// buffers however many clients upload in parallel.
     #[arg(long, default_value_t = 12)]
     pub max_stripes_in_flight: usize,
+    /// Also serve `/metrics`, `/health/live` and `/health/ready` on this
+    /// address (they are always on --listen for unsigned GETs).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Virtual-host parsing: `bucket.DOMAIN[:port]` names a bucket; any other
@@ -96,11 +103,40 @@ impl S3Host for Hosts {
 /// The gateway's composition root.
 pub struct Gateway {
     service: s3s::service::S3Service,
+    metrics: Arc<ops::GatewayMetrics>,
+    probe: Arc<ops::ReadyProbe>,
+}
+
+/// The operations endpoints' share of the gateway (cheap to clone).
+#[derive(Clone)]
+pub struct OpsHandle {
+    metrics: Arc<ops::GatewayMetrics>,
+    probe: Arc<ops::ReadyProbe>,
+}
+
+impl OpsHandle {
+    /// Answers an operations endpoint.
+    pub async fn reply(&self, ep: OpsEndpoint) -> http::Response<net::Body> {
+        match ep {
+            OpsEndpoint::Metrics => {
+                self.metrics.process.refresh();
+                cairn_metadata::metrics::encode(&self.metrics.registry)
+            }
+            OpsEndpoint::Live => cairn_metadata::metrics::live(),
+            OpsEndpoint::Ready => cairn_metadata::metrics::ready(self.probe.check().await),
+        }
+    }
 }
 
 impl Gateway {
-    /// Builds the S3 service over `client`.
-    pub fn new(client: Client, domain: Option<String>) -> Gateway {
+    /// Builds the S3 service over `client`; `metrics` must be the ones the
+    /// client's `shard_metrics` come from.
+    pub fn new(
+        client: Client,
+        domain: Option<String>,
+        metrics: Arc<ops::GatewayMetrics>,
+        probe: ops::ReadyProbe,
+    ) -> Gateway {
         let keys = Arc::new(auth::KeyStore::new(client.clone()));
         let shard_size = cairn_chunkserver::codec::DEFAULT_SHARD_SIZE as u32;
         let mut b = S3ServiceBuilder::new(s3::CairnS3::new(client, keys.clone(), shard_size));
@@ -109,7 +145,19 @@ impl Gateway {
         b.set_host(Hosts {
             domain: domain.map(|d| d.trim_matches('.').to_ascii_lowercase()),
         });
-        Gateway { service: b.build() }
+        Gateway {
+            service: b.build(),
+            metrics,
+            probe: Arc::new(probe),
+        }
+    }
+
+    /// The operations endpoints, e.g. for a separate `--metrics-listen`.
+    pub fn ops(&self) -> OpsHandle {
+        OpsHandle {
+            metrics: self.metrics.clone(),
+            probe: self.probe.clone(),
+        }
     }
 
     /// Serves S3 on `listener` until `shutdown` resolves.
@@ -119,24 +167,50 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()>,
         opts: ServerOptions,
     ) {
+        let ops_handle = self.ops();
         let service = self.service;
+        let metrics = self.metrics;
         net::serve(
             listener,
             move |req, _peer| {
                 let service = service.clone();
+                let metrics = metrics.clone();
+                let ops_handle = ops_handle.clone();
                 async move {
-                    let req = req.map(s3s::Body::from);
-                    match service.call(req).await {
-                        Ok(resp) => resp.map(|b| b.boxed_unsync()),
+                    if let Some(ep) = ops_endpoint(&req).filter(|_| ops::is_unsigned(&req)) {
+                        return ops_handle.reply(ep).await;
+                    }
+                    let started = std::time::Instant::now();
+                    let request_id = ops::new_request_id();
+                    let op = ops::OpSlot::default();
+                    let span = tracing::info_span!("s3", request_id = %request_id);
+                    let mut req = req.map(|b| {
+                        s3s::Body::http_body_unsync(ops::Counted::new(b, metrics.received.clone()))
+                    });
+                    req.extensions_mut().insert(op.clone());
+                    metrics.in_flight.inc();
+                    let call = net::with_request_id(Some(request_id.clone()), service.call(req));
+                    let res = tracing::Instrument::instrument(call, span.clone()).await;
+                    metrics.in_flight.dec();
+                    let mut resp = match res {
+                        Ok(resp) => {
+                            let sent = metrics.sent.clone();
+                            resp.map(|b| ops::Counted::new(b, sent).boxed_unsync())
+                        }
                         Err(e) => {
-                            tracing::warn!(error = ?e, "S3 request failed");
+                            span.in_scope(|| tracing::warn!(error = ?e, "S3 request failed"));
                             net::error_response(
                                 http::StatusCode::INTERNAL_SERVER_ERROR,
                                 "InternalError",
                                 "internal error",
                             )
                         }
+                    };
+                    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+                        resp.headers_mut().entry("x-amz-request-id").or_insert(v);
                     }
+                    metrics.record(op.get(), resp.status(), started);
+                    resp
                 }
             },
             shutdown,
@@ -161,7 +235,10 @@ pub fn limit_malloc_arenas() {
 
 /// Runs a gateway until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let metrics = Arc::new(ops::GatewayMetrics::new());
+    let probe = ops::ReadyProbe::new(args.metadata.clone(), args.secret.clone());
     let mut cfg = ClientConfig::new(args.metadata.clone(), args.secret);
+    cfg.shard_metrics = Some(metrics.shards.clone());
     cfg.stripe_budget = Some(Arc::new(tokio::sync::Semaphore::new(
         args.max_stripes_in_flight.max(1),
     )));
@@ -181,8 +258,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_connections: args.max_connections.max(1),
         ..ServerOptions::default()
     };
-    Gateway::new(client, args.domain)
-        .serve(listener, crate::cmd::shutdown_signal(), opts)
+    let gw = Gateway::new(client, args.domain, metrics, probe);
+    if let Some(m) = &args.metrics_listen {
+        let l = TcpListener::bind(m)
+            .await
+            .with_context(|| format!("cannot listen on {m}"))?;
+        tracing::info!(addr = %l.local_addr().context("cannot read the bound address")?, "metrics listening");
+        let h = gw.ops();
+        tokio::spawn(net::serve(
+            l,
+            move |req, _peer| {
+                let h = h.clone();
+                async move {
+                    match ops_endpoint(&req) {
+                        Some(ep) => h.reply(ep).await,
+                        None => net::error_response(
+                            http::StatusCode::NOT_FOUND,
+                            "NotFound",
+                            "only /metrics, /health/live and /health/ready here",
+                        ),
+                    }
+                }
+            },
+            crate::cmd::shutdown_signal(),
+            ServerOptions::default(),
+        ));
+    }
+    gw.serve(listener, crate::cmd::shutdown_signal(), opts)
         .await;
     tracing::info!("S3 gateway stopped");
     Ok(())

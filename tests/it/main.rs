@@ -18,6 +18,7 @@ mod lost;
 mod metadata;
 mod netns;
 mod partition;
+mod ops;
 mod placement;
 mod repair;
 mod s3;
