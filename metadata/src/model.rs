@@ -1462,10 +1462,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// One page of `Query::AuditPlacement`. The cursor is `o` + the hex of the
-/// last object key walked, `p` + the hex of the last upload-part key, or `i`
-/// + the hex of the last reverse-index key (`i` alone: its start): objects
-/// first, then uploaded parts, each in key order, then the reverse index.
+/// One page of `Query::AuditPlacement`. The cursor is `o` and the hex of
+/// the last object key walked, `p` and the hex of the last upload-part key,
+/// or `i` and the hex of the last reverse-index key (`i` alone: its start):
+/// objects first, then uploaded parts, each in key order, then the index.
 fn audit_page(
     txn: &redb::ReadTransaction,
     cursor: Option<&str>,
@@ -2996,10 +2996,7 @@ mod tests {
             created_ms: 0,
             owner: String::new(),
         };
-        assert_eq!(
-            run(db, Command::CreateBucket { bucket }),
-            CommandResult::Ok
-        );
+        assert_eq!(run(db, Command::CreateBucket { bucket }), CommandResult::Ok);
         for id in 1..=servers {
             let r = run(
                 db,
