@@ -136,7 +136,7 @@ impl Heartbeat {
             repairs: self.take_repairs(),
             repairs_running: self.repair.as_ref().map_or(0, |r| r.accepted() as u32),
             scrub: Some(self.cs.scrub().progress()),
-            data_dirs: self.cs.store().disk_identities(),
+            data_dirs: served_identities(self.cs.store().disk_identities()),
         };
         let resp = self.meta.heartbeat(&req).await.map_err(|e| e.to_string())?;
         self.sent += 1;
@@ -323,3 +323,16 @@ const REPORT_PAUSE: Duration = Duration::from_millis(50);
 /// After reporting repairs, the next heartbeat comes this soon: the leader
 /// commits them and plans the next tasks in between.
 const REPAIR_POLL: Duration = Duration::from_millis(250);
+
+/// The data-dir identities a heartbeat reports. With every directory out
+/// of service there is none to report, but an empty list means "not told"
+/// to the metadata service; a placeholder that is never a real identity
+/// makes the leader see the change and check (and so rebuild) every shard
+/// placed here.
+fn served_identities(ids: Vec<String>) -> Vec<String> {
+    if ids.is_empty() {
+        vec!["no-data-dir-in-service".to_string()]
+    } else {
+        ids
+    }
+}

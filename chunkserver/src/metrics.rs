@@ -40,6 +40,8 @@ pub struct ServerMetrics {
     pub disk_used: Family<Labels, Gauge>,
     /// Per data dir: shards stored.
     pub disk_shards: Family<Labels, Gauge>,
+    /// Per data dir: 1 when it was taken out of service (device failure).
+    pub disk_failed: Family<Labels, Gauge>,
     /// Scrub: shards checked in the current (or last) pass.
     pub scrub_scanned_shards: Gauge,
     /// Scrub: shards to check in the pass.
@@ -82,6 +84,7 @@ impl ServerMetrics {
             disk_free: Family::default(),
             disk_used: Family::default(),
             disk_shards: Family::default(),
+            disk_failed: Family::default(),
             scrub_scanned_shards: Gauge::default(),
             scrub_total_shards: Gauge::default(),
             scrub_scanned_bytes: Gauge::default(),
@@ -128,6 +131,11 @@ impl ServerMetrics {
             "cairn_disk_shards",
             "Shards stored in each data dir",
             m.disk_shards.clone(),
+        );
+        r.register(
+            "cairn_disk_failed",
+            "1 when a data dir was taken out of service after its device failed (EIO, read-only file system)",
+            m.disk_failed.clone(),
         );
         r.register(
             "cairn_scrub_scanned_shards",

@@ -168,10 +168,20 @@ impl Chunkserver {
         let _ = self.repair.set(repair);
     }
 
-    /// Readiness: every data directory takes a file (created, written and
-    /// removed; not fsynced).
+    /// Readiness: every data directory in service takes a file (created,
+    /// written and removed; not fsynced), and at least one is in service
+    /// (one whose device failed is out of service: the others still serve).
     pub async fn ready(&self) -> std::result::Result<(), String> {
-        let dirs = self.store.data_dirs();
+        let failed: Vec<std::path::PathBuf> = self.store.failed_dirs().into_iter().map(|(d, _)| d).collect();
+        let dirs: Vec<std::path::PathBuf> = self
+            .store
+            .data_dirs()
+            .into_iter()
+            .filter(|d| !failed.contains(d))
+            .collect();
+        if dirs.is_empty() {
+            return Err("every data dir is out of service (device failures)".into());
+        }
         let probe = tokio::task::spawn_blocking(move || {
             for d in dirs {
                 let p = d.join(".ready-probe");
@@ -201,6 +211,9 @@ impl Chunkserver {
                     m.disk_free.get_or_create(&l).set(i(d.free));
                     m.disk_used.get_or_create(&l).set(i(d.used_by_shards));
                     m.disk_shards.get_or_create(&l).set(i(d.shard_count));
+                    m.disk_failed
+                        .get_or_create(&l)
+                        .set(i64::from(d.failed.is_some()));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "metrics: cannot read disk stats"),

@@ -208,6 +208,11 @@ pub struct DiskStats {
     pub used_by_shards: u64,
     /// Shards stored.
     pub shard_count: u64,
+    /// Why the directory was taken out of service (its device failed a
+    /// read, write or fsync), or `None` while it serves. A failed directory
+    /// reports no capacity and no shards.
+    #[serde(default)]
+    pub failed: Option<String>,
 }
 
 /// The durable shard store. Cheap to clone (an `Arc` inside).
@@ -250,6 +255,8 @@ struct State {
     /// Shards being written, with their declared hash.
     writing: HashMap<ShardId, blake3::Hash>,
     usage: Vec<Usage>,
+    /// Per data directory: why it was taken out of service, if it was.
+    failed: Vec<Option<String>>,
     next_gen: u64,
 }
 
@@ -450,6 +457,7 @@ impl Store {
         }
         let mut state = State {
             usage: vec![Usage::default(); disks.len()],
+            failed: vec![None; disks.len()],
             ..State::default()
         };
         let mut known = HashSet::new();
@@ -484,11 +492,30 @@ impl Store {
 
     /// The identity (`disk-id`) of each data directory, in configuration
     /// order.
+    ///
+    /// A failed directory is left out: to the metadata service its
+    /// identity is gone, as if the disk were pulled, so the leader checks
+    /// every shard it places here and the ones that were on the failed
+    /// directory are reported lost and rebuilt (see `absent.rs` there).
     pub fn disk_identities(&self) -> Vec<String> {
+        let st = lock(&self.inner.state);
         self.inner
             .disks
             .iter()
-            .map(|d| d.identity.clone())
+            .enumerate()
+            .filter(|(i, _)| st.failed.get(*i).is_none_or(|f| f.is_none()))
+            .map(|(_, d)| d.identity.clone())
+            .collect()
+    }
+
+    /// The data directories taken out of service, with the reason.
+    pub fn failed_dirs(&self) -> Vec<(PathBuf, String)> {
+        let st = lock(&self.inner.state);
+        self.inner
+            .disks
+            .iter()
+            .zip(&st.failed)
+            .filter_map(|(d, f)| f.as_ref().map(|f| (d.root.clone(), f.clone())))
             .collect()
     }
 
@@ -582,12 +609,13 @@ impl Store {
     pub async fn verify(&self, id: ShardId) -> Result<u64> {
         let entry = self.entry(id)?;
         let inner = self.inner.clone();
-        blocking(move || match inner.read_verified(id, entry) {
+        let r = blocking(move || match inner.read_verified(id, entry) {
             Ok((meta, _)) => Ok(meta.len),
             Err(Error::NoSuchShard { .. }) => Err(inner.drop_missing(id, entry)),
             Err(e) => Err(e),
         })
-        .await
+        .await;
+        self.inner.check_device(entry.disk, r)
     }
 
     /// Corruption events since the last call (oldest first), and how many
@@ -631,7 +659,9 @@ impl Store {
                 Begin::Reserved(guard) => {
                     let inner = self.inner.clone();
                     let m = meta.clone();
-                    let state = blocking(move || inner.create_temp(guard, m)).await?;
+                    let disk = guard.disk;
+                    let r = blocking(move || inner.create_temp(guard, m)).await;
+                    let state = self.inner.check_device(disk, r)?;
                     return Ok(PutStart::Write(ShardWriter {
                         state: Some(Box::new(state)),
                         buf: Vec::new(),
@@ -676,7 +706,8 @@ impl Store {
     pub async fn get(&self, id: ShardId) -> Result<(ShardMeta, Bytes)> {
         let entry = self.entry(id)?;
         let inner = self.inner.clone();
-        blocking(move || inner.read_verified(id, entry)).await
+        let r = blocking(move || inner.read_verified(id, entry)).await;
+        self.inner.check_device(entry.disk, r)
     }
 
     /// Reads a shard's header (checked by its own checksum, payload not
@@ -684,7 +715,8 @@ impl Store {
     pub async fn head(&self, id: ShardId) -> Result<ShardMeta> {
         let entry = self.entry(id)?;
         let inner = self.inner.clone();
-        blocking(move || inner.read_header(id, entry)).await
+        let r = blocking(move || inner.read_header(id, entry)).await;
+        self.inner.check_device(entry.disk, r)
     }
 
     /// Deletes a shard durably. [`Error::Busy`] while it is being written.
@@ -699,7 +731,20 @@ impl Store {
         blocking(move || {
             let mut out = Vec::with_capacity(inner.disks.len());
             for (i, d) in inner.disks.iter().enumerate() {
-                let space = statvfs(&d.root)?;
+                let failed = lock(&inner.state).failed.get(i).cloned().flatten();
+                if let Some(reason) = failed {
+                    out.push(DiskStats {
+                        path: d.root.clone(),
+                        capacity: 0,
+                        free: 0,
+                        reserve: 0,
+                        used_by_shards: 0,
+                        shard_count: 0,
+                        failed: Some(reason),
+                    });
+                    continue;
+                }
+                let space = inner.check_device(i, statvfs(&d.root))?;
                 let usage = lock(&inner.state).usage[i];
                 out.push(DiskStats {
                     path: d.root.clone(),
@@ -708,6 +753,7 @@ impl Store {
                     reserve: d.reserve.bytes_for(space.capacity),
                     used_by_shards: usage.used,
                     shard_count: usage.count,
+                    failed: None,
                 });
             }
             Ok(out)
@@ -861,16 +907,87 @@ fn scan_disk(
     Ok(())
 }
 
+/// True for the errors that mean the device under a data directory is
+/// failing, not merely full: EIO, EROFS (a file system remounted read-only
+/// after errors), ENXIO, ENODEV, EUCLEAN (corrupted file system).
+fn is_device_failure(e: &Error) -> bool {
+    const EIO: i32 = 5;
+    const ENXIO: i32 = 6;
+    const ENODEV: i32 = 19;
+    const EROFS: i32 = 30;
+    const EUCLEAN: i32 = 117;
+    match e {
+        Error::Io { source, .. } => matches!(
+            source.raw_os_error(),
+            Some(EIO | ENXIO | ENODEV | EROFS | EUCLEAN)
+        ),
+        _ => false,
+    }
+}
+
 impl Inner {
+    fn is_failed(&self, disk: usize) -> bool {
+        lock(&self.state).failed.get(disk).is_some_and(|f| f.is_some())
+    }
+
+    /// Passes `r` through; if it is a device failure on `disk`, first takes
+    /// that directory out of service.
+    fn check_device<T>(&self, disk: usize, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            if is_device_failure(e) {
+                self.fail_disk(disk, e);
+            }
+        }
+        r
+    }
+
+    /// Takes data directory `disk` out of service after its device failed:
+    /// no more placements on it, its shards leave the index (reads of them
+    /// answer "no such shard", so clients decode from parity) and its
+    /// identity leaves the heartbeat, so the metadata service checks every
+    /// shard it placed here and rebuilds the ones that were on this
+    /// directory. The files are not touched. Serving the other directories
+    /// goes on. Undone only by a restart (after the operator replaced or
+    /// repaired the disk).
+    fn fail_disk(&self, disk: usize, e: &Error) {
+        let Some(d) = self.disks.get(disk) else {
+            return;
+        };
+        let mut st = lock(&self.state);
+        match st.failed.get_mut(disk) {
+            Some(slot @ None) => *slot = Some(e.to_string()),
+            _ => return,
+        }
+        let before = st.index.len();
+        st.index.retain(|_, entry| entry.disk != disk);
+        let dropped = before - st.index.len();
+        if let Some(u) = st.usage.get_mut(disk) {
+            u.used = 0;
+            u.count = 0;
+        }
+        drop(st);
+        tracing::error!(
+            dir = %d.root.display(),
+            error = %e,
+            shards = dropped,
+            "data directory failed: taken out of service; its shards will be rebuilt elsewhere"
+        );
+    }
+
     /// Decides, atomically under the state lock, whether a put may go ahead;
     /// if so reserves the id and the space on the chosen disk.
     fn try_begin(self: Arc<Self>, meta: ShardMeta) -> Result<Begin> {
         let need = HEADER_LEN as u64 + meta.len;
-        let spaces = self
-            .disks
-            .iter()
-            .map(|d| statvfs(&d.root))
-            .collect::<Result<Vec<_>>>()?;
+        // A directory whose device fails statvfs is taken out of service;
+        // None marks it (and one already failed) as no candidate.
+        let spaces: Vec<Option<Space>> = (0..self.disks.len())
+            .map(|i| {
+                if self.is_failed(i) {
+                    return None;
+                }
+                self.check_device(i, statvfs(&self.disks[i].root)).ok()
+            })
+            .collect();
         let mut st = lock(&self.state);
         if let Some(h) = st.writing.get(&meta.id) {
             return Err(if *h == meta.blake3 {
@@ -890,6 +1007,12 @@ impl Inner {
         let mut best: Option<(usize, u64, u64)> = None;
         let mut closest = String::new();
         for (i, (d, s)) in self.disks.iter().zip(&spaces).enumerate() {
+            let Some(s) = s.as_ref().filter(|_| st.failed[i].is_none()) else {
+                if closest.is_empty() {
+                    closest = format!("{} is out of service", d.root.display());
+                }
+                continue;
+            };
             let free = s.avail.saturating_sub(st.usage[i].pending);
             let reserve = d.reserve.bytes_for(s.capacity);
             if free >= need.saturating_add(reserve) {
@@ -1052,25 +1175,9 @@ impl Inner {
             .read_to_end(&mut buf)
             .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
         let meta = self.check_header(id, entry, &path, &buf)?;
-        let payload_len = (buf.len() - HEADER_LEN) as u64;
-        if payload_len != meta.len {
-            return Err(self.quarantine(
-                id,
-                entry,
-                format!("payload is {payload_len} bytes, header says {}", meta.len),
-            ));
-        }
-        let actual = blake3::hash(&buf[HEADER_LEN..]);
-        if actual != meta.blake3 {
-            return Err(self.quarantine(
-                id,
-                entry,
-                format!(
-                    "payload BLAKE3 {} does not match header {}",
-                    actual.to_hex(),
-                    meta.blake3.to_hex()
-                ),
-            ));
+        // check_header succeeded, so buf holds at least a whole header.
+        if let Err(reason) = format::verify_payload(&meta, buf.get(HEADER_LEN..).unwrap_or(&[])) {
+            return Err(self.quarantine(id, entry, reason));
         }
         Ok((meta, Bytes::from(buf).slice(HEADER_LEN..)))
     }
@@ -1309,7 +1416,8 @@ impl ShardWriter {
         };
         let bufs = std::mem::take(&mut self.buf);
         self.buffered = 0;
-        let st = blocking(move || {
+        let (store, disk) = (st.guard.store.clone(), st.guard.disk);
+        let r = blocking(move || {
             for b in &bufs {
                 st.hasher.update(b);
                 st.file.write_all(b).map_err(|e| {
@@ -1319,7 +1427,8 @@ impl ShardWriter {
             }
             Ok(st)
         })
-        .await?;
+        .await;
+        let st = store.check_device(disk, r)?;
         self.state = Some(st);
         Ok(())
     }
@@ -1350,7 +1459,9 @@ impl ShardWriter {
         }
         // One blocking task does the whole commit, index update included,
         // so a cancelled request cannot leave a renamed file unindexed.
-        blocking(move || commit(st)).await
+        let (store, disk) = (st.guard.store.clone(), st.guard.disk);
+        let r = blocking(move || commit(st)).await;
+        store.check_device(disk, r)
     }
 }
 
@@ -1380,6 +1491,17 @@ fn commit(st: Box<WriterState>) -> Result<()> {
     }
     let file_len = HEADER_LEN as u64 + meta.len;
     let mut s = lock(&guard.store.state);
+    if s.failed.get(guard.disk).is_some_and(|f| f.is_some()) {
+        // The directory failed while this shard was written: its fsync may
+        // have "succeeded" on a dying device. Not acknowledged; the writer
+        // places the shard elsewhere.
+        drop(s);
+        let _ = std::fs::remove_file(&final_path);
+        return Err(Error::io(
+            format!("commit {}", final_path.display()),
+            std::io::Error::other("the data directory failed during the write"),
+        ));
+    }
     let gen = s.next_gen;
     s.next_gen += 1;
     s.index.insert(
@@ -1676,6 +1798,57 @@ mod tests {
         assert_eq!(
             count_files(t.path(), &|n| n != "LOCK" && n != DISK_ID_FILE),
             0
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_device_takes_its_directory_out_of_service() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = open(&[a.path(), b.path()], Reserve::Bytes(0)).await;
+        let mut on = [Vec::new(), Vec::new()];
+        for i in 0..16u8 {
+            let payload = Bytes::from(vec![i; 1000 + i as usize]);
+            let meta = meta_for(&payload);
+            store.put(meta.clone(), payload).await.unwrap();
+            on[store.disk_of(&meta.id).unwrap()].push(meta.id);
+        }
+        assert!(!on[0].is_empty() && !on[1].is_empty(), "writes spread");
+        let ids = store.disk_identities();
+        assert_eq!(ids.len(), 2);
+
+        // Not a device failure: nothing happens.
+        let full = Error::io("write", std::io::Error::from_raw_os_error(28));
+        let _ = store.inner.check_device::<()>(0, Err(full));
+        assert!(store.failed_dirs().is_empty());
+        // EIO: directory 0 leaves service.
+        let eio = Error::io("fsync", std::io::Error::from_raw_os_error(5));
+        let _ = store.inner.check_device::<()>(0, Err(eio));
+        let failed = store.failed_dirs();
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].1.contains("fsync"), "{failed:?}");
+        for id in &on[0] {
+            assert!(!store.contains(id));
+            assert!(matches!(store.get(*id).await, Err(Error::NoSuchShard { .. })));
+        }
+        for id in &on[1] {
+            assert!(store.get(*id).await.is_ok(), "the other directory serves");
+        }
+        assert_eq!(store.disk_identities(), vec![ids[1].clone()]);
+        let stats = store.stats().await.unwrap();
+        assert!(stats[0].failed.is_some());
+        assert_eq!((stats[0].capacity, stats[0].shard_count), (0, 0));
+        assert_eq!(stats[1].shard_count, on[1].len() as u64);
+        // New shards go to the directory in service only.
+        for i in 0..8u8 {
+            let payload = Bytes::from(vec![i; 10]);
+            let meta = meta_for(&payload);
+            store.put(meta.clone(), payload).await.unwrap();
+            assert_eq!(store.disk_of(&meta.id), Some(1));
+        }
+        // The files on the failed directory were left alone.
+        assert_eq!(
+            count_files(a.path(), &|n| n.len() == 32),
+            on[0].len(),
         );
     }
 }

@@ -11,6 +11,7 @@ mod chunkserver;
 mod cluster;
 mod deploy;
 mod dev;
+mod disk;
 mod durability;
 mod e2e;
 mod linearizability;
