@@ -1567,3 +1567,6 @@ pub struct RaftStatus {
     /// Learners, with addresses.
     pub learners: BTreeMap<NodeId, String>,
 }
+
+#[cfg(test)]
+mod wire_tests;
