@@ -1,0 +1,277 @@
+//! `query`: reads against a consistent snapshot of the tables, and the
+//! table walks the leader's workers use.
+
+use super::*;
+
+/// Rows in a model table (redb keeps table lengths: O(1)).
+pub fn table_len(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<'static, &'static [u8], &'static [u8]>,
+) -> StoreResult<u64> {
+    match open_ro(txn, def)? {
+        Some(t) => Ok(t.len()?),
+        None => Ok(0),
+    }
+}
+
+/// Calls `f` with every (bucket, key, manifest), in key order.
+pub fn for_each_object(
+    txn: &redb::ReadTransaction,
+    mut f: impl FnMut(&str, &str, ObjectManifest),
+) -> StoreResult<()> {
+    let Some(t) = open_ro(txn, OBJECTS)? else {
+        return Ok(());
+    };
+    for r in t.iter()? {
+        let (k, v) = r?;
+        let Ok(k) = std::str::from_utf8(k.value()) else {
+            continue;
+        };
+        let Some((bucket, key)) = k.split_once('\0') else {
+            continue;
+        };
+        f(bucket, key, dec(v.value())?);
+    }
+    Ok(())
+}
+
+/// Calls `f` with the stripes of every uploaded part of every upload in
+/// progress.
+pub fn for_each_part(
+    txn: &redb::ReadTransaction,
+    mut f: impl FnMut(&UploadPart),
+) -> StoreResult<()> {
+    let Some(t) = open_ro(txn, UPLOAD_PARTS)? else {
+        return Ok(());
+    };
+    for r in t.iter()? {
+        let (_, v) = r?;
+        f(&dec(v.value())?);
+    }
+    Ok(())
+}
+
+/// Answers a read against a consistent snapshot of the tables. Placement
+/// (`Allocate`) uses `rand` to spread load: queries are not replicated, so
+/// this does not break determinism.
+pub fn query(txn: &redb::ReadTransaction, q: &Query) -> StoreResult<QueryResult> {
+    Ok(match query_inner(txn, q)? {
+        Ok(r) => r,
+        Err(e) => QueryResult::Err(e),
+    })
+}
+
+pub(super) fn open_ro<'a>(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<'a, &'static [u8], &'static [u8]>,
+) -> StoreResult<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>> {
+    match txn.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) fn get_bucket(
+    txn: &redb::ReadTransaction,
+    name: &str,
+) -> StoreResult<Option<BucketInfo>> {
+    let Some(t) = open_ro(txn, BUCKETS)? else {
+        return Ok(None);
+    };
+    match t.get(name.as_bytes())? {
+        Some(v) => Ok(Some(dec(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn query_inner(
+    txn: &redb::ReadTransaction,
+    q: &Query,
+) -> StoreResult<Result<QueryResult, MetaError>> {
+    match q {
+        Query::GetBucket { name } => Ok(match get_bucket(txn, name)? {
+            Some(b) => Ok(QueryResult::Bucket(b)),
+            None => Err(MetaError::NoSuchBucket(name.clone())),
+        }),
+        Query::ListBuckets => {
+            let mut out = Vec::new();
+            if let Some(t) = open_ro(txn, BUCKETS)? {
+                for r in t.iter()? {
+                    let (_, v) = r?;
+                    out.push(dec(v.value())?);
+                }
+            }
+            Ok(Ok(QueryResult::Buckets(out)))
+        }
+        Query::GetObject { bucket, key } => {
+            if get_bucket(txn, bucket)?.is_none() {
+                return Ok(Err(MetaError::NoSuchBucket(bucket.clone())));
+            }
+            let not_found = || MetaError::NoSuchKey {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            };
+            let Some(t) = open_ro(txn, OBJECTS)? else {
+                return Ok(Err(not_found()));
+            };
+            Ok(match t.get(object_key(bucket, key).as_slice())? {
+                Some(v) => Ok(QueryResult::Object(dec(v.value())?)),
+                None => Err(not_found()),
+            })
+        }
+        Query::ListObjects(req) => {
+            if get_bucket(txn, &req.bucket)?.is_none() {
+                return Ok(Err(MetaError::NoSuchBucket(req.bucket.clone())));
+            }
+            Ok(list_objects(txn, req)?.map(QueryResult::List))
+        }
+        Query::ListChunkservers => Ok(Ok(QueryResult::Chunkservers(chunkservers(txn)?))),
+        Query::RepairQueue { limit } => {
+            let mut out = Vec::new();
+            if let Some(t) = open_ro(txn, REPAIR)? {
+                for r in t.iter()?.take(*limit) {
+                    let (_, v) = r?;
+                    out.push(dec(v.value())?);
+                }
+            }
+            Ok(Ok(QueryResult::Repairs(out)))
+        }
+        Query::GetAccessKey { id } => {
+            let Some(t) = open_ro(txn, KEYS)? else {
+                return Ok(Err(MetaError::NoSuchAccessKey(id.clone())));
+            };
+            Ok(match t.get(id.as_bytes())? {
+                Some(v) => Ok(QueryResult::AccessKey(dec(v.value())?)),
+                None => Err(MetaError::NoSuchAccessKey(id.clone())),
+            })
+        }
+        Query::ListAccessKeys => {
+            let mut out = Vec::new();
+            if let Some(t) = open_ro(txn, KEYS)? {
+                for r in t.iter()? {
+                    let (_, v) = r?;
+                    out.push(dec(v.value())?);
+                }
+            }
+            Ok(Ok(QueryResult::AccessKeys(out)))
+        }
+        Query::GetUpload {
+            bucket,
+            key,
+            upload,
+        } => {
+            let Some(t) = open_ro(txn, UPLOADS)? else {
+                return Ok(Err(MetaError::NoSuchUpload(upload.to_hex())));
+            };
+            Ok(match t.get(upload_key(bucket, key, upload).as_slice())? {
+                Some(v) => Ok(QueryResult::Upload(dec(v.value())?)),
+                None => Err(MetaError::NoSuchUpload(upload.to_hex())),
+            })
+        }
+        Query::ListParts {
+            bucket,
+            key,
+            upload,
+            after,
+            max,
+        } => {
+            let exists = match open_ro(txn, UPLOADS)? {
+                Some(t) => t.get(upload_key(bucket, key, upload).as_slice())?.is_some(),
+                None => false,
+            };
+            if !exists {
+                return Ok(Err(MetaError::NoSuchUpload(upload.to_hex())));
+            }
+            let max = (*max).clamp(1, MAX_LIST_KEYS) as usize;
+            let mut parts = Vec::new();
+            let mut truncated = false;
+            if let Some(t) = open_ro(txn, UPLOAD_PARTS)? {
+                let start = part_key(upload, after.saturating_add(1));
+                let end = part_key(upload, u32::MAX);
+                for r in t.range::<&[u8]>(start.as_slice()..=end.as_slice())? {
+                    if parts.len() >= max {
+                        truncated = true;
+                        break;
+                    }
+                    let (_, v) = r?;
+                    let p: UploadPart = dec(v.value())?;
+                    let mut info = p.info;
+                    info.stripes = p.stripes.len() as u32;
+                    parts.push((info, p.created_ms));
+                }
+            }
+            Ok(Ok(QueryResult::Parts { parts, truncated }))
+        }
+        Query::ListUploads {
+            bucket,
+            prefix,
+            after,
+            max,
+        } => {
+            if get_bucket(txn, bucket)?.is_none() {
+                return Ok(Err(MetaError::NoSuchBucket(bucket.clone())));
+            }
+            let max = (*max).clamp(1, MAX_LIST_KEYS) as usize;
+            let mut uploads = Vec::new();
+            let mut truncated = false;
+            if let Some(t) = open_ro(txn, UPLOADS)? {
+                let start: Bound<Vec<u8>> = match after {
+                    Some((k, Some(id))) => Bound::Excluded(upload_key(bucket, k, id)),
+                    Some((k, None)) => {
+                        // Past every upload of key k.
+                        let mut b = object_key(bucket, k);
+                        b.push(1);
+                        Bound::Included(b)
+                    }
+                    None => Bound::Included(object_key(bucket, prefix)),
+                };
+                let mut end = object_key(bucket, prefix);
+                end.push(0xff);
+                let range = t.range::<&[u8]>((
+                    match &start {
+                        Bound::Included(k) => Bound::Included(k.as_slice()),
+                        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+                        Bound::Unbounded => Bound::Unbounded,
+                    },
+                    Bound::Excluded(end.as_slice()),
+                ))?;
+                for r in range {
+                    let (_, v) = r?;
+                    let u: UploadInfo = dec(v.value())?;
+                    if !u.key.starts_with(prefix.as_str()) {
+                        continue;
+                    }
+                    if uploads.len() >= max {
+                        truncated = true;
+                        break;
+                    }
+                    uploads.push(u);
+                }
+            }
+            Ok(Ok(QueryResult::Uploads { uploads, truncated }))
+        }
+        Query::Allocate {
+            bucket,
+            exclude,
+            count,
+            min,
+            placed,
+        } => {
+            let Some(b) = get_bucket(txn, bucket)? else {
+                return Ok(Err(MetaError::NoSuchBucket(bucket.clone())));
+            };
+            let n = count.unwrap_or(b.ec.total());
+            let shard_bytes = u64::from(b.shard_size);
+            let all = chunkservers(txn)?;
+            let min = min.unwrap_or(n).min(n);
+            Ok(place(&all, n, min, b.ec, shard_bytes, exclude, placed).map(QueryResult::Placement))
+        }
+        Query::AuditPlacement { cursor, stripes } => {
+            let limit = stripes
+                .unwrap_or(AUDIT_PAGE_STRIPES)
+                .clamp(1, AUDIT_PAGE_STRIPES);
+            audit_page(txn, cursor.as_deref(), limit)
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The admin-facing reports: cluster status, repairs dispatched, bucket
+//! usage, Raft status.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// One repair the leader dispatched, for `cairn admin status` and tests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairRecord {
+    /// Dispatch order (leader-local, from 1).
+    pub seq: u64,
+    /// Stripe redundancy when planned.
+    pub redundancy: i32,
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// Stripe number.
+    pub stripe: u64,
+    /// Shard index.
+    pub index: u8,
+    /// Target chunkserver.
+    pub to: ChunkserverId,
+    /// `dispatched`, `committed`, `stale` or `failed`.
+    pub outcome: String,
+}
+
+/// The leader's view of cluster health (`/v1/admin/cluster`, `cairn admin
+/// status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Raft view of the answering node (the leader).
+    pub raft: RaftStatus,
+    /// Chunkservers.
+    pub chunkservers: Vec<ChunkserverInfo>,
+    /// Scrub progress by chunkserver (from heartbeats).
+    pub scrub: BTreeMap<ChunkserverId, ScrubProgress>,
+    /// Objects stored (as of the last planner pass).
+    pub objects: u64,
+    /// Logical bytes stored.
+    pub bytes: u64,
+    /// Stripes by remaining redundancy (survivors - k; m = full).
+    pub redundancy: BTreeMap<i32, u64>,
+    /// Shards waiting for repair.
+    pub repair_queue: u64,
+    /// Repairs dispatched and not yet reported.
+    pub repairs_in_flight: u64,
+    /// Repairs committed since this node became leader.
+    pub repairs_done: u64,
+    /// Repairs committed per second over the last minute.
+    pub repair_rate: f64,
+    /// Shards queued for deletion (garbage and orphans).
+    pub gc_pending: u64,
+    /// Orphans found by inventory reconciliation, waiting out the grace
+    /// period.
+    pub orphans_pending: u64,
+    /// When the planner last finished a pass, ms since the epoch.
+    pub last_plan_ms: Option<u64>,
+    /// Recent dispatches, oldest first (bounded).
+    pub recent_repairs: Vec<RepairRecord>,
+    /// Shard bytes rebuilt by committed repairs since this node became
+    /// leader (the measured repair rate is this over `repair_busy_secs`).
+    #[serde(default)]
+    pub repaired_bytes: u64,
+    /// Seconds during which at least one repair task was running, since
+    /// this node became leader (the union of finished tasks' run times).
+    #[serde(default)]
+    pub repair_busy_secs: f64,
+    /// Objects, bytes and erasure-coded stripes per bucket (as of the last
+    /// planner pass, from the `bucket_stats` counters; buckets with no
+    /// objects are absent).
+    #[serde(default)]
+    pub buckets: BTreeMap<String, BucketUsage>,
+}
+
+/// What one bucket holds (live versions; kept by `apply`, see
+/// `crate::stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketUsage {
+    /// Objects.
+    pub objects: u64,
+    /// Logical bytes.
+    pub bytes: u64,
+    /// Erasure-coded stripes (inline objects have none).
+    pub stripes: u64,
+}
+
+/// A metadata node's view of the Raft cluster, for `cairn admin status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftStatus {
+    /// This node.
+    pub id: NodeId,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Last applied index.
+    pub last_applied: Option<u64>,
+    /// Last log index covered by this node's snapshot.
+    #[serde(default)]
+    pub snapshot: Option<u64>,
+    /// Last log index purged from this node's log.
+    #[serde(default)]
+    pub purged: Option<u64>,
+    /// Voters, with addresses.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Learners, with addresses.
+    pub learners: BTreeMap<NodeId, String>,
+}

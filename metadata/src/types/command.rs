@@ -1,0 +1,393 @@
+//! The state-machine command (the `D` of the Raft log), its result, and
+//! the role that may propose each command.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// A state-machine command: the `D` of the Raft log. Time is always a field
+/// stamped by the proposer: `apply` never reads a clock or a random source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// `inner`, applied at most once per `id`: clients wrap every write so a
+    /// retry after an ambiguous failure (timeout, leader change) returns the
+    /// first outcome instead of applying twice.
+    Once {
+        /// Random id chosen by the client, reused across its retries.
+        id: StripeId,
+        /// The command.
+        inner: Box<Command>,
+    },
+    /// Several commands applied in order in one log entry (group commit by
+    /// the leader's API); each has its own result.
+    Batch {
+        /// The commands.
+        cmds: Vec<Command>,
+    },
+    /// `inner` (usually a `Batch`) stamped with the leader's clock when it
+    /// proposed the log entry: the one time every command of the entry sees
+    /// in `apply` (intent leases, GC queue times). Entries written before
+    /// this wrapper existed carry no time; `apply` then uses 0 ("long ago":
+    /// leases never expire, GC rows are due at once, as before).
+    At {
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+        /// The command.
+        inner: Box<Command>,
+    },
+    /// Register (or renew) a write intent: the shards a writer is about to
+    /// upload, named before the upload starts, so orphan GC never collects
+    /// them while the write is in progress. Creates the intent when it is
+    /// new; always extends its lease to entry time + `lease_ms` (O(1) in the
+    /// shards registered before) and adds `shards`.
+    RegisterIntent {
+        /// Intent id, chosen by the writer.
+        intent: StripeId,
+        /// (chunkserver, shard) pairs about to be uploaded (may be empty:
+        /// a plain renewal).
+        shards: Vec<(ChunkserverId, ShardId)>,
+        /// Lease length from the entry's time.
+        lease_ms: u64,
+    },
+    /// Commit `inner` (a `PutObject` or `PutPart`) on behalf of write intent
+    /// `intent`: refused with [`MetaError::IntentExpired`] (retryable; the
+    /// write is not acknowledged) when the intent is missing or its lease
+    /// ran out, or when a shard the commit places was not registered under
+    /// it or is queued for GC. On success the intent and its shard rows are
+    /// dropped: the committed manifest or part now names the shards.
+    WithIntent {
+        /// The writer's intent.
+        intent: StripeId,
+        /// The commit.
+        inner: Box<Command>,
+    },
+    /// Drop write intents whose lease ended before the entry's time (the
+    /// leader's intent reaper), oldest first, removing at most `limit` rows:
+    /// their uncommitted shards become ordinary orphans.
+    ExpireIntents {
+        /// Most shard rows removed by this command.
+        limit: u32,
+    },
+    /// Create a bucket (fails if it exists).
+    CreateBucket {
+        /// The new bucket.
+        bucket: BucketInfo,
+    },
+    /// Delete an empty bucket.
+    DeleteBucket {
+        /// Its name.
+        name: String,
+    },
+    /// Commit an object manifest, atomically replacing any previous version
+    /// (whose shards are queued for garbage collection).
+    PutObject {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The new version.
+        manifest: ObjectManifest,
+        /// Condition on the current version.
+        #[serde(default)]
+        condition: PutCondition,
+    },
+    /// Delete an object (its shards are queued for garbage collection).
+    DeleteObject {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Condition on the current version.
+        #[serde(default)]
+        condition: PutCondition,
+    },
+    /// Register a new chunkserver; the reply carries its id.
+    RegisterChunkserver {
+        /// Shard API address.
+        addr: String,
+        /// Failure domain.
+        zone: String,
+        /// Capacity, bytes.
+        capacity: u64,
+        /// Free bytes.
+        free: u64,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Record a chunkserver's latest stats (written by the leader from
+    /// heartbeats, at most every few seconds per chunkserver).
+    ChunkserverStats {
+        /// Which.
+        id: ChunkserverId,
+        /// Current address (may change across restarts).
+        addr: String,
+        /// Zone.
+        zone: String,
+        /// Capacity, bytes.
+        capacity: u64,
+        /// Free bytes.
+        free: u64,
+        /// Bytes used by shards.
+        used: u64,
+        /// Shards stored.
+        shard_count: u64,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Change a chunkserver's state (the leader's failure detector, or an
+    /// operator's drain).
+    SetChunkserverState {
+        /// Which.
+        id: ChunkserverId,
+        /// New state.
+        state: ChunkserverState,
+    },
+    /// Queue shards for repair (reported missing or corrupt by a reader,
+    /// or never written by a degraded write).
+    QueueRepair {
+        /// What to repair.
+        items: Vec<RepairItem>,
+    },
+    /// Chunkservers confirmed these shards deleted: drop them from the GC
+    /// queue.
+    GcDone {
+        /// Which chunkserver.
+        chunkserver: ChunkserverId,
+        /// Deleted shards.
+        shards: Vec<ShardId>,
+    },
+    /// Create or replace an S3 access key.
+    PutAccessKey {
+        /// The key, with its secret and grants.
+        key: AccessKey,
+    },
+    /// Delete an S3 access key (deleting a missing key succeeds).
+    DeleteAccessKey {
+        /// Its id.
+        id: String,
+    },
+    /// Start a multipart upload.
+    CreateUpload {
+        /// The upload.
+        upload: UploadInfo,
+    },
+    /// Record one uploaded part (its stripes are already durable),
+    /// replacing any earlier part with the same number (whose shards are
+    /// queued for garbage collection).
+    PutPart {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Upload id.
+        upload: StripeId,
+        /// The part.
+        part: UploadPart,
+    },
+    /// Complete a multipart upload: the object's manifest concatenates the
+    /// listed parts' stripes (no data is rewritten); parts not listed are
+    /// queued for garbage collection, as is the replaced object version.
+    CompleteUpload {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Upload id.
+        upload: StripeId,
+        /// The parts, in the client's order, with the ETags it expects.
+        parts: Vec<CompletePart>,
+        /// Every part but the last must hold at least this many bytes.
+        min_part_size: u64,
+        /// The object's ETag (`md5-of-part-md5s-N`, computed by the
+        /// gateway from the listed ETags, which `apply` checks).
+        etag: String,
+        /// The new version id.
+        version: StripeId,
+        /// Whole-object checksums to record.
+        #[serde(default)]
+        checksums: BTreeMap<String, String>,
+        /// Proposer's clock, ms since the epoch.
+        now_ms: u64,
+        /// Condition on the current version.
+        #[serde(default)]
+        condition: PutCondition,
+    },
+    /// Abort a multipart upload: its parts' shards are queued for garbage
+    /// collection.
+    AbortUpload {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Upload id.
+        upload: StripeId,
+    },
+    /// A chunkserver found these shards corrupt, truncated or missing
+    /// (scrub or read): they count as lost until repaired.
+    ReportBadShards {
+        /// Which chunkserver.
+        chunkserver: ChunkserverId,
+        /// The shards.
+        shards: Vec<ShardId>,
+    },
+    /// Forget bad-shard reports (repaired, seen healthy again, or no longer
+    /// named by any manifest), and the repair-queue items about these
+    /// copies.
+    ClearBadShards {
+        /// Which chunkserver.
+        chunkserver: ChunkserverId,
+        /// The shards.
+        shards: Vec<ShardId>,
+    },
+    /// A rebuilt shard is durable on `to`: move the placement there, but
+    /// only if the object's live manifest is still `version` and the shard
+    /// at `index` of stripe `stripe` is still `shard` on `from`. Otherwise
+    /// the state is unchanged except that `(to, shard)` is queued for
+    /// garbage collection, and the result is `Err(Stale)`. On success the
+    /// old copy `(from, shard)` is queued for garbage collection and any
+    /// repair-queue entry and bad report for it are dropped.
+    CommitRepair {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The object version the repair was planned against.
+        version: StripeId,
+        /// Stripe number within the object.
+        stripe: u64,
+        /// Shard index within the stripe.
+        index: u8,
+        /// The shard.
+        shard: ShardId,
+        /// Where the manifest placed it when the repair was planned.
+        from: Option<ChunkserverId>,
+        /// Where the rebuilt copy now lives.
+        to: ChunkserverId,
+        /// The target found the shard already stored and kept that copy
+        /// (no new write). Such a copy is refused if `to` confirmed deleting
+        /// this shard recently (a GC tombstone): it may be gone.
+        #[serde(default)]
+        reused: bool,
+    },
+    /// Queue shards on a chunkserver for deletion (orphans found by
+    /// inventory reconciliation, rebuilt copies nobody needs). The proposer
+    /// has checked that no manifest or upload names them.
+    QueueGc {
+        /// Which chunkserver.
+        chunkserver: ChunkserverId,
+        /// The shards.
+        shards: Vec<ShardId>,
+    },
+    /// Forget a chunkserver. Refused (`Invalid`) while any manifest or
+    /// upload still places a shard on it.
+    RemoveChunkserver {
+        /// Which.
+        id: ChunkserverId,
+    },
+}
+
+/// The outcome of applying a [`Command`]: the `R` of the Raft log.
+/// Application-level refusals are values here, not Raft errors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandResult {
+    /// Done.
+    Ok,
+    /// A new chunkserver's id.
+    Registered {
+        /// The id.
+        id: ChunkserverId,
+    },
+    /// One result per command of a [`Command::Batch`].
+    Batch(Vec<CommandResult>),
+    /// Refused: the state is unchanged.
+    Err(MetaError),
+}
+
+/// Who may propose a [`Command`] through the metadata API: the basis of
+/// per-role authorization. A role is about the party on whose behalf the
+/// command is proposed, not the process that calls `client_write` (the
+/// leader proposes chunkserver reports it received on heartbeats, for
+/// instance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandRole {
+    /// An S3 client through the gateway or the client library: buckets,
+    /// objects, multipart uploads, write intents, repair reports of reads.
+    User,
+    /// A chunkserver: registration, stats, deletions done, bad shards found.
+    Chunkserver,
+    /// An operator (`cairn admin`): access keys, chunkserver drain and
+    /// removal.
+    Admin,
+    /// Only the leader's own workers: group commit, time stamping, the
+    /// intent reaper, the repair planner and orphan GC.
+    Internal,
+}
+
+impl Command {
+    /// Which role may propose this command. The `match` is exhaustive
+    /// without a wildcard on purpose: a new variant does not compile until
+    /// it is classified. `Once` takes the role of the command it wraps.
+    pub fn role(&self) -> CommandRole {
+        match self {
+            Command::Once { inner, .. } => inner.role(),
+            Command::Batch { .. } | Command::At { .. } => CommandRole::Internal,
+            Command::RegisterIntent { .. } | Command::WithIntent { .. } => CommandRole::User,
+            Command::ExpireIntents { .. } => CommandRole::Internal,
+            Command::CreateBucket { .. }
+            | Command::DeleteBucket { .. }
+            | Command::PutObject { .. }
+            | Command::DeleteObject { .. } => CommandRole::User,
+            Command::RegisterChunkserver { .. } | Command::ChunkserverStats { .. } => {
+                CommandRole::Chunkserver
+            }
+            Command::SetChunkserverState { .. } => CommandRole::Admin,
+            Command::QueueRepair { .. } => CommandRole::User,
+            Command::GcDone { .. } => CommandRole::Chunkserver,
+            Command::PutAccessKey { .. } | Command::DeleteAccessKey { .. } => CommandRole::Admin,
+            Command::CreateUpload { .. }
+            | Command::PutPart { .. }
+            | Command::CompleteUpload { .. }
+            | Command::AbortUpload { .. } => CommandRole::User,
+            Command::ReportBadShards { .. } => CommandRole::Chunkserver,
+            Command::ClearBadShards { .. }
+            | Command::CommitRepair { .. }
+            | Command::QueueGc { .. } => CommandRole::Internal,
+            Command::RemoveChunkserver { .. } => CommandRole::Admin,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_classified_by_role() {
+        let del = Command::DeleteBucket { name: "b".into() };
+        assert_eq!(del.role(), CommandRole::User);
+        let once = |inner: Command| Command::Once {
+            id: StripeId([1; 16]),
+            inner: Box::new(inner),
+        };
+        assert_eq!(once(del.clone()).role(), CommandRole::User);
+        let remove = Command::RemoveChunkserver { id: 1 };
+        assert_eq!(remove.role(), CommandRole::Admin);
+        assert_eq!(once(remove).role(), CommandRole::Admin);
+        let key = Command::DeleteAccessKey { id: "GK1".into() };
+        assert_eq!(key.role(), CommandRole::Admin);
+        let gc_done = Command::GcDone {
+            chunkserver: 1,
+            shards: vec![],
+        };
+        assert_eq!(gc_done.role(), CommandRole::Chunkserver);
+        let batch = Command::Batch { cmds: vec![del] };
+        assert_eq!(batch.role(), CommandRole::Internal);
+        assert_eq!(once(batch).role(), CommandRole::Internal);
+        let reap = Command::ExpireIntents { limit: 1 };
+        assert_eq!(reap.role(), CommandRole::Internal);
+    }
+}

@@ -1,0 +1,266 @@
+//! Reads against the state machine: queries, listings, the placement
+//! audit, and their results.
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// A read against the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Query {
+    /// One bucket.
+    GetBucket {
+        /// Name.
+        name: String,
+    },
+    /// All buckets, by name.
+    ListBuckets,
+    /// An object's manifest.
+    GetObject {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// List objects (S3 ListObjectsV2 semantics).
+    ListObjects(ListRequest),
+    /// Every chunkserver.
+    ListChunkservers,
+    /// Choose chunkservers for a new stripe of `bucket`.
+    Allocate {
+        /// The bucket (its EC params give k + m).
+        bucket: String,
+        /// Chunkservers not to use (e.g. ones that just failed an upload).
+        #[serde(default)]
+        exclude: Vec<ChunkserverId>,
+        /// How many shards to place; defaults to k + m.
+        #[serde(default)]
+        count: Option<usize>,
+        /// Accept a placement of at least this many servers when fewer than
+        /// `count` are usable (a degraded write); defaults to `count`.
+        #[serde(default)]
+        min: Option<usize>,
+        /// Chunkservers already holding (or being written) other shards of
+        /// the same stripe: never chosen, and counted toward the zone cap
+        /// (re-placing one shard of a stripe mid-write).
+        #[serde(default)]
+        placed: Vec<ChunkserverId>,
+    },
+    /// One page of the placement audit: every stripe of every object, then
+    /// of every uploaded part, checked against the placement invariant
+    /// (`cairn admin audit-placement`).
+    AuditPlacement {
+        /// Where the previous page stopped (`AuditPage::next`); `None`
+        /// starts at the beginning.
+        #[serde(default)]
+        cursor: Option<String>,
+        /// Stop after about this many stripes (capped at
+        /// [`AUDIT_PAGE_STRIPES`]; a manifest is never split).
+        #[serde(default)]
+        stripes: Option<u64>,
+    },
+    /// The repair queue, most urgent first.
+    RepairQueue {
+        /// At most this many items.
+        limit: usize,
+    },
+    /// One access key (with its secret: the API is cluster-internal).
+    GetAccessKey {
+        /// Its id.
+        id: String,
+    },
+    /// Every access key.
+    ListAccessKeys,
+    /// One multipart upload.
+    GetUpload {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Upload id.
+        upload: StripeId,
+    },
+    /// Parts of an upload, by number, after `after`.
+    ListParts {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Upload id.
+        upload: StripeId,
+        /// Only parts numbered above this.
+        after: u32,
+        /// At most this many (capped at 1000).
+        max: u32,
+    },
+    /// Uploads in progress in a bucket, by key then upload id.
+    ListUploads {
+        /// Bucket.
+        bucket: String,
+        /// Only keys starting with this.
+        #[serde(default)]
+        prefix: String,
+        /// Only uploads after this (key, upload id) position.
+        #[serde(default)]
+        after: Option<(String, Option<StripeId>)>,
+        /// At most this many (capped at 1000).
+        max: u32,
+    },
+}
+
+/// Parameters of an object listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRequest {
+    /// Bucket.
+    pub bucket: String,
+    /// Only keys starting with this.
+    #[serde(default)]
+    pub prefix: String,
+    /// Roll keys up to common prefixes at the first occurrence of this after
+    /// the prefix.
+    #[serde(default)]
+    pub delimiter: Option<String>,
+    /// Start after this key (exclusive).
+    #[serde(default)]
+    pub start_after: Option<String>,
+    /// Continuation token from a previous page (takes precedence over
+    /// `start_after`).
+    #[serde(default)]
+    pub continuation: Option<String>,
+    /// At most this many keys + common prefixes (S3 caps at 1000).
+    pub max_keys: u32,
+}
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListEntry {
+    /// Key.
+    pub key: String,
+    /// Size.
+    pub size: u64,
+    /// ETag.
+    pub etag: String,
+    /// Creation time, ms.
+    pub created_ms: u64,
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPage {
+    /// Objects, by key.
+    pub entries: Vec<ListEntry>,
+    /// Common prefixes, sorted.
+    pub common_prefixes: Vec<String>,
+    /// More results follow.
+    pub truncated: bool,
+    /// Pass back as `continuation` to get the next page.
+    pub next_continuation: Option<String>,
+}
+
+/// The answer to a [`Query`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryResult {
+    /// A bucket.
+    Bucket(BucketInfo),
+    /// Buckets.
+    Buckets(Vec<BucketInfo>),
+    /// A manifest.
+    Object(ObjectManifest),
+    /// A listing page.
+    List(ListPage),
+    /// Chunkservers.
+    Chunkservers(Vec<ChunkserverInfo>),
+    /// Placement: one chunkserver per shard index.
+    Placement(Vec<ChunkserverInfo>),
+    /// Queued repairs.
+    Repairs(Vec<RepairItem>),
+    /// An access key.
+    AccessKey(AccessKey),
+    /// Access keys.
+    AccessKeys(Vec<AccessKey>),
+    /// A multipart upload.
+    Upload(UploadInfo),
+    /// Parts of an upload (without their stripes), and whether more follow.
+    Parts {
+        /// The parts, by number.
+        parts: Vec<(PartInfo, u64)>,
+        /// More parts follow.
+        truncated: bool,
+    },
+    /// Uploads, and whether more follow.
+    Uploads {
+        /// The uploads.
+        uploads: Vec<UploadInfo>,
+        /// More uploads follow.
+        truncated: bool,
+    },
+    /// A page of the placement audit.
+    Audit(AuditPage),
+    /// Refused.
+    Err(MetaError),
+}
+
+/// Most stripes one [`Query::AuditPlacement`] page walks: bounds the reply
+/// and the time a read transaction is held.
+pub const AUDIT_PAGE_STRIPES: u64 = 100_000;
+
+/// What breaks the placement invariant in one stripe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViolationKind {
+    /// Two or more shards of the stripe on one chunkserver.
+    SameChunkserver,
+    /// More shards of the stripe in one zone than the zone cap.
+    ZoneCap,
+    /// A shard on a chunkserver the metadata service does not know (never
+    /// registered or removed).
+    UnknownChunkserver,
+    /// The reverse shard index disagrees with the rows: a placed shard
+    /// without its index row (or with another owner's), or an index row no
+    /// row places. Never expected: a bug in the model.
+    Index,
+}
+
+/// One violation of the placement invariant found by the audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementViolation {
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// The multipart upload, when the stripe belongs to an uploaded part.
+    #[serde(default)]
+    pub upload: Option<StripeId>,
+    /// The part number, for a part.
+    #[serde(default)]
+    pub part: Option<u32>,
+    /// Stripe number within the object (or part).
+    pub stripe: u64,
+    /// What is wrong.
+    pub kind: ViolationKind,
+    /// The chunkserver concerned (same-chunkserver and unknown kinds).
+    #[serde(default)]
+    pub chunkserver: Option<ChunkserverId>,
+    /// The zone concerned (zone-cap kind).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// The shard indexes concerned.
+    pub indexes: Vec<u8>,
+    /// A sentence for humans.
+    pub detail: String,
+}
+
+/// A page of the placement audit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// Violations found in this page.
+    pub violations: Vec<PlacementViolation>,
+    /// Object manifests and uploaded parts walked in this page.
+    pub manifests: u64,
+    /// Stripes walked in this page.
+    pub stripes: u64,
+    /// Pass back as `cursor` for the next page; `None` when done.
+    pub next: Option<String>,
+}
