@@ -1,8 +1,10 @@
 //! The Raft log on redb: entries, the vote and the log pointers.
 //!
-//! # On-disk format (`<dir>/raft-log.redb`, log format version 1)
+//! # On-disk format (`<dir>/raft-log.redb`, log format version 2)
 //! - table `raft_log`: log index as 8 bytes big-endian (so keys sort by
-//!   index) -> JSON `openraft::Entry<TypeConfig>`.
+//!   index) -> `openraft::Entry<TypeConfig>` as a format byte then postcard
+//!   (see [`super::codec`]); entries written by format 1 are JSON (first
+//!   byte `{`) and are still read.
 //! - table `raft_meta`: name (UTF-8) -> JSON value:
 //!   - `format`: u64, [`LOG_FORMAT_VERSION`];
 //!   - `vote`: `Vote<u64>`, the last saved vote;
@@ -11,7 +13,9 @@
 //!   - `last_purged`: `LogId<u64>`, the greatest purged log id.
 //!
 //! A change of either encoding bumps [`LOG_FORMAT_VERSION`]; opening a file
-//! of another version is refused until a migration is written here.
+//! of a newer version is refused. Format 1 (JSON entries) upgrades in place
+//! on open: only the version changes, its entries are read as they are and
+//! purged in time like any other.
 //!
 //! # Durability and ordering
 //! Every write is one redb write transaction. `append` commits its entries
@@ -39,11 +43,11 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{blocking, Entry, LogId, StorageError, StoreError, TypeConfig};
+use super::{blocking, codec, Entry, LogId, StorageError, StoreError, TypeConfig};
 use crate::types::NodeId;
 
 /// Version of the log file's encoding (see the module docs).
-pub const LOG_FORMAT_VERSION: u64 = 1;
+pub const LOG_FORMAT_VERSION: u64 = 2;
 
 /// File name of the log database inside the data directory.
 pub const LOG_FILE: &str = "raft-log.redb";
@@ -143,6 +147,14 @@ impl LogStore {
             };
             match found {
                 Some(LOG_FORMAT_VERSION) => {}
+                // Format 1: JSON entries, which `codec::decode_entry` reads.
+                Some(1) => {
+                    tracing::info!(from = 1, to = LOG_FORMAT_VERSION, "raft log upgraded");
+                    meta.insert(
+                        KEY_FORMAT,
+                        serde_json::to_vec(&LOG_FORMAT_VERSION)?.as_slice(),
+                    )?;
+                }
                 Some(found) => {
                     return Err(StoreError::Version {
                         what: "raft log",
@@ -236,7 +248,7 @@ impl LogStore {
         for item in log.range::<&[u8]>((start, end))? {
             let (k, v) = item?;
             let index = key_index(k.value())?;
-            let entry: Entry = serde_json::from_slice(v.value())?;
+            let entry = codec::decode_entry(v.value())?;
             if entry.log_id.index != index {
                 return Err(StoreError::corrupt(
                     "log entry",
@@ -298,7 +310,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let last = match log.last()? {
                 Some((k, v)) => {
                     let index = key_index(k.value())?;
-                    let entry: Entry = serde_json::from_slice(v.value())?;
+                    let entry = codec::decode_entry(v.value())?;
                     if entry.log_id.index != index {
                         return Err(StoreError::corrupt(
                             "log entry",
@@ -373,8 +385,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let mut log = txn.open_table(LOG)?;
                 let mut buf = Vec::new();
                 for e in &entries {
-                    buf.clear();
-                    serde_json::to_writer(&mut buf, e)?;
+                    codec::encode_entry(e, &mut buf)?;
                     log.insert(index_key(e.log_id.index).as_slice(), buf.as_slice())?;
                 }
             }

@@ -5,9 +5,12 @@
 //! - [`log_store`]: [`LogStore`], the Raft log, vote and log pointers in
 //!   `<dir>/raft-log.redb`.
 //! - [`state_machine`]: [`StateMachineStore`], the model tables plus the
-//!   applied state in `<dir>/raft-sm.redb`, and the current snapshot in
-//!   `<dir>/raft-snapshot.bin`.
-//! - [`network`]: [`NetworkFactory`] (client side, JSON over HTTP POST to
+//!   applied state in `<dir>/raft-sm.redb`.
+//! - [`snapshot`]: the snapshot stream and files (current snapshot in
+//!   `<dir>/raft-snapshot.snap`), written and loaded in bounded memory.
+//! - [`codec`]: postcard encodings of log entries and RPC bodies, with
+//!   their format bytes.
+//! - [`network`]: [`NetworkFactory`] (client side, postcard over HTTP POST to
 //!   `/raft/append`, `/raft/vote`, `/raft/snapshot`) and [`handle_raft_rpc`]
 //!   (server side).
 //!
@@ -25,15 +28,16 @@
 //! Both stores run every redb operation on tokio's blocking pool
 //! (`spawn_blocking`), so an fsync never stalls the reactor.
 
-use std::io::Cursor;
 use std::path::Path;
 
 use openraft::{BasicNode, TokioRuntime};
 
 use crate::types::{Command, CommandResult, NodeId};
 
+pub mod codec;
 pub mod log_store;
 pub mod network;
+pub mod snapshot;
 pub mod state_machine;
 
 #[cfg(test)]
@@ -45,16 +49,15 @@ pub use state_machine::StateMachineStore;
 
 openraft::declare_raft_types!(
     /// Cairn's openraft type configuration: the log carries [`Command`]s and
-    /// applying one yields a [`CommandResult`]; snapshots are held in memory
-    /// as a `Cursor<Vec<u8>>` (see [`state_machine`] for the limit this
-    /// implies).
+    /// applying one yields a [`CommandResult`]; snapshot data is a file
+    /// (see [`snapshot`]), sent in chunks by openraft.
     pub TypeConfig:
         D = Command,
         R = CommandResult,
         NodeId = NodeId,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = TokioRuntime,
 );
 

@@ -1,4 +1,4 @@
-//! The Raft transport: JSON over HTTP POST, on the pooled [`HttpClient`].
+//! The Raft transport: postcard over HTTP POST, on the pooled [`HttpClient`].
 //!
 //! | RPC             | path             | request body                  | reply body (200)                                   |
 //! |-----------------|------------------|-------------------------------|----------------------------------------------------|
@@ -6,11 +6,15 @@
 //! | vote            | `/raft/vote`     | `VoteRequest`                 | `Result<VoteResponse, RaftError>`                  |
 //! | snapshot chunk  | `/raft/snapshot` | `InstallSnapshotRequest`      | `Result<InstallSnapshotResponse, RaftError<_, InstallSnapshotError>>` |
 //!
-//! Every request carries the cluster secret in [`SECRET_HEADER`]. The reply
-//! is always 200 with a serde `Result` (`{"Ok": ..}` / `{"Err": ..}`) once
-//! the peer's Raft handled the request, so the client tells a remote Raft
-//! error ([`RPCError::RemoteError`]) from a transport failure; any other
-//! status is a transport-level failure.
+//! Every body (request and 200 reply) is one byte of wire version
+//! ([`codec::WIRE_VERSION`]) then postcard (see [`codec`]); the content type
+//! is [`WIRE_CONTENT_TYPE`]. Every request carries the cluster secret in
+//! [`SECRET_HEADER`]. The reply is always 200 with a serde `Result` once the
+//! peer's Raft handled the request, so the client tells a remote Raft error
+//! ([`RPCError::RemoteError`]) from a transport failure; any other status is
+//! a transport-level failure. A request of another wire version (an older
+//! build's JSON) is refused with 400 `RaftWireVersion`, whose message names
+//! both versions; it is never decoded.
 //!
 //! Error mapping on the client side:
 //! - connection refused / connect failure, or a peer that answers but
@@ -22,9 +26,9 @@
 //! - anything else (a reset mid-request, an undecodable reply):
 //!   [`RPCError::Network`] (openraft retries on its next tick).
 //!
-//! Snapshot chunks are JSON byte arrays (about 3.5x the chunk size):
-//! openraft's default `snapshot_max_chunk_size` of 3 MiB stays well under
-//! [`MAX_JSON_BODY`].
+//! Snapshot chunks are postcard byte sequences (one byte per byte plus a
+//! length): openraft's default `snapshot_max_chunk_size` of 3 MiB stays well
+//! under [`MAX_JSON_BODY`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,7 +49,7 @@ use openraft::{BasicNode, RPCTypes};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Raft, TypeConfig};
+use super::{codec, Raft, TypeConfig};
 use crate::net::{self, HttpClient, NetError, MAX_JSON_BODY, SECRET_HEADER};
 use crate::types::NodeId;
 
@@ -55,6 +59,8 @@ pub const APPEND_PATH: &str = "/raft/append";
 pub const VOTE_PATH: &str = "/raft/vote";
 /// Path of the install-snapshot (chunk) RPC.
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
+/// Content type of Raft RPC bodies.
+pub const WIRE_CONTENT_TYPE: &str = "application/x-cairn-raft";
 /// Prefix of every Raft RPC path: the server routes it to [`handle_raft_rpc`].
 pub const RAFT_PATH_PREFIX: &str = "/raft/";
 
@@ -147,7 +153,7 @@ impl NetworkConnection {
         format!("http://{}{}", self.node.addr, path)
     }
 
-    /// POSTs `req` as JSON to `path` and decodes the serde `Result` reply;
+    /// POSTs `req` as postcard to `path` and decodes the serde `Result` reply;
     /// the whole exchange must finish within `ttl`.
     async fn exchange<Req, Resp, E>(
         &self,
@@ -160,10 +166,10 @@ impl NetworkConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let body = serde_json::to_vec(req)
+        let body = codec::encode_wire(req)
             .map_err(|e| Failure::Network(format!("cannot encode request: {e}")))?;
         let http_req = Request::post(self.url(path))
-            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_TYPE, WIRE_CONTENT_TYPE)
             .header(SECRET_HEADER, &*self.secret)
             .body(net::full(body))
             .map_err(|e| {
@@ -195,8 +201,9 @@ impl NetworkConnection {
                 String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
             )));
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Failure::Network(format!("cannot decode reply: {e}")))
+        codec::decode_wire(&bytes).map_err(|e| {
+            Failure::Network(format!("cannot decode reply of {}: {e}", self.node.addr))
+        })
     }
 
     /// Maps an exchange's outcome to openraft's error type (whose size
@@ -284,21 +291,22 @@ impl RaftNetwork<TypeConfig> for NetworkConnection {
 
 /// Serves one Raft RPC: decodes `body` by `path` ([`APPEND_PATH`],
 /// [`VOTE_PATH`], [`SNAPSHOT_PATH`]), hands it to `raft`, and replies 200
-/// with the JSON `Result` of the call. Undecodable JSON is 400, an unknown
-/// path 404. The caller has already checked the cluster secret and bounded
+/// with the postcard `Result` of the call. A body of another wire version
+/// is 400 `RaftWireVersion`, an undecodable one 400 `BadRequest`, an
+/// unknown path 404. The caller has already checked the cluster secret and bounded
 /// the body (e.g. with [`net::read_body`] and [`MAX_JSON_BODY`]).
 pub async fn handle_raft_rpc(raft: &Raft, path: &str, body: Bytes) -> Response<net::Body> {
     match path {
         APPEND_PATH => match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
-            Ok(req) => net::json_response(StatusCode::OK, &raft.append_entries(req).await),
+            Ok(req) => wire_response(&raft.append_entries(req).await),
             Err(resp) => resp,
         },
         VOTE_PATH => match decode::<VoteRequest<NodeId>>(&body) {
-            Ok(req) => net::json_response(StatusCode::OK, &raft.vote(req).await),
+            Ok(req) => wire_response(&raft.vote(req).await),
             Err(resp) => resp,
         },
         SNAPSHOT_PATH => match decode::<InstallSnapshotRequest<TypeConfig>>(&body) {
-            Ok(req) => net::json_response(StatusCode::OK, &raft.install_snapshot(req).await),
+            Ok(req) => wire_response(&raft.install_snapshot(req).await),
             Err(resp) => resp,
         },
         other => net::error_response(
@@ -311,11 +319,30 @@ pub async fn handle_raft_rpc(raft: &Raft, path: &str, body: Bytes) -> Response<n
 
 #[allow(clippy::result_large_err)]
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response<net::Body>> {
-    serde_json::from_slice(body).map_err(|e| {
-        net::error_response(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!("cannot decode Raft RPC: {e}"),
-        )
+    codec::decode_wire(body).map_err(|e| {
+        let code = match e {
+            codec::WireError::Version { .. } => "RaftWireVersion",
+            _ => "BadRequest",
+        };
+        net::error_response(StatusCode::BAD_REQUEST, code, &e.to_string())
     })
+}
+
+/// A 200 reply carrying `value` in the wire encoding.
+fn wire_response<T: Serialize>(value: &T) -> Response<net::Body> {
+    match codec::encode_wire(value) {
+        Ok(body) => {
+            let mut resp = Response::new(net::full(body));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(WIRE_CONTENT_TYPE),
+            );
+            resp
+        }
+        Err(e) => net::error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &format!("cannot encode Raft reply: {e}"),
+        ),
+    }
 }

@@ -23,29 +23,31 @@
 //! a migration is added to [`StateMachineStore::open`].
 //!
 //! # Snapshots
-//! A snapshot is the whole state machine serialized from one redb read
-//! transaction (the stream format is described above [`SNAPSHOT_MAGIC`]).
-//! The current snapshot is kept in `<dir>/raft-snapshot.bin` (format above
-//! [`SNAPSHOT_FILE_MAGIC`]), replaced durably (temp file, fsync, rename,
-//! fsync of the directory).
-//!
-//! Limit: snapshot data is a `Cursor<Vec<u8>>`, so a snapshot is built,
-//! sent and installed entirely in memory; the metadata of a cluster must fit
-//! in RAM a few times over. Streaming snapshots need openraft's
-//! `generic-snapshot-data` feature and a file-backed `SnapshotData`.
+//! A snapshot is the whole state machine streamed from one redb read
+//! transaction into a file (format and files in [`super::snapshot`]); the
+//! current one is `<dir>/raft-snapshot.snap`, and that file is openraft's
+//! `SnapshotData`, sent to followers in chunks. Building, sending,
+//! receiving and installing never hold the state in memory: an install
+//! loads the received file into staging tables in batches of
+//! [`snapshot::STAGE_BATCH_BYTES`], validating all of it (BLAKE3 included),
+//! then one write transaction swaps the staged tables in (delete, rename)
+//! with the new applied state. A crash before that commit leaves the old
+//! state (the staging tables are dropped on open); after it, the new one.
 
-use std::io::{Cursor, Read, Write};
+use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, TableHandle, WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
 };
-use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
 
+use super::snapshot::{self, StreamMeta, TempGuard, SNAPSHOT_FILE};
 use super::{
     blocking, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoreError, StoredMembership,
     TypeConfig,
@@ -56,11 +58,11 @@ use crate::types::CommandResult;
 /// File name of the state machine database inside the data directory.
 pub const SM_FILE: &str = "raft-sm.redb";
 
-/// File name of the current snapshot inside the data directory.
-pub const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
-
-/// Temp name the snapshot file is written under before its rename.
-const SNAPSHOT_TMP: &str = "raft-snapshot.bin.tmp";
+/// redb's page cache for the state machine (its default is 1 GiB). The
+/// cache counts towards the process's RSS and fills with every page a
+/// snapshot build or install touches, so it bounds their memory; the OS
+/// page cache still holds the rest of the file for reads.
+pub const SM_CACHE_BYTES: usize = 32 << 20;
 
 /// Last applied id, membership and model format version, by name.
 pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
@@ -68,67 +70,6 @@ pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("s
 pub(crate) const KEY_FORMAT: &str = "format";
 const KEY_LAST_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "last_membership";
-
-/*
- * Snapshot stream format, version 1 (the bytes of `SnapshotData`, what is
- * sent to followers). Integers are big-endian.
- *
- *   magic        8 bytes   "CAIRNSNP"
- *   version      u32       SNAPSHOT_VERSION (1)
- *   meta_len     u32
- *   meta         meta_len bytes of JSON StreamMeta:
- *                  { last_applied, last_membership, model_format_version }
- *   table_count  u32
- *   table_count times:
- *     name_len   u16
- *     name       name_len bytes, UTF-8: a table of model::MODEL_TABLES
- *     count      u64       number of pairs
- *     count times, keys strictly increasing:
- *       key_len  u32, key bytes
- *       val_len  u32, value bytes
- *   trailer      8 bytes   "CAIRNEND"
- *
- * Nothing may follow the trailer. A reader checks every length against the
- * bytes left, refuses unknown or repeated table names, unsorted keys, a
- * model_format_version newer than its own (an older one is migrated after the
- * install), and a meta that disagrees with
- * the SnapshotMeta openraft hands it. A new version bumps SNAPSHOT_VERSION;
- * readers keep accepting the older versions they can convert.
- */
-
-/// First bytes of a snapshot stream.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"CAIRNSNP";
-/// Last bytes of a snapshot stream: proves it was not cut short.
-const SNAPSHOT_TRAILER: &[u8; 8] = b"CAIRNEND";
-/// Version of the snapshot stream format.
-pub const SNAPSHOT_VERSION: u32 = 1;
-
-/*
- * Snapshot file format, version 1 (`raft-snapshot.bin`): openraft's
- * SnapshotMeta next to the stream, so one rename replaces both.
- *
- *   magic        8 bytes   "CAIRNSNF"
- *   version      u32       SNAPSHOT_FILE_VERSION (1)
- *   meta_len     u32
- *   meta         meta_len bytes of JSON openraft::SnapshotMeta
- *   data_len     u64
- *   data         data_len bytes: the snapshot stream above
- *
- * The file must end right after `data`.
- */
-
-/// First bytes of the snapshot file.
-pub const SNAPSHOT_FILE_MAGIC: &[u8; 8] = b"CAIRNSNF";
-/// Version of the snapshot file envelope.
-pub const SNAPSHOT_FILE_VERSION: u32 = 1;
-
-/// The state-machine header carried inside a snapshot stream.
-#[derive(Debug, Serialize, Deserialize)]
-struct StreamMeta {
-    last_applied: Option<LogId>,
-    last_membership: StoredMembership,
-    model_format_version: u64,
-}
 
 fn sm_read_err(e: StoreError) -> StorageError {
     StorageIOError::read_state_machine(AnyError::new(&e)).into()
@@ -149,11 +90,13 @@ fn snap_write_err(meta: Option<&SnapshotMeta>, e: StoreError) -> StorageError {
 struct Shared {
     db: Arc<Database>,
     dir: PathBuf,
-    /// Meta of the snapshot in `raft-snapshot.bin`. The lock also
-    /// serializes every writer of that file.
+    /// Meta of the snapshot in `raft-snapshot.snap`. The lock also
+    /// serializes every replacement of that file.
     current: Mutex<Option<SnapshotMeta>>,
     /// When `apply` last committed durably.
     last_durable: Mutex<std::time::Instant>,
+    /// Numbers the temp files of snapshots being received.
+    receiving: AtomicU64,
 }
 
 /// Longest time between durable state-machine commits (bounds the log
@@ -201,21 +144,74 @@ pub fn read_applied(
     Ok((last_applied, membership))
 }
 
+/// Records the applied state and this build's model format inside `txn`
+/// (a snapshot install).
+pub(crate) fn set_applied(
+    txn: &WriteTransaction,
+    last_applied: Option<&LogId>,
+    membership: &StoredMembership,
+) -> Result<(), StoreError> {
+    let mut sm = txn.open_table(SM_META)?;
+    match last_applied {
+        Some(l) => {
+            sm.insert(KEY_LAST_APPLIED, serde_json::to_vec(l)?.as_slice())?;
+        }
+        None => {
+            sm.remove(KEY_LAST_APPLIED)?;
+        }
+    }
+    sm.insert(KEY_MEMBERSHIP, serde_json::to_vec(membership)?.as_slice())?;
+    sm.insert(
+        KEY_FORMAT,
+        serde_json::to_vec(&MODEL_FORMAT_VERSION)?.as_slice(),
+    )?;
+    Ok(())
+}
+
+/// Opens the current snapshot file, if any, with its meta.
+fn open_current(dir: &Path) -> Result<Option<(SnapshotMeta, std::fs::File)>, StoreError> {
+    let mut f = match std::fs::File::open(dir.join(SNAPSHOT_FILE)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let meta = snapshot::read_stream_meta(&mut f)?.snapshot_meta()?;
+    Ok(Some((meta, f)))
+}
+
+/// Loads the stream in `f` into the staging tables (re-encoding it into
+/// `copy` if given) and returns its meta; see [`snapshot::stage_stream`].
+fn stage_file(
+    db: &Database,
+    f: &mut std::fs::File,
+    expect: Option<&SnapshotMeta>,
+    copy: Option<BufWriter<&std::fs::File>>,
+) -> Result<StreamMeta, StoreError> {
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(0))?;
+    snapshot::stage_stream(
+        db,
+        BufReader::with_capacity(1 << 16, &mut *f),
+        len,
+        expect,
+        copy,
+    )
+}
+
 impl StateMachineStore {
     /// Opens or creates `<dir>/raft-sm.redb` and the snapshot file. Creates
-    /// every table, checks the model format version, and finishes a
-    /// snapshot install a crash interrupted (the snapshot file is written
-    /// before the database commit, so a file newer than the database is
-    /// installed again). Blocking: call it from a blocking context (as
-    /// [`super::open_stores`] does).
+    /// every table, checks the model format version, drops leftovers of an
+    /// interrupted install (staging tables, temp files), upgrades an older
+    /// build's snapshot file, and finishes a snapshot install a crash
+    /// interrupted (the snapshot file is written before the database commit,
+    /// so a file newer than the database is installed again). Blocking: call
+    /// it from a blocking context (as [`super::open_stores`] does).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
-        match std::fs::remove_file(dir.join(SNAPSHOT_TMP)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        let db = Database::create(dir.join(SM_FILE))?;
+        snapshot::remove_temp_files(dir)?;
+        let db = Database::builder()
+            .set_cache_size(SM_CACHE_BYTES)
+            .create(dir.join(SM_FILE))?;
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
@@ -231,6 +227,7 @@ impl StateMachineStore {
                     supported: MODEL_FORMAT_VERSION,
                 });
             }
+            snapshot::clear_staging_in(&txn)?;
             for def in MODEL_TABLES {
                 txn.open_table(*def)?;
             }
@@ -268,34 +265,26 @@ impl StateMachineStore {
         }
         txn.commit()?;
 
-        let current = read_snapshot_file(dir, false)?.map(|f| f.meta);
+        snapshot::upgrade_legacy(dir)?;
+        let current = open_current(dir)?;
         let shared = Shared {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
-            current: Mutex::new(current.clone()),
+            current: Mutex::new(current.as_ref().map(|(m, _)| m.clone())),
             last_durable: Mutex::new(std::time::Instant::now()),
+            receiving: AtomicU64::new(0),
         };
-        if let Some(meta) = current {
+        if let Some((meta, mut f)) = current {
             let (applied, _) = read_applied(&shared.db.begin_read()?)?;
             if meta.last_log_id > applied {
                 tracing::warn!(
                     snapshot = %meta,
                     "state machine is behind its snapshot file (interrupted install): installing it again"
                 );
-                let data = match read_snapshot_file(dir, true)? {
-                    Some(SnapshotFile {
-                        data: Some(data), ..
-                    }) => data,
-                    _ => {
-                        return Err(StoreError::corrupt(
-                            "snapshot file",
-                            "vanished while opening",
-                        ))
-                    }
-                };
+                let staged = stage_file(&shared.db, &mut f, Some(&meta), None)?;
                 let mut txn = shared.db.begin_write()?;
                 txn.set_durability(Durability::Immediate)?;
-                load_stream(&txn, &data, &meta)?;
+                snapshot::swap_in(&txn, &staged)?;
                 txn.commit()?;
             }
         }
@@ -318,13 +307,13 @@ impl StateMachineStore {
         self.shared.db.begin_read()
     }
 
-    /// Writes the whole state machine as a snapshot stream and returns it
-    /// with the meta of the state it reflects.
-    fn build(shared: &Shared) -> Result<(SnapshotMeta, Vec<u8>), StoreError> {
+    /// Streams the whole state machine from one read transaction into a
+    /// new snapshot file and makes it current (unless a newer one, e.g.
+    /// installed meanwhile, already is). Returns the meta and the file,
+    /// open for reading.
+    fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File, u64), StoreError> {
         let txn = shared.db.begin_read()?;
         let (last_applied, last_membership) = read_applied(&txn)?;
-        let data = dump_stream(&txn, last_applied, &last_membership)?;
-        drop(txn);
         let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -333,358 +322,90 @@ impl StateMachineStore {
             Some(l) => format!("{}-{}-{ms}", l.leader_id, l.index),
             None => format!("none-{ms}"),
         };
+        let stream_meta = StreamMeta {
+            last_applied,
+            last_membership: last_membership.clone(),
+            model_format_version: MODEL_FORMAT_VERSION,
+            snapshot_id: Some(snapshot_id.clone()),
+        };
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership,
             snapshot_id,
         };
-        Ok((meta, data))
-    }
-}
-
-/// Serializes sm meta and every model table from `txn` (stream format above).
-fn dump_stream(
-    txn: &ReadTransaction,
-    last_applied: Option<LogId>,
-    last_membership: &StoredMembership,
-) -> Result<Vec<u8>, StoreError> {
-    let mut out = Vec::new();
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_VERSION.to_be_bytes());
-    let meta = serde_json::to_vec(&StreamMeta {
-        last_applied,
-        last_membership: last_membership.clone(),
-        model_format_version: MODEL_FORMAT_VERSION,
-    })?;
-    put_len32(&mut out, meta.len())?;
-    out.extend_from_slice(&meta);
-    put_len32(&mut out, MODEL_TABLES.len())?;
-    for def in MODEL_TABLES {
-        let table = txn.open_table(*def)?;
-        let name = def.name().as_bytes();
-        let name_len = u16::try_from(name.len())
-            .map_err(|_| StoreError::corrupt("table name", def.name().to_string()))?;
-        out.extend_from_slice(&name_len.to_be_bytes());
-        out.extend_from_slice(name);
-        let count = table.len()?;
-        out.extend_from_slice(&count.to_be_bytes());
-        let mut written = 0u64;
-        for item in table.iter()? {
-            let (k, v) = item?;
-            put_len32(&mut out, k.value().len())?;
-            out.extend_from_slice(k.value());
-            put_len32(&mut out, v.value().len())?;
-            out.extend_from_slice(v.value());
-            written += 1;
-        }
-        if written != count {
-            return Err(StoreError::corrupt(
-                "state machine",
-                format!("table {} has {written} rows but claims {count}", def.name()),
-            ));
-        }
-    }
-    out.extend_from_slice(SNAPSHOT_TRAILER);
-    Ok(out)
-}
-
-fn put_len32(out: &mut Vec<u8>, len: usize) -> Result<(), StoreError> {
-    let len = u32::try_from(len).map_err(|_| {
-        StoreError::corrupt("snapshot", format!("item of {len} bytes exceeds 4 GiB"))
-    })?;
-    out.extend_from_slice(&len.to_be_bytes());
-    Ok(())
-}
-
-/// A bounds-checked cursor over untrusted bytes.
-struct Bytes<'a> {
-    buf: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Bytes<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
-        if self.buf.len() < n {
-            return Err(StoreError::corrupt(
-                self.what,
-                format!("truncated: need {n} bytes, {} left", self.buf.len()),
-            ));
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-
-    fn u16(&mut self) -> Result<u16, StoreError> {
-        Ok(u16::from_be_bytes(self.array()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, StoreError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, StoreError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-
-    /// A u32 length prefix, then that many bytes.
-    fn chunk32(&mut self) -> Result<&'a [u8], StoreError> {
-        let len = self.u32()? as usize;
-        self.take(len)
-    }
-}
-
-/// Replaces every model table and the sm meta inside `txn` with the
-/// contents of the snapshot stream `data`, which must describe the state
-/// `expect` names. Validates everything (see the stream format); on error
-/// the caller drops `txn`, which discards every change.
-fn load_stream(
-    txn: &WriteTransaction,
-    data: &[u8],
-    expect: &SnapshotMeta,
-) -> Result<(), StoreError> {
-    const WHAT: &str = "snapshot";
-    let mut r = Bytes {
-        buf: data,
-        what: WHAT,
-    };
-    if &r.array::<8>()? != SNAPSHOT_MAGIC {
-        return Err(StoreError::corrupt(WHAT, "bad magic: not a Cairn snapshot"));
-    }
-    let version = r.u32()?;
-    if version != SNAPSHOT_VERSION {
-        return Err(StoreError::Version {
-            what: "snapshot stream",
-            found: version.into(),
-            supported: SNAPSHOT_VERSION.into(),
-        });
-    }
-    let meta: StreamMeta = serde_json::from_slice(r.chunk32()?)
-        .map_err(|e| StoreError::corrupt(WHAT, format!("bad meta: {e}")))?;
-    // Format 1 snapshots (an older leader's) lack the reverse shard index;
-    // `model::migrate` below builds it.
-    if !(1..=MODEL_FORMAT_VERSION).contains(&meta.model_format_version) {
-        return Err(StoreError::Version {
-            what: "snapshot model",
-            found: meta.model_format_version,
-            supported: MODEL_FORMAT_VERSION,
-        });
-    }
-    if meta.last_applied != expect.last_log_id || meta.last_membership != expect.last_membership {
-        return Err(StoreError::corrupt(
-            WHAT,
-            format!(
-                "contents (last applied {:?}) do not match snapshot meta {expect}",
-                meta.last_applied
-            ),
-        ));
-    }
-
-    for def in MODEL_TABLES {
-        txn.delete_table(*def)?;
-        txn.open_table(*def)?;
-    }
-    let table_count = r.u32()?;
-    let mut seen = vec![false; MODEL_TABLES.len()];
-    for _ in 0..table_count {
-        let name_len = usize::from(r.u16()?);
-        let name = std::str::from_utf8(r.take(name_len)?)
-            .map_err(|_| StoreError::corrupt(WHAT, "table name is not UTF-8"))?;
-        let Some(pos) = MODEL_TABLES.iter().position(|d| d.name() == name) else {
-            return Err(StoreError::corrupt(WHAT, format!("unknown table {name:?}")));
+        let tmp = shared.dir.join(snapshot::BUILD_TMP);
+        let mut guard = TempGuard {
+            path: &tmp,
+            armed: true,
         };
-        if std::mem::replace(&mut seen[pos], true) {
-            return Err(StoreError::corrupt(
-                WHAT,
-                format!("table {name:?} appears twice"),
-            ));
+        let f = std::fs::File::create(&tmp)?;
+        let (_, bytes) =
+            snapshot::dump_stream(&txn, &stream_meta, BufWriter::with_capacity(1 << 16, &f))?;
+        drop(txn);
+        f.sync_all()?;
+        drop(f);
+        let reader = std::fs::File::open(&tmp)?;
+        let mut current = shared.lock_current();
+        if current
+            .as_ref()
+            .is_none_or(|c| c.last_log_id <= meta.last_log_id)
+        {
+            snapshot::publish(&shared.dir, &tmp, SNAPSHOT_FILE)?;
+            guard.armed = false;
+            *current = Some(meta.clone());
         }
-        let count = r.u64()?;
-        let mut table = txn.open_table(MODEL_TABLES[pos])?;
-        let mut prev: Option<&[u8]> = None;
-        for _ in 0..count {
-            let k = r.chunk32()?;
-            let v = r.chunk32()?;
-            if prev.is_some_and(|p| p >= k) {
-                return Err(StoreError::corrupt(
-                    WHAT,
-                    format!("keys of table {name:?} out of order"),
-                ));
-            }
-            prev = Some(k);
-            table.insert(k, v)?;
-        }
-    }
-    if &r.array::<8>()? != SNAPSHOT_TRAILER {
-        return Err(StoreError::corrupt(WHAT, "bad trailer"));
-    }
-    if !r.buf.is_empty() {
-        return Err(StoreError::corrupt(
-            WHAT,
-            format!("{} unexpected bytes after the trailer", r.buf.len()),
-        ));
+        // Otherwise the guard removes the temp file; `reader` keeps it.
+        Ok((meta, reader, bytes))
     }
 
-    model::migrate(txn)?;
-    let mut sm = txn.open_table(SM_META)?;
-    match &meta.last_applied {
-        Some(l) => {
-            sm.insert(KEY_LAST_APPLIED, serde_json::to_vec(l)?.as_slice())?;
-        }
-        None => {
-            sm.remove(KEY_LAST_APPLIED)?;
-        }
+    /// Installs the received stream in `f` (see the module docs): stage
+    /// and validate it while copying it into the new snapshot file, make
+    /// that file current (durably), then swap the staged tables in.
+    fn install(
+        shared: &Shared,
+        meta: &SnapshotMeta,
+        mut f: std::fs::File,
+    ) -> Result<u64, StoreError> {
+        let tmp = shared.dir.join(snapshot::INSTALL_TMP);
+        let mut guard = TempGuard {
+            path: &tmp,
+            armed: true,
+        };
+        let out = std::fs::File::create(&tmp)?;
+        let staged = stage_file(
+            &shared.db,
+            &mut f,
+            Some(meta),
+            Some(BufWriter::with_capacity(1 << 16, &out)),
+        )?;
+        out.sync_all()?;
+        let bytes = out.metadata()?.len();
+        drop(out);
+        let mut current = shared.lock_current();
+        snapshot::publish(&shared.dir, &tmp, SNAPSHOT_FILE)?;
+        guard.armed = false;
+        *current = Some(meta.clone());
+        let mut txn = shared.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        snapshot::swap_in(&txn, &staged)?;
+        txn.commit()?;
+        Ok(bytes)
     }
-    sm.insert(
-        KEY_MEMBERSHIP,
-        serde_json::to_vec(&meta.last_membership)?.as_slice(),
-    )?;
-    sm.insert(
-        KEY_FORMAT,
-        serde_json::to_vec(&MODEL_FORMAT_VERSION)?.as_slice(),
-    )?;
-    Ok(())
-}
-
-/// Removes the temp file unless disarmed: a failed write leaves no debris.
-struct TempGuard<'a> {
-    path: &'a Path,
-    armed: bool,
-}
-
-impl Drop for TempGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = std::fs::remove_file(self.path);
-        }
-    }
-}
-
-/// Durably replaces the snapshot file: temp file, write, fsync, rename,
-/// fsync of the directory.
-fn write_snapshot_file(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
-    let tmp = dir.join(SNAPSHOT_TMP);
-    let mut guard = TempGuard {
-        path: &tmp,
-        armed: true,
-    };
-    let meta_json = serde_json::to_vec(meta)?;
-    let meta_len = u32::try_from(meta_json.len())
-        .map_err(|_| StoreError::corrupt("snapshot meta", "larger than 4 GiB"))?;
-    let mut f = std::fs::File::create(&tmp)?;
-    {
-        let mut w = std::io::BufWriter::new(&mut f);
-        w.write_all(SNAPSHOT_FILE_MAGIC)?;
-        w.write_all(&SNAPSHOT_FILE_VERSION.to_be_bytes())?;
-        w.write_all(&meta_len.to_be_bytes())?;
-        w.write_all(&meta_json)?;
-        w.write_all(&(data.len() as u64).to_be_bytes())?;
-        w.write_all(data)?;
-        w.flush()?;
-    }
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
-    guard.armed = false;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
-/// The snapshot file's contents.
-struct SnapshotFile {
-    meta: SnapshotMeta,
-    /// The stream, when asked for.
-    data: Option<Vec<u8>>,
-}
-
-/// Reads the snapshot file's meta and, if `with_data`, its stream. `None`
-/// when there is no snapshot yet.
-fn read_snapshot_file(dir: &Path, with_data: bool) -> Result<Option<SnapshotFile>, StoreError> {
-    const WHAT: &str = "snapshot file";
-    let mut f = match std::fs::File::open(dir.join(SNAPSHOT_FILE)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let file_len = f.metadata()?.len();
-    let mut head = [0u8; 16];
-    f.read_exact(&mut head)
-        .map_err(|e| StoreError::corrupt(WHAT, format!("short header: {e}")))?;
-    let mut r = Bytes {
-        buf: &head,
-        what: WHAT,
-    };
-    if &r.array::<8>()? != SNAPSHOT_FILE_MAGIC {
-        return Err(StoreError::corrupt(WHAT, "bad magic"));
-    }
-    let version = r.u32()?;
-    if version != SNAPSHOT_FILE_VERSION {
-        return Err(StoreError::Version {
-            what: WHAT,
-            found: version.into(),
-            supported: SNAPSHOT_FILE_VERSION.into(),
-        });
-    }
-    let meta_len = u64::from(r.u32()?);
-    if 16 + meta_len + 8 > file_len {
-        return Err(StoreError::corrupt(WHAT, "truncated meta"));
-    }
-    let mut meta_json = vec![0u8; meta_len as usize];
-    f.read_exact(&mut meta_json)?;
-    let meta: SnapshotMeta = serde_json::from_slice(&meta_json)
-        .map_err(|e| StoreError::corrupt(WHAT, format!("bad meta: {e}")))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)?;
-    let data_len = u64::from_be_bytes(len);
-    if 16 + meta_len + 8 + data_len != file_len {
-        return Err(StoreError::corrupt(
-            WHAT,
-            format!("length mismatch: {data_len} data bytes declared, file is {file_len} bytes"),
-        ));
-    }
-    if !with_data {
-        return Ok(Some(SnapshotFile { meta, data: None }));
-    }
-    let data_len =
-        usize::try_from(data_len).map_err(|_| StoreError::corrupt(WHAT, "too large for memory"))?;
-    let mut data = vec![0u8; data_len];
-    f.read_exact(&mut data)?;
-    Ok(Some(SnapshotFile {
-        meta,
-        data: Some(data),
-    }))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    /// Dumps the state machine from one consistent read transaction, makes
-    /// it the current snapshot (unless a newer one, e.g. installed
-    /// meanwhile, is already current) and returns it.
+    /// Streams the state machine from one consistent read transaction into
+    /// the snapshot file (see [`StateMachineStore::build`]) and returns it.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let shared = self.shared.clone();
-        blocking(move || {
-            let (meta, data) = StateMachineStore::build(&shared)?;
-            let mut current = shared.lock_current();
-            if current
-                .as_ref()
-                .is_none_or(|c| c.last_log_id <= meta.last_log_id)
-            {
-                write_snapshot_file(&shared.dir, &meta, &data)?;
-                *current = Some(meta.clone());
-            }
-            tracing::info!(snapshot = %meta, bytes = data.len(), "built snapshot");
-            Ok(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            })
+        let (meta, f, bytes) = blocking(move || StateMachineStore::build(&shared))
+            .await
+            .map_err(|e| snap_write_err(None, e))?;
+        tracing::info!(snapshot = %meta, bytes, "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(f)),
         })
-        .await
-        .map_err(|e| snap_write_err(None, e))
     }
 }
 
@@ -759,54 +480,62 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    /// A fresh temp file, unlinked at once: openraft writes the chunks into
+    /// it, and an abandoned transfer leaves nothing on disk.
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let shared = self.shared.clone();
+        let f = blocking(move || {
+            let n = shared.receiving.fetch_add(1, Ordering::Relaxed);
+            let path = shared.dir.join(format!("raft-snapshot.recv-{n}.tmp"));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            std::fs::remove_file(&path)?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| snap_write_err(None, e))?;
+        Ok(Box::new(tokio::fs::File::from_std(f)))
     }
 
-    /// Validates the stream and replaces the state machine with it in one
-    /// transaction. The snapshot file is written (durably) before that
-    /// transaction commits: if a crash falls between the two,
-    /// [`StateMachineStore::open`] installs the file again.
+    /// Validates the received stream and replaces the state machine with
+    /// it, in bounded memory (see [`StateMachineStore::install`]). The
+    /// snapshot file is written (durably) before the swap commits: if a
+    /// crash falls between the two, [`StateMachineStore::open`] installs
+    /// the file again.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let meta = meta.clone();
+        let mut file = *snapshot;
+        file.flush()
+            .await
+            .map_err(|e| snap_write_err(Some(meta), e.into()))?;
+        let f = file.into_std().await;
         let shared = self.shared.clone();
-        let err_meta = meta.clone();
-        blocking(move || {
-            let mut current = shared.lock_current();
-            let mut txn = shared.db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            load_stream(&txn, &data, &meta)?;
-            write_snapshot_file(&shared.dir, &meta, &data)?;
-            tracing::info!(snapshot = %meta, bytes = data.len(), "installing snapshot");
-            *current = Some(meta);
-            txn.commit()?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| snap_write_err(Some(&err_meta), e))
+        let m = meta.clone();
+        let bytes = blocking(move || StateMachineStore::install(&shared, &m, f))
+            .await
+            .map_err(|e| snap_write_err(Some(meta), e))?;
+        tracing::info!(snapshot = %meta, bytes, "installed snapshot");
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let shared = self.shared.clone();
-        blocking(move || {
+        let found = blocking(move || {
             let _current = shared.lock_current();
-            Ok(match read_snapshot_file(&shared.dir, true)? {
-                Some(SnapshotFile {
-                    meta,
-                    data: Some(data),
-                }) => Some(Snapshot {
-                    meta,
-                    snapshot: Box::new(Cursor::new(data)),
-                }),
-                _ => None,
-            })
+            open_current(&shared.dir)
         })
         .await
-        .map_err(snap_read_err)
+        .map_err(snap_read_err)?;
+        Ok(found.map(|(meta, f)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(f)),
+        }))
     }
 }

@@ -66,6 +66,25 @@ fn membership(index: u64, voters: &[NodeId]) -> Entry {
     }
 }
 
+/// The bytes of a snapshot's data file, from its start.
+async fn snapshot_bytes(snap: Snapshot) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = snap.snapshot;
+    f.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).await.unwrap();
+    out
+}
+
+/// A receiving file holding `data`, as openraft hands it to install.
+async fn received(sm: &mut StateMachineStore, data: &[u8]) -> Box<tokio::fs::File> {
+    use tokio::io::AsyncWriteExt;
+    let mut rx = sm.begin_receiving_snapshot().await.unwrap();
+    rx.write_all(data).await.unwrap();
+    rx.shutdown().await.unwrap();
+    rx
+}
+
 type TableDump = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
 /// Every model table's rows.
@@ -203,13 +222,17 @@ async fn snapshot_installs_on_fresh_store_and_survives_restart() {
         .await
         .unwrap();
     assert_eq!(snap.meta.last_log_id, Some(log_id(1, 1, 5)));
-    let data = snap.snapshot.into_inner();
+    let meta = snap.meta.clone();
+    let data = snapshot_bytes(snap).await;
+    let snap = Snapshot {
+        meta,
+        snapshot: Box::new(tokio::fs::File::from_std(tempfile::tempfile().unwrap())),
+    };
 
     let b_dir = tempfile::tempdir().unwrap();
     {
         let (_b_log, mut b) = open_stores(b_dir.path()).await.unwrap();
-        let mut rx = b.begin_receiving_snapshot().await.unwrap();
-        rx.get_mut().extend_from_slice(&data);
+        let rx = received(&mut b, &data).await;
         b.install_snapshot(&snap.meta, rx).await.unwrap();
         assert_eq!(dump_model(&b), dump_model(&a));
         assert_eq!(
@@ -222,7 +245,23 @@ async fn snapshot_installs_on_fresh_store_and_survives_restart() {
     assert_eq!(dump_model(&b), dump_model(&a));
     let cur = b.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(cur.meta, snap.meta);
-    assert_eq!(cur.snapshot.into_inner(), data);
+    assert_eq!(snapshot_bytes(cur).await, data);
+    // No temp files or staging tables are left behind.
+    let names: Vec<String> = std::fs::read_dir(b_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    let txn = b.db().begin_write().unwrap();
+    let tables: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| redb::TableHandle::name(&t).to_string())
+        .collect();
+    assert!(
+        tables.iter().all(|t| !t.starts_with("snapshot_staging")),
+        "{tables:?}"
+    );
 }
 
 #[tokio::test]
@@ -238,8 +277,8 @@ async fn newer_snapshot_file_is_installed_on_open() {
         .unwrap();
     let c_dir = tempfile::tempdir().unwrap();
     std::fs::copy(
-        a_dir.path().join(state_machine::SNAPSHOT_FILE),
-        c_dir.path().join(state_machine::SNAPSHOT_FILE),
+        a_dir.path().join(snapshot::SNAPSHOT_FILE),
+        c_dir.path().join(snapshot::SNAPSHOT_FILE),
     )
     .unwrap();
     let (_c_log, mut c) = open_stores(c_dir.path()).await.unwrap();
@@ -260,7 +299,12 @@ async fn corrupt_snapshot_is_rejected_and_changes_nothing() {
         .build_snapshot()
         .await
         .unwrap();
-    let good = snap.snapshot.into_inner();
+    let snap_meta = snap.meta.clone();
+    let good = snapshot_bytes(snap).await;
+    let snap = Snapshot {
+        meta: snap_meta,
+        snapshot: Box::new(tokio::fs::File::from_std(tempfile::tempfile().unwrap())),
+    };
 
     let b_dir = tempfile::tempdir().unwrap();
     let (_b_log, mut b) = open_stores(b_dir.path()).await.unwrap();
@@ -269,8 +313,8 @@ async fn corrupt_snapshot_is_rejected_and_changes_nothing() {
     let applied_before = b.applied_state().await.unwrap();
 
     let mut bad: Vec<(String, Vec<u8>)> = Vec::new();
-    // Every truncation.
-    for n in 0..good.len() {
+    // Truncations: every one in the header and the tail, a sample between.
+    for n in (0..good.len()).filter(|n| *n < 64 || n % 17 == 0 || n + 48 > good.len()) {
         bad.push((format!("truncated to {n}"), good[..n].to_vec()));
     }
     let mut v = good.clone();
@@ -280,7 +324,7 @@ async fn corrupt_snapshot_is_rejected_and_changes_nothing() {
     v[0] ^= 0xff;
     bad.push(("bad magic".into(), v));
     let mut v = good.clone();
-    v[11] = 2; // version u32 at 8..12
+    v[11] = 3; // version u32 at 8..12
     bad.push(("future version".into(), v));
     let mut v = good.clone();
     let meta_len = u32::from_be_bytes(v[12..16].try_into().unwrap()) as usize;
@@ -292,18 +336,28 @@ async fn corrupt_snapshot_is_rejected_and_changes_nothing() {
     v[count_at + 7] += 1; // one more row than present
     bad.push(("count too high".into(), v));
     bad.push(("garbage".into(), vec![0xa5; 300]));
+    let mut v = good.clone();
+    let last = v.len() - 1;
+    v[last] ^= 1;
+    bad.push(("BLAKE3 flipped".into(), v));
+    let mut v = good.clone();
+    let row = tables + 2 + "buckets".len() + 8 + 4 + 1;
+    v[row] ^= 1; // a byte of the first bucket's key
+    bad.push(("row byte flipped".into(), v));
 
     for (what, data) in bad {
-        let mut rx = b.begin_receiving_snapshot().await.unwrap();
-        *rx.get_mut() = data;
+        let rx = received(&mut b, &data).await;
         let r = b.install_snapshot(&snap.meta, rx).await;
         assert!(r.is_err(), "{what}: accepted");
     }
     // A valid stream under the wrong meta is refused too.
     let mut wrong = snap.meta.clone();
     wrong.last_log_id = Some(log_id(1, 1, 4));
-    let mut rx = b.begin_receiving_snapshot().await.unwrap();
-    *rx.get_mut() = good.clone();
+    let rx = received(&mut b, &good).await;
+    assert!(b.install_snapshot(&wrong, rx).await.is_err());
+    let mut wrong = snap.meta.clone();
+    wrong.snapshot_id = "another".into();
+    let rx = received(&mut b, &good).await;
     assert!(b.install_snapshot(&wrong, rx).await.is_err());
 
     assert_eq!(dump_model(&b), before);
@@ -311,8 +365,7 @@ async fn corrupt_snapshot_is_rejected_and_changes_nothing() {
     assert!(b.get_current_snapshot().await.unwrap().is_none());
 
     // And the good one still installs.
-    let mut rx = b.begin_receiving_snapshot().await.unwrap();
-    *rx.get_mut() = good;
+    let rx = received(&mut b, &good).await;
     b.install_snapshot(&snap.meta, rx).await.unwrap();
     assert_eq!(dump_model(&b), dump_model(&a));
 }
@@ -328,7 +381,7 @@ async fn corrupt_snapshot_file_fails_open() {
             .await
             .unwrap();
     }
-    let path = a_dir.path().join(state_machine::SNAPSHOT_FILE);
+    let path = a_dir.path().join(snapshot::SNAPSHOT_FILE);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes.truncate(bytes.len() - 1);
     std::fs::write(&path, bytes).unwrap();
@@ -535,7 +588,24 @@ async fn three_node_cluster_replicates_and_ships_snapshots() {
     );
 
     // Server side: malformed and unknown RPCs.
-    let r = handle_raft_rpc(&n1.raft, network::APPEND_PATH, Bytes::from_static(b"{nope")).await;
+    // An older build's JSON: refused with both versions named.
+    let json = serde_json::to_vec(&vote_req()).unwrap();
+    let r = handle_raft_rpc(&n1.raft, network::VOTE_PATH, Bytes::from(json)).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("RaftWireVersion")
+            && body.contains("version 1")
+            && body.contains(&format!("version {}", codec::WIRE_VERSION)),
+        "{body}"
+    );
+    let mut garbage = vec![codec::WIRE_VERSION];
+    garbage.extend_from_slice(b"\xff\xff\xff");
+    let r = handle_raft_rpc(&n1.raft, network::APPEND_PATH, Bytes::from(garbage)).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let r = handle_raft_rpc(&n1.raft, "/raft/nope", Bytes::new()).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
@@ -676,4 +746,427 @@ async fn format_1_state_opens_and_builds_the_shard_index() {
         txn.commit().unwrap();
     }
     assert!(open_stores(dir.path()).await.is_err());
+}
+
+// ------------------------------------------------------- binary encodings
+
+/// A manifest with every optional part set (or not, per `inline`).
+fn manifest(inline: bool) -> crate::types::ObjectManifest {
+    use crate::types::{Hash32, InlineData, ObjectManifest, ShardId, ShardLoc, StripeId};
+    use crate::types::{PartInfo, StripeManifest};
+    ObjectManifest {
+        version: StripeId([1; 16]),
+        size: 4,
+        etag: "e".into(),
+        content_type: Some("text/plain".into()),
+        headers: BTreeMap::from([("cache-control".into(), "no".into())]),
+        user_meta: BTreeMap::from([("a".into(), "b".into())]),
+        checksums: BTreeMap::from([("crc32c".into(), "AAAA".into())]),
+        created_ms: 7,
+        ec: EcParams { k: 1, m: 1 },
+        shard_size: 4,
+        stripes: vec![StripeManifest {
+            id: StripeId([2; 16]),
+            len: 4,
+            shards: vec![ShardLoc {
+                chunkserver: Some(1),
+                shard: ShardId([3; 16]),
+                blake3: Hash32([4; 32]),
+            }],
+        }],
+        parts: vec![PartInfo {
+            number: 1,
+            size: 4,
+            etag: "p".into(),
+            checksums: BTreeMap::new(),
+            stripes: 1,
+        }],
+        inline: inline.then(|| InlineData::new(Bytes::from_static(b"data"))),
+    }
+}
+
+/// One command of every variant. The match makes a new variant a compile
+/// error here until it is added to the list.
+fn every_command() -> Vec<Command> {
+    use crate::types::{
+        AccessKey, BucketGrant, ChunkserverState, CompletePart, PutCondition, RepairItem, ShardId,
+        StripeId, UploadInfo, UploadPart,
+    };
+    fn covered(c: &Command) -> u32 {
+        match c {
+            Command::Once { .. } => 0,
+            Command::Batch { .. } => 1,
+            Command::At { .. } => 2,
+            Command::RegisterIntent { .. } => 3,
+            Command::WithIntent { .. } => 4,
+            Command::ExpireIntents { .. } => 5,
+            Command::CreateBucket { .. } => 6,
+            Command::DeleteBucket { .. } => 7,
+            Command::PutObject { .. } => 8,
+            Command::DeleteObject { .. } => 9,
+            Command::RegisterChunkserver { .. } => 10,
+            Command::ChunkserverStats { .. } => 11,
+            Command::SetChunkserverState { .. } => 12,
+            Command::QueueRepair { .. } => 13,
+            Command::GcDone { .. } => 14,
+            Command::PutAccessKey { .. } => 15,
+            Command::DeleteAccessKey { .. } => 16,
+            Command::CreateUpload { .. } => 17,
+            Command::PutPart { .. } => 18,
+            Command::CompleteUpload { .. } => 19,
+            Command::AbortUpload { .. } => 20,
+            Command::ReportBadShards { .. } => 21,
+            Command::ClearBadShards { .. } => 22,
+            Command::CommitRepair { .. } => 23,
+            Command::QueueGc { .. } => 24,
+            Command::RemoveChunkserver { .. } => 25,
+        }
+    }
+    const VARIANTS: u32 = 26;
+    let s = |b: u8| ShardId([b; 16]);
+    let put = |inline: bool, condition: PutCondition| Command::PutObject {
+        bucket: "b".into(),
+        key: "k".into(),
+        manifest: manifest(inline),
+        condition,
+    };
+    let cmds = vec![
+        Command::Once {
+            id: StripeId([9; 16]),
+            inner: Box::new(put(true, PutCondition::IfNoneMatch)),
+        },
+        Command::Batch {
+            cmds: vec![put(false, PutCondition::None), create_bucket("x")],
+        },
+        Command::At {
+            now_ms: 5,
+            inner: Box::new(put(false, PutCondition::IfVersion(StripeId([1; 16])))),
+        },
+        Command::RegisterIntent {
+            intent: StripeId([8; 16]),
+            shards: vec![(1, s(1)), (2, s(2))],
+            lease_ms: 1000,
+        },
+        Command::WithIntent {
+            intent: StripeId([8; 16]),
+            inner: Box::new(put(true, PutCondition::IfMatch("etag".into()))),
+        },
+        Command::ExpireIntents { limit: 10 },
+        create_bucket("bkt"),
+        Command::DeleteBucket { name: "bkt".into() },
+        put(true, PutCondition::None),
+        Command::DeleteObject {
+            bucket: "b".into(),
+            key: "k".into(),
+            condition: PutCondition::IfMatch("e".into()),
+        },
+        Command::RegisterChunkserver {
+            addr: "a:1".into(),
+            zone: "z".into(),
+            capacity: 10,
+            free: 5,
+            now_ms: 3,
+        },
+        Command::ChunkserverStats {
+            id: 1,
+            addr: "a:1".into(),
+            zone: "z".into(),
+            capacity: 10,
+            free: 5,
+            used: 4,
+            shard_count: 2,
+            now_ms: 3,
+        },
+        Command::SetChunkserverState {
+            id: 1,
+            state: ChunkserverState::Draining,
+        },
+        Command::QueueRepair {
+            items: vec![RepairItem {
+                bucket: "b".into(),
+                key: "k".into(),
+                version: StripeId([1; 16]),
+                stripe: 0,
+                index: 1,
+                chunkserver: None,
+                reason: "missing".into(),
+            }],
+        },
+        Command::GcDone {
+            chunkserver: 1,
+            shards: vec![s(1)],
+        },
+        Command::PutAccessKey {
+            key: AccessKey {
+                id: "GK1".into(),
+                secret: "s".into(),
+                name: "n".into(),
+                created_ms: 1,
+                admin: false,
+                buckets: BTreeMap::from([(
+                    "b".into(),
+                    BucketGrant {
+                        read: true,
+                        write: false,
+                        owner: false,
+                    },
+                )]),
+            },
+        },
+        Command::DeleteAccessKey { id: "GK1".into() },
+        Command::CreateUpload {
+            upload: UploadInfo {
+                id: StripeId([5; 16]),
+                bucket: "b".into(),
+                key: "k".into(),
+                initiated_ms: 1,
+                owner: String::new(),
+                content_type: None,
+                headers: BTreeMap::new(),
+                user_meta: BTreeMap::new(),
+                checksum_algorithm: Some("crc32c".into()),
+                checksum_type: None,
+                ec: EcParams::default(),
+                shard_size: 4,
+            },
+        },
+        Command::PutPart {
+            bucket: "b".into(),
+            key: "k".into(),
+            upload: StripeId([5; 16]),
+            part: UploadPart {
+                info: manifest(false).parts[0].clone(),
+                stripes: manifest(false).stripes,
+                created_ms: 2,
+            },
+        },
+        Command::CompleteUpload {
+            bucket: "b".into(),
+            key: "k".into(),
+            upload: StripeId([5; 16]),
+            parts: vec![CompletePart {
+                number: 1,
+                etag: "p".into(),
+            }],
+            min_part_size: 5,
+            etag: "x-1".into(),
+            version: StripeId([6; 16]),
+            checksums: BTreeMap::new(),
+            now_ms: 9,
+            condition: PutCondition::None,
+        },
+        Command::AbortUpload {
+            bucket: "b".into(),
+            key: "k".into(),
+            upload: StripeId([5; 16]),
+        },
+        Command::ReportBadShards {
+            chunkserver: 2,
+            shards: vec![s(4)],
+        },
+        Command::ClearBadShards {
+            chunkserver: 2,
+            shards: vec![s(4)],
+        },
+        Command::CommitRepair {
+            bucket: "b".into(),
+            key: "k".into(),
+            version: StripeId([1; 16]),
+            stripe: 0,
+            index: 0,
+            shard: s(3),
+            from: None,
+            to: 2,
+            reused: true,
+        },
+        Command::QueueGc {
+            chunkserver: 3,
+            shards: vec![s(7), s(8)],
+        },
+        Command::RemoveChunkserver { id: 3 },
+    ];
+    let seen: BTreeSet<u32> = cmds.iter().map(covered).collect();
+    assert_eq!(seen.len() as u32, VARIANTS, "a Command variant is missing");
+    cmds
+}
+
+#[test]
+fn every_command_round_trips_through_the_entry_encoding() {
+    let mut buf = Vec::new();
+    for (i, cmd) in every_command().into_iter().enumerate() {
+        let entry = normal(i as u64 + 1, cmd.clone());
+        codec::encode_entry(&entry, &mut buf).unwrap();
+        assert_eq!(buf[0], codec::ENTRY_POSTCARD_V1);
+        let back = codec::decode_entry(&buf).unwrap();
+        assert_eq!(back.log_id, entry.log_id);
+        assert!(
+            matches!(&back.payload, EntryPayload::Normal(c) if *c == cmd),
+            "{cmd:?} came back as {:?}",
+            back.payload
+        );
+        // Through the RPC encoding too.
+        let wire = codec::encode_wire(&entry).unwrap();
+        let back: Entry = codec::decode_wire(&wire).unwrap();
+        assert!(matches!(&back.payload, EntryPayload::Normal(c) if *c == cmd));
+    }
+    for entry in [blank(3), membership(4, &[1, 2, 3])] {
+        codec::encode_entry(&entry, &mut buf).unwrap();
+        assert_eq!(codec::decode_entry(&buf).unwrap(), entry);
+    }
+    // The JSON of the HTTP API is unchanged: no `inline` key when absent,
+    // and the flag does not leak out of the binary encoding.
+    let json = serde_json::to_value(manifest(false)).unwrap();
+    assert!(json.get("inline").is_none(), "{json}");
+    let json = serde_json::to_value(manifest(true)).unwrap();
+    assert!(json.get("inline").is_some(), "{json}");
+    // Refused, never misread.
+    assert!(codec::decode_entry(&[0x7f, 1, 2]).is_err());
+    assert!(codec::decode_entry(&[]).is_err());
+    codec::encode_entry(&blank(3), &mut buf).unwrap();
+    buf.push(0);
+    assert!(codec::decode_entry(&buf).is_err(), "trailing byte accepted");
+}
+
+#[tokio::test]
+async fn json_log_of_format_1_reads_back_and_upgrades() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_stores(dir.path()).await.unwrap());
+    let old = vec![
+        membership(1, &[1]),
+        normal(2, create_bucket("one")),
+        normal(
+            3,
+            Command::PutObject {
+                bucket: "one".into(),
+                key: "k".into(),
+                manifest: manifest(false),
+                condition: Default::default(),
+            },
+        ),
+        normal(
+            4,
+            Command::PutObject {
+                bucket: "one".into(),
+                key: "i".into(),
+                manifest: manifest(true),
+                condition: Default::default(),
+            },
+        ),
+    ];
+    // What a format 1 build left: JSON entries, format 1.
+    {
+        const LOG: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("raft_log");
+        const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("raft_meta");
+        let db = redb::Database::open(dir.path().join(log_store::LOG_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(LOG).unwrap();
+            for e in &old {
+                let json = serde_json::to_vec(e).unwrap();
+                assert_eq!(json[0], b'{');
+                log.insert(e.log_id.index.to_be_bytes().as_slice(), json.as_slice())
+                    .unwrap();
+            }
+            txn.open_table(META)
+                .unwrap()
+                .insert("format", b"1".as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let (mut log, mut sm) = open_stores(dir.path()).await.unwrap();
+    assert_eq!(log.try_get_log_entries(1..5).await.unwrap(), old);
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(1, 1, 4))
+    );
+    // New entries are postcard, next to the old JSON ones.
+    log.blocking_append([normal(5, create_bucket("two"))])
+        .await
+        .unwrap();
+    let all = log.try_get_log_entries(..).await.unwrap();
+    assert_eq!(all.len(), 5);
+    sm.apply(all).await.unwrap();
+    assert_eq!(bucket_count(&sm.db()), 2);
+    drop((log, sm));
+    let db = redb::Database::open(dir.path().join(log_store::LOG_FILE)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn
+        .open_table(redb::TableDefinition::<&str, &[u8]>::new("raft_meta"))
+        .unwrap();
+    let format: u64 = serde_json::from_slice(meta.get("format").unwrap().unwrap().value()).unwrap();
+    assert_eq!(format, log_store::LOG_FORMAT_VERSION);
+    let log = txn
+        .open_table(redb::TableDefinition::<&[u8], &[u8]>::new("raft_log"))
+        .unwrap();
+    let v = log.get(5u64.to_be_bytes().as_slice()).unwrap().unwrap();
+    assert_eq!(v.value()[0], codec::ENTRY_POSTCARD_V1);
+}
+
+#[test]
+fn another_wire_version_is_refused_naming_both() {
+    let json = serde_json::to_vec(&vote_req()).unwrap();
+    let e = codec::decode_wire::<VoteRequest<NodeId>>(&json).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("version 1") && msg.contains(&format!("version {}", codec::WIRE_VERSION)),
+        "{msg}"
+    );
+    let mut future = codec::encode_wire(&vote_req()).unwrap();
+    future[0] = codec::WIRE_VERSION + 1;
+    let msg = codec::decode_wire::<VoteRequest<NodeId>>(&future)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(&format!("version {}", codec::WIRE_VERSION + 1)),
+        "{msg}"
+    );
+    let good = codec::encode_wire(&vote_req()).unwrap();
+    let back: VoteRequest<NodeId> = codec::decode_wire(&good).unwrap();
+    assert_eq!(back.vote, vote_req().vote);
+}
+
+/// An older build's snapshot file (v1 stream in an envelope) is converted
+/// on open, and installed when the state is behind it.
+#[tokio::test]
+async fn legacy_snapshot_file_upgrades_on_open() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let (_a_log, mut a) = populated_sm(&a_dir).await;
+    let snap = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let meta = snap.meta.clone();
+    let v2 = snapshot_bytes(snap).await;
+    // v1 stream: no BLAKE3, version 1 (the extra meta field is ignored).
+    let mut v1 = v2[..v2.len() - 32].to_vec();
+    v1[8..12].copy_from_slice(&1u32.to_be_bytes());
+    let meta_json = serde_json::to_vec(&meta).unwrap();
+    let mut file = b"CAIRNSNF".to_vec();
+    file.extend_from_slice(&1u32.to_be_bytes());
+    file.extend_from_slice(&(meta_json.len() as u32).to_be_bytes());
+    file.extend_from_slice(&meta_json);
+    file.extend_from_slice(&(v1.len() as u64).to_be_bytes());
+    file.extend_from_slice(&v1);
+    let c_dir = tempfile::tempdir().unwrap();
+    std::fs::write(c_dir.path().join(snapshot::LEGACY_SNAPSHOT_FILE), &file).unwrap();
+
+    let (_c_log, mut c) = open_stores(c_dir.path()).await.unwrap();
+    assert!(!c_dir.path().join(snapshot::LEGACY_SNAPSHOT_FILE).exists());
+    assert_eq!(dump_model(&c), dump_model(&a));
+    assert_eq!(
+        c.applied_state().await.unwrap(),
+        a.applied_state().await.unwrap()
+    );
+    let cur = c.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta, meta);
+    // The converted file is a valid v2 stream: it installs elsewhere.
+    let data = snapshot_bytes(cur).await;
+    let d_dir = tempfile::tempdir().unwrap();
+    let (_d_log, mut d) = open_stores(d_dir.path()).await.unwrap();
+    let rx = received(&mut d, &data).await;
+    d.install_snapshot(&meta, rx).await.unwrap();
+    assert_eq!(dump_model(&d), dump_model(&a));
 }

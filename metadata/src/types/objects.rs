@@ -100,7 +100,7 @@ pub struct ObjectManifest {
     pub parts: Vec<PartInfo>,
     /// A small object's bytes, kept in the manifest itself (no stripes):
     /// see [`MAX_INLINE`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "crate::raft::codec::skip_none_in_json")]
     pub inline: Option<InlineData>,
 }
 

@@ -1,0 +1,164 @@
+//! Binary encodings of the Raft layer: log entries and RPC bodies in
+//! postcard, each behind a leading format byte.
+//!
+//! # Log entry values (table `raft_log`)
+//! - `0x01` ([`ENTRY_POSTCARD_V1`]) then postcard `openraft::Entry<TypeConfig>`:
+//!   what this build writes.
+//! - `{` (0x7B): a JSON entry written by log format 1 (before postcard);
+//!   still read, never written, so an existing data dir keeps working.
+//!
+//! Any other first byte is refused as corrupt. A new encoding takes a new
+//! first byte and keeps reading the older ones.
+//!
+//! # RPC bodies (requests and 200 replies of `/raft/*`)
+//! One byte [`WIRE_VERSION`], then postcard. A peer that sends another first
+//! byte (an older build's JSON starts with `{`) is refused with a 400 that
+//! names both versions; a reply with another first byte is a transport
+//! error, never decoded.
+//!
+//! # `Option` fields skipped in JSON
+//! postcard has no field names, so a field skipped by
+//! `#[serde(skip_serializing_if = ..)]` would shift every field after it.
+//! Such fields reachable from [`crate::types::Command`] use
+//! [`skip_none_in_json`] instead of `Option::is_none`: it skips a `None` in
+//! JSON (the HTTP API keeps its shape) and never while this module encodes
+//! postcard.
+
+use std::cell::Cell;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{Entry, StoreError};
+
+/// First byte of a log entry encoded as postcard, version 1.
+pub const ENTRY_POSTCARD_V1: u8 = 0x01;
+
+/// First byte of every Raft RPC body (request and reply): postcard, wire
+/// version 2 (version 1 was the JSON of older builds, which starts with
+/// `{` and carries no version byte).
+pub const WIRE_VERSION: u8 = 2;
+
+thread_local! {
+    /// Set while this thread encodes postcard (see the module docs).
+    static BINARY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `skip_serializing_if` predicate for `Option` fields reachable from a
+/// Raft entry: skips `None` in JSON, never in postcard (see the module
+/// docs).
+pub fn skip_none_in_json<T>(v: &Option<T>) -> bool {
+    v.is_none() && !BINARY.with(Cell::get)
+}
+
+/// Restores the previous flag on drop (also when serialization panics).
+struct BinaryGuard(bool);
+
+impl Drop for BinaryGuard {
+    fn drop(&mut self) {
+        BINARY.with(|b| b.set(self.0));
+    }
+}
+
+/// Appends `value` as postcard to `out`, with every field present.
+pub fn postcard_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), postcard::Error> {
+    let _guard = BinaryGuard(BINARY.with(|b| b.replace(true)));
+    postcard::to_io(value, out).map(|_| ())
+}
+
+/// Decodes postcard that must span all of `bytes`.
+pub fn postcard_exact<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, StoreError> {
+    let (v, rest) = postcard::take_from_bytes::<T>(bytes)
+        .map_err(|e| StoreError::corrupt(what, e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(StoreError::corrupt(
+            what,
+            format!("{} unexpected bytes after the value", rest.len()),
+        ));
+    }
+    Ok(v)
+}
+
+/// Encodes a log entry (format byte, then postcard) into `out`, clearing it
+/// first.
+pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) -> Result<(), StoreError> {
+    out.clear();
+    out.push(ENTRY_POSTCARD_V1);
+    postcard_into(entry, out).map_err(|e| StoreError::corrupt("log entry", e.to_string()))
+}
+
+/// Decodes a log entry in any format this build reads.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {
+    match bytes.first() {
+        Some(&ENTRY_POSTCARD_V1) => postcard_exact(&bytes[1..], "log entry"),
+        Some(b'{') => Ok(serde_json::from_slice(bytes)?),
+        Some(b) => Err(StoreError::corrupt(
+            "log entry",
+            format!("unknown format byte {b:#04x}"),
+        )),
+        None => Err(StoreError::corrupt("log entry", "empty value")),
+    }
+}
+
+/// Encodes an RPC body: [`WIRE_VERSION`], then postcard.
+pub fn encode_wire<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = vec![WIRE_VERSION];
+    postcard_into(value, &mut out)?;
+    Ok(out)
+}
+
+/// Why an RPC body could not be decoded.
+#[derive(Debug)]
+pub enum WireError {
+    /// The peer speaks another wire version (1 for JSON bodies).
+    Version {
+        /// The peer's version.
+        found: u8,
+    },
+    /// The body is empty.
+    Empty,
+    /// The body does not decode.
+    Decode(String),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Version { found } => write!(
+                f,
+                "Raft wire version mismatch: the peer sent version {found}{}, this node speaks version {WIRE_VERSION}",
+                if *found == 1 { " (JSON, an older build)" } else { "" }
+            ),
+            WireError::Empty => f.write_str("empty Raft RPC body"),
+            WireError::Decode(why) => write!(f, "cannot decode Raft RPC body: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// Decodes an RPC body written by [`encode_wire`], refusing other versions.
+pub fn decode_wire<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    match body.first() {
+        None => Err(WireError::Empty),
+        Some(&WIRE_VERSION) => {
+            let (v, rest) = postcard::take_from_bytes::<T>(&body[1..])
+                .map_err(|e| WireError::Decode(e.to_string()))?;
+            if !rest.is_empty() {
+                return Err(WireError::Decode(format!(
+                    "{} unexpected bytes after the value",
+                    rest.len()
+                )));
+            }
+            Ok(v)
+        }
+        Some(b'{') => Err(WireError::Version { found: 1 }),
+        Some(&found) => Err(WireError::Version { found }),
+    }
+}
