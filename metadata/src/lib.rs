@@ -5,6 +5,7 @@
 //! - [`absent`]: the leader's named-but-absent check (shards the state
 //!   places on a chunkserver that it no longer holds).
 //! - [`client`]: `MetaClient`, leader-following client of the metadata API.
+//! - [`dashboard`]: the operator dashboard's static page on `/dashboard`.
 //! - [`metrics`]: `/metrics` (Prometheus) and `/health/live|ready`, shared
 //!   by every role; process metrics.
 //! - [`node`]: a metadata node: composition root, API server, failure detector.
@@ -21,6 +22,7 @@
 //! - [`worker`]: the background-worker runtime every role uses.
 pub mod absent;
 pub mod client;
+pub mod dashboard;
 pub mod metrics;
 pub mod model;
 pub mod net;

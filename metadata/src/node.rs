@@ -969,6 +969,9 @@ impl MetaNode {
             Some(OpsEndpoint::Ready) => return ops::ready(self.ready()),
             None => {}
         }
+        if let Some(r) = crate::dashboard::serve(&req) {
+            return r;
+        }
         let (span, request_id) = net::request_span(req.headers());
         let work = net::with_request_id(request_id, self.handle_api(req));
         tracing::Instrument::instrument(work, span).await
