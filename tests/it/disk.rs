@@ -199,6 +199,39 @@ async fn wait_full(c: &Cluster, since: u64, secs: u64) -> anyhow::Result<()> {
     r
 }
 
+/// Shards that a manifest of `acked` places on a chunkserver that does not
+/// hold them (a HEAD of the shard there is not 200).
+async fn named_but_absent(
+    c: &Cluster,
+    bucket: &str,
+    acked: &[(String, Vec<u8>)],
+) -> anyhow::Result<usize> {
+    let st = c.meta().cluster_status().await?;
+    let client = c.client();
+    let mut missing = 0;
+    for (key, _) in acked {
+        let m = client.head(bucket, key).await?;
+        for loc in m.stripes.iter().flat_map(|s| s.shards.iter()) {
+            let Some(cs) = loc.chunkserver else {
+                missing += 1;
+                continue;
+            };
+            let addr = st
+                .chunkservers
+                .iter()
+                .find(|i| i.id == cs)
+                .map(|i| i.addr.clone())
+                .context("placed on an unknown chunkserver")?;
+            let url = format!("http://{addr}/v1/shards/{}", loc.shard);
+            let r = http(Method::HEAD, &url, Some(SECRET), &[], Bytes::new()).await?;
+            if r.status.as_u16() != 200 {
+                missing += 1;
+            }
+        }
+    }
+    Ok(missing)
+}
+
 /// Writes `n` one-stripe objects `key0..` and returns the bodies of the
 /// acknowledged ones (a PUT may fail cleanly; it must not be acknowledged
 /// and lost).
@@ -370,7 +403,20 @@ async fn chunkserver_failing_disk_is_taken_out_of_service() -> anyhow::Result<()
     check_all(&c, "eio", &acked).await?;
     // ... and rebuilt: the leader checks the shards it placed on cs6 (its
     // data-dir identities changed) and the planner rebuilds the missing.
-    wait_full(&c, since, 90).await?;
+    let lost = named_but_absent(&c, "eio", &acked).await?;
+    eprintln!("shards named but absent right after the failure: {lost}");
+    assert!(lost > 0, "the failed dir held no shard: the test proves nothing");
+    wait_for("every named shard present again", 120, || async {
+        Ok((named_but_absent(&c, "eio", &acked).await? == 0).then_some(()))
+    })
+    .await?;
+    wait_full(&c, since, 60).await?;
+    let st = c.meta().cluster_status().await?;
+    assert!(
+        st.repairs_done >= lost as u64,
+        "{lost} shards lost but {} repairs done",
+        st.repairs_done
+    );
     assert_placement_clean(&c)?;
     // New writes still work and still use cs6 (its good dir).
     let (more, more_failed) = write_objects(&c, "eio", "after", 5).await?;
