@@ -23,3 +23,4 @@ mod placement;
 mod repair;
 mod s3;
 mod scrub_gc;
+mod upgrade;
