@@ -1,6 +1,7 @@
 //! Where the cluster is: flags, then environment (`CAIRN_METADATA`,
-//! `CAIRN_SECRET`), then the config file (`--config`, `CAIRN_CONFIG`, or
-//! `~/.config/cairn/config.json`) that `cairn dev` writes.
+//! `CAIRN_SECRET`, `CAIRN_SECRET_FILE`), then the config file (`--config`,
+//! `CAIRN_CONFIG`, or `~/.config/cairn/config.json`) that `cairn dev`
+//! writes (mode 0600 from creation: it holds the secret).
 
 use std::path::PathBuf;
 
@@ -8,7 +9,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 /// The config file's contents.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct FileConfig {
     /// Metadata node addresses.
     pub metadata: Vec<String>,
@@ -19,15 +20,30 @@ pub struct FileConfig {
     pub s3_endpoint: Option<String>,
 }
 
+impl std::fmt::Debug for FileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileConfig")
+            .field("metadata", &self.metadata)
+            .field("secret", &"<redacted>")
+            .field("s3_endpoint", &self.s3_endpoint)
+            .finish()
+    }
+}
+
 /// Global flags shared by every client subcommand.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ConnArgs {
     /// Metadata node addresses, comma separated.
     #[arg(long, env = "CAIRN_METADATA", global = true, value_delimiter = ',')]
     pub metadata: Option<Vec<String>>,
-    /// Cluster secret.
+    /// Cluster secret. Prefer --secret-file: a flag is visible in the
+    /// process list.
     #[arg(long, env = "CAIRN_SECRET", global = true, hide_env_values = true)]
-    pub secret: Option<String>,
+    pub secret: Option<crate::cmd::secret::Secret>,
+    /// File holding the cluster secret: a regular file with mode 0600 or
+    /// stricter; one trailing newline is ignored.
+    #[arg(long, env = "CAIRN_SECRET_FILE", global = true, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
     /// Config file (default ~/.config/cairn/config.json).
     #[arg(long, env = "CAIRN_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -63,10 +79,15 @@ impl ConnArgs {
                 self.config_path().display()
             ),
         };
-        let secret = match (&self.secret, &file) {
-            (Some(s), _) => s.clone(),
+        let given =
+            crate::cmd::secret::resolve_secret(self.secret.as_ref(), self.secret_file.as_deref())?;
+        let secret = match (given, &file) {
+            (Some(s), _) => s,
             (None, Some(f)) => f.secret.clone(),
-            _ => anyhow::bail!("no cluster secret: pass --secret or set CAIRN_SECRET"),
+            _ => anyhow::bail!(
+                "no cluster secret: pass --secret-file PATH (or set CAIRN_SECRET_FILE), \
+                 or set CAIRN_SECRET"
+            ),
         };
         Ok((metadata, secret))
     }
@@ -78,19 +99,11 @@ pub fn load(path: &std::path::Path) -> anyhow::Result<FileConfig> {
     serde_json::from_slice(&b).with_context(|| format!("bad config file {}", path.display()))
 }
 
-/// Writes a config file atomically, readable by the owner only (it holds the
-/// secret).
+/// Writes a config file atomically and durably, readable by the owner only
+/// from creation (it holds the secret).
 pub fn save(path: &std::path::Path, cfg: &FileConfig) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(cfg)?)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    }
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    crate::cmd::secret::write_private_file(path, &serde_json::to_vec_pretty(cfg)?)
 }

@@ -30,8 +30,9 @@ pub use error::{ClientError, Result};
 pub use read::{GetStream, StreamReader};
 pub use write::PutOptions;
 
-/// How the client reaches and uses the cluster.
-#[derive(Debug, Clone)]
+/// How the client reaches and uses the cluster. Its `Debug` never shows
+/// the secret.
+#[derive(Clone)]
 pub struct ClientConfig {
     /// Metadata node addresses (`host:port`); any one that is up will do.
     pub metadata: Vec<String>,
@@ -69,6 +70,25 @@ pub struct ClientConfig {
     /// Where to record shard call latency and errors per chunkserver (the
     /// S3 gateway exports them on `/metrics`); none by default.
     pub shard_metrics: Option<Arc<cairn_chunkserver::metrics::ShardClientMetrics>>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("metadata", &self.metadata)
+            .field("secret", &"<redacted>")
+            .field("write_quorum", &self.write_quorum)
+            .field("stripes_in_flight", &self.stripes_in_flight)
+            .field("inline_max", &self.inline_max)
+            .field("stripe_budget", &self.stripe_budget)
+            .field("shard_timeout", &self.shard_timeout)
+            .field("shard_retries", &self.shard_retries)
+            .field("meta", &self.meta)
+            .field("pool", &self.pool)
+            .field("intent_lease", &self.intent_lease)
+            .field("shard_metrics", &self.shard_metrics.is_some())
+            .finish()
+    }
 }
 
 impl ClientConfig {
@@ -363,5 +383,17 @@ impl Inner {
             .find(|c| c.id == id)
             .map(|c| c.addr)
             .ok_or_else(|| ClientError::Meta(format!("unknown chunkserver {id}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_the_secret() {
+        let c = ClientConfig::new(vec!["127.0.0.1:1".into()], "hunter2".into());
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2") && d.contains("redacted"), "{d}");
     }
 }

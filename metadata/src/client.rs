@@ -60,8 +60,7 @@ pub enum Consistency {
     Stale,
 }
 
-/// Client of the metadata API.
-#[derive(Debug)]
+/// Client of the metadata API. Its `Debug` never shows the secret.
 pub struct MetaClient {
     http: HttpClient,
     addrs: Vec<String>,
@@ -69,6 +68,17 @@ pub struct MetaClient {
     opts: MetaClientOptions,
     /// The node that last answered as leader, tried first.
     leader: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for MetaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaClient")
+            .field("addrs", &self.addrs)
+            .field("secret", &"<redacted>")
+            .field("opts", &self.opts)
+            .field("leader", &self.leader_hint())
+            .finish()
+    }
 }
 
 impl MetaClient {
@@ -276,5 +286,16 @@ mod tests {
             "gave up after {took:?}, deadline 2 s"
         );
         hold.abort();
+    }
+
+    #[test]
+    fn debug_redacts_the_secret() {
+        let c = MetaClient::new(
+            vec!["127.0.0.1:1".into()],
+            "hunter2".into(),
+            MetaClientOptions::default(),
+        );
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2") && d.contains("redacted"), "{d}");
     }
 }

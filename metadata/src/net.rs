@@ -30,6 +30,44 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 /// Header carrying the shared cluster secret on internal requests.
 pub const SECRET_HEADER: &str = "x-cairn-secret";
 
+/// Header carrying the version of Cairn's internal HTTP wire format
+/// (paths, headers, JSON shapes) a request was written for. Every
+/// [`HttpClient`] request carries [`WIRE_VERSION`]; [`serve`] refuses a
+/// request that names another version with `400 WireVersion` before any
+/// handler runs, so a mixed-version cluster fails loudly instead of
+/// misreading. A request without it (curl, an S3 client, a binary from
+/// before the header existed, which spoke version 1) is served: version 1
+/// is the only one there has been. A future version 2 server decides for
+/// itself which older versions it still serves.
+pub const WIRE_HEADER: &str = "x-cairn-wire";
+
+/// The internal wire version this binary speaks (see [`WIRE_HEADER`]).
+pub const WIRE_VERSION: &str = "1";
+
+/// The refusal of a request that names a wire version other than
+/// [`WIRE_VERSION`], or `None` when it may be served.
+pub fn check_wire_version(headers: &HeaderMap) -> Option<Response<Body>> {
+    let v = headers.get(WIRE_HEADER)?;
+    if v.as_bytes() == WIRE_VERSION.as_bytes() {
+        return None;
+    }
+    let shown: String = String::from_utf8_lossy(v.as_bytes())
+        .chars()
+        .take(16)
+        .collect();
+    let mut r = error_response(
+        StatusCode::BAD_REQUEST,
+        "WireVersion",
+        &format!(
+            "this server speaks Cairn wire version {WIRE_VERSION}, the request version \
+             {shown:?}: run the same Cairn version on both ends (see README \"Rolling upgrade\")"
+        ),
+    );
+    r.headers_mut()
+        .insert(WIRE_HEADER, HeaderValue::from_static(WIRE_VERSION));
+    Some(r)
+}
+
 /// Header carrying the id of the S3 request (its `x-amz-request-id`) an
 /// internal call works for, so the logs of every hop it causes carry it.
 pub const REQUEST_ID_HEADER: &str = "x-cairn-request-id";
@@ -175,9 +213,17 @@ pub async fn serve<H, Fut>(
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let h = handler.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let fut = h(req, peer);
-            async move { Ok::<_, Infallible>(fut.await) }
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let call = match check_wire_version(req.headers()) {
+                Some(refusal) => Err(refusal),
+                None => Ok(h(req, peer)),
+            };
+            async move {
+                Ok::<_, Infallible>(match call {
+                    Ok(fut) => fut.await,
+                    Err(refusal) => refusal,
+                })
+            }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
@@ -258,6 +304,9 @@ impl HttpClient {
                 req.headers_mut().entry(REQUEST_ID_HEADER).or_insert(v);
             }
         }
+        req.headers_mut()
+            .entry(WIRE_HEADER)
+            .or_insert(HeaderValue::from_static(WIRE_VERSION));
         match tokio::time::timeout(timeout, self.inner.request(req)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) if e.is_connect() => Err(NetError::Connect(e.to_string())),
@@ -467,4 +516,57 @@ pub fn write_addr_file(path: &std::path::Path, addr: &SocketAddr) -> std::io::Re
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, addr.to_string())?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server on port 0 answering 200 "ok"; its address and stop switch.
+    async fn server() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(
+            l,
+            |_req, _peer| async { Response::new(full("ok")) },
+            async move {
+                let _ = rx.await;
+            },
+            ServerOptions::default(),
+        ));
+        (addr, tx)
+    }
+
+    #[tokio::test]
+    async fn another_wire_version_is_refused_before_the_handler() {
+        let (addr, _stop) = server().await;
+        let client = HttpClient::default();
+        let url = format!("http://{addr}/x");
+        // The client sends version 1; no header at all is version 1 too.
+        for req in [
+            Request::get(&url).body(empty()).unwrap(),
+            Request::get(&url)
+                .header(WIRE_HEADER, "1")
+                .body(empty())
+                .unwrap(),
+        ] {
+            let r = client.send(req, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+        let req = Request::get(&url)
+            .header(WIRE_HEADER, "2")
+            .body(empty())
+            .unwrap();
+        let r = client.send(req, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let body = read_body(r.into_body(), 1 << 16).await.unwrap();
+        let e: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(e.error, "WireVersion");
+        assert!(
+            e.message.contains("version 1") && e.message.contains("\"2\""),
+            "{}",
+            e.message
+        );
+    }
 }

@@ -26,9 +26,10 @@ pub struct Args {
     /// Failure zone (rack, room...) of this chunkserver.
     #[arg(long, default_value = "default")]
     pub zone: String,
-    /// Shared cluster secret, required on every request.
-    #[arg(long, env = "CAIRN_SECRET", hide_env_values = true)]
-    pub secret: String,
+    /// The cluster secret every request must carry (`--secret-file` or
+    /// `--secret`).
+    #[command(flatten)]
+    pub secret: crate::cmd::secret::SecretArgs,
     /// Write the bound address to this file once listening.
     #[arg(long, value_name = "PATH")]
     pub addr_file: Option<PathBuf>,
@@ -76,10 +77,11 @@ pub struct Args {
 
 /// Runs a chunkserver until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let secret = args.secret.require()?;
     let mut store = StoreConfig::new(args.data);
     store.reserve = args.reserve;
     store.max_shard_size = args.max_shard_size;
-    let mut cfg = ChunkserverConfig::new(store, args.zone, args.secret.clone());
+    let mut cfg = ChunkserverConfig::new(store, args.zone, secret.clone());
     cfg.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
     cfg.scrub = ScrubConfig {
         period: Duration::from_secs(args.scrub_period_secs.max(1)),
@@ -114,15 +116,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         let meta = MetaClient::new(
             args.metadata.clone(),
-            args.secret.clone(),
+            secret.clone(),
             MetaClientOptions::default(),
         );
         let interval = Duration::from_millis(args.heartbeat_ms.max(50));
-        let shards = ShardClient::new(
-            cairn_metadata::net::HttpClient::default(),
-            args.secret.clone(),
-        )
-        .with_max_shard_size(args.max_shard_size);
+        let shards = ShardClient::new(cairn_metadata::net::HttpClient::default(), secret.clone())
+            .with_max_shard_size(args.max_shard_size);
         let repair = RepairExecutor::new(cs.store().clone(), shards, args.repair_concurrency);
         cs.attach_repair(repair.clone());
         workers.spawn(Heartbeat::new(cs.clone(), meta, advertise, interval).with_repair(repair));

@@ -17,6 +17,7 @@ use cairn_metadata::types::{
 };
 use tokio::process::{Child, Command};
 
+use crate::cmd::secret;
 use crate::config::{self, FileConfig};
 
 /// Flags of `cairn dev`.
@@ -48,36 +49,47 @@ struct Role {
     child: Child,
 }
 
-fn load_or_make_secret(data: &Path) -> anyhow::Result<String> {
-    let p = data.join("dev-secret");
-    if let Ok(s) = std::fs::read_to_string(&p) {
-        let s = s.trim().to_string();
-        if !s.is_empty() {
-            return Ok(s);
+/// The dev cluster secret's file: `<data>/dev-secret`, mode 0600, passed to
+/// every child with `--secret-file`.
+pub const SECRET_FILE: &str = "dev-secret";
+
+/// Fixes the mode of an existing secret file (older versions wrote it with
+/// the umask's mode), saying so.
+fn fix_mode(p: &Path) -> anyhow::Result<()> {
+    if secret::make_private(p)? {
+        tracing::warn!(path = %p.display(), "was readable by group or others; now mode 0600");
+    }
+    Ok(())
+}
+
+/// The dev secret: read from `<data>/dev-secret` (its mode fixed to 0600
+/// if it was looser), or made and written there with mode 0600.
+fn load_or_make_secret(data: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let p = std::path::absolute(data.join(SECRET_FILE))
+        .with_context(|| format!("bad data directory {}", data.display()))?;
+    if p.exists() {
+        fix_mode(&p)?;
+        if let Ok(s) = secret::read_secret_file(&p) {
+            return Ok((s, p));
         }
     }
     let s = hex::encode(rand::random::<[u8; 16]>());
-    std::fs::write(&p, &s).with_context(|| format!("cannot write {}", p.display()))?;
-    Ok(s)
+    secret::write_private_file(&p, s.as_bytes())?;
+    Ok((s, p))
 }
 
 /// The dev S3 key, created on first run and kept in `<data>/dev-s3-key.json`
-/// (owner-only) so endpoints and credentials survive restarts.
+/// (mode 0600 from creation) so endpoints and credentials survive restarts.
 fn load_or_make_s3_key(data: &Path) -> anyhow::Result<AccessKey> {
     let p = data.join("dev-s3-key.json");
     if let Ok(b) = std::fs::read(&p) {
         if let Ok(k) = serde_json::from_slice::<AccessKey>(&b) {
+            fix_mode(&p)?;
             return Ok(k);
         }
     }
     let k = crate::gateway::auth::generate_key("dev", true);
-    std::fs::write(&p, serde_json::to_vec_pretty(&k)?)
-        .with_context(|| format!("cannot write {}", p.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
-    }
+    secret::write_private_file(&p, &serde_json::to_vec_pretty(&k)?)?;
     Ok(k)
 }
 
@@ -120,7 +132,7 @@ fn spawn(
     name: &str,
     args: &[String],
     logs: &Path,
-    secret: &str,
+    secret_file: &Path,
     json_logs: bool,
 ) -> anyhow::Result<Role> {
     let exe = std::env::current_exe().context("cannot find the cairn binary")?;
@@ -135,7 +147,11 @@ fn spawn(
     }
     let child = cmd
         .args(args)
-        .env("CAIRN_SECRET", secret)
+        // The secret goes by file, never by flag (visible in `ps`) or env.
+        .arg("--secret-file")
+        .arg(secret_file)
+        .env_remove("CAIRN_SECRET")
+        .env_remove("CAIRN_SECRET_FILE")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -163,7 +179,7 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
     let data = a.data.clone();
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let secret = load_or_make_secret(&data)?;
+    let (secret, secret_file) = load_or_make_secret(&data)?;
     let port = |off: u16| -> anyhow::Result<u16> {
         a.base_port.checked_add(off).context("--base-port too high")
     };
@@ -199,7 +215,7 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
             &format!("meta{id}"),
             &args,
             &logs,
-            &secret,
+            &secret_file,
             json_logs,
         )?);
     }
@@ -218,7 +234,13 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
             "--metadata".into(),
             meta_addrs.join(","),
         ];
-        roles.push(spawn(&format!("cs{j}"), &args, &logs, &secret, json_logs)?);
+        roles.push(spawn(
+            &format!("cs{j}"),
+            &args,
+            &logs,
+            &secret_file,
+            json_logs,
+        )?);
         cs_addrs.push(addr);
     }
 
@@ -233,7 +255,7 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
             meta_addrs.join(","),
         ],
         &logs,
-        &secret,
+        &secret_file,
         json_logs,
     )?);
     let s3_endpoint = format!("http://{s3_addr}");

@@ -25,9 +25,9 @@ pub struct Args {
     /// Directory of the Raft log and state machine.
     #[arg(long)]
     pub data: PathBuf,
-    /// Shared cluster secret.
-    #[arg(long, env = "CAIRN_SECRET", hide_env_values = true)]
-    pub secret: String,
+    /// The cluster secret (`--secret-file` or `--secret`).
+    #[command(flatten)]
+    pub secret: crate::cmd::secret::SecretArgs,
     /// Initialize a new cluster with these voters: `1=ADDR,2=ADDR,3=ADDR`
     /// (`self` may stand for this node's address).
     #[arg(long, requires = "init")]
@@ -109,6 +109,7 @@ pub fn parse_peers(
 /// Runs a metadata node until Ctrl-C / SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.id >= 1, "--id must be at least 1");
+    let secret = args.secret.require()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -118,7 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.id,
         args.data.clone(),
         advertise.clone(),
-        args.secret.clone(),
+        secret.clone(),
     );
     cfg.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     cfg.election_timeout_min = Duration::from_millis(args.election_ms);
@@ -149,7 +150,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         node.initialize(members).await?;
     }
     if let Some(seed) = args.join.clone() {
-        let secret = args.secret.clone();
         let id = args.id;
         let addr = advertise.clone();
         tokio::spawn(async move {

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod dev;
 pub mod durability;
 pub mod metadata;
+pub mod secret;
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -49,9 +49,9 @@ pub struct Args {
         required = true
     )]
     pub metadata: Vec<String>,
-    /// Shared cluster secret.
-    #[arg(long, env = "CAIRN_SECRET", hide_env_values = true)]
-    pub secret: String,
+    /// The cluster secret (`--secret-file` or `--secret`).
+    #[command(flatten)]
+    pub secret: crate::cmd::secret::SecretArgs,
     /// Domain for virtual-host-style requests (`bucket.DOMAIN`); without
     /// it only path-style requests are understood.
     #[arg(long, value_name = "DOMAIN")]
@@ -235,9 +235,10 @@ pub fn limit_malloc_arenas() {
 
 /// Runs a gateway until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let secret = args.secret.require()?;
     let metrics = Arc::new(ops::GatewayMetrics::new());
-    let probe = ops::ReadyProbe::new(args.metadata.clone(), args.secret.clone());
-    let mut cfg = ClientConfig::new(args.metadata.clone(), args.secret);
+    let probe = ops::ReadyProbe::new(args.metadata.clone(), secret.clone());
+    let mut cfg = ClientConfig::new(args.metadata.clone(), secret);
     cfg.shard_metrics = Some(metrics.shards.clone());
     cfg.stripe_budget = Some(Arc::new(tokio::sync::Semaphore::new(
         args.max_stripes_in_flight.max(1),

@@ -26,3 +26,4 @@ mod repair;
 mod s3;
 mod scrub_gc;
 mod snapshot;
+mod upgrade;

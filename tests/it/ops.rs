@@ -532,13 +532,33 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// The permission bits of `p`.
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0)
+}
+
+/// `cairn dev` also fixes a group/world-readable `dev-secret` from an
+/// older version to 0600 and hands the secret to its children by file:
+/// neither their command lines nor their environments hold it.
 #[test]
 fn dev_children_die_with_a_sigkilled_parent() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let base = 40_000 + (std::process::id() % 20_000) as u16;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let secret_file = data.join("dev-secret");
+    let old_secret = "0123456789abcdef0123456789abcdef";
+    std::fs::write(&secret_file, old_secret)?;
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
     let mut dev = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["dev", "--base-port", &base.to_string(), "--data"])
-        .arg(dir.path().join("data"))
+        .arg(&data)
         .arg("--config")
         .arg(dir.path().join("config.json"))
         .stdin(Stdio::null())
@@ -559,6 +579,41 @@ fn dev_children_die_with_a_sigkilled_parent() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    let config = dir.path().join("config.json");
+    let secrets_ok = (|| -> anyhow::Result<()> {
+        ensure!(
+            mode(&secret_file) == 0o600,
+            "dev-secret mode {:o}",
+            mode(&secret_file)
+        );
+        ensure!(
+            std::fs::read_to_string(&secret_file)? == old_secret,
+            "dev-secret changed"
+        );
+        for k in &kids {
+            let cmdline = std::fs::read(format!("/proc/{k}/cmdline"))?;
+            let environ = std::fs::read(format!("/proc/{k}/environ"))?;
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            ensure!(cmdline.contains("--secret-file"), "child {k}: {cmdline}");
+            for (what, text) in [
+                ("cmdline", cmdline.to_string()),
+                ("environ", String::from_utf8_lossy(&environ).to_string()),
+            ] {
+                ensure!(
+                    !text.contains(old_secret),
+                    "child {k}'s {what} holds the secret"
+                );
+            }
+        }
+        // The CLI config (it holds the secret) is 0600 from creation.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !config.exists() {
+            ensure!(Instant::now() < deadline, "no config file");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ensure!(mode(&config) == 0o600, "config mode {:o}", mode(&config));
+        Ok(())
+    })();
     dev.kill()?; // SIGKILL
     dev.wait()?;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -574,6 +629,89 @@ fn dev_children_die_with_a_sigkilled_parent() -> anyhow::Result<()> {
             bail!("children {left:?} outlived cairn dev");
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    secrets_ok
+}
+
+/// `--secret-file` on a role and on the CLI: a group- or world-readable
+/// file is refused with its path and the fix; a 0600 one is used (the
+/// chunkserver then answers only requests carrying that secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_files_must_be_private() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "file-secret\n")?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
+    let data = dir.path().join("data");
+    let role = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["chunkserver", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .arg("--secret-file")
+            .arg(&file)
+            .args(extra)
+            .env_remove("CAIRN_SECRET")
+            .stdin(Stdio::null())
+            .output()
+    };
+    for out in [
+        role(&[])?,
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["ls", "--metadata", "127.0.0.1:1", "--secret-file"])
+            .arg(&file)
+            .env_remove("CAIRN_SECRET")
+            .output()?,
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "accepted a 0644 secret file: {stderr}"
+        );
+        assert!(
+            stderr.contains(&file.display().to_string()) && stderr.contains("chmod 600"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("file-secret"), "{stderr}");
+    }
+    // Both a secret and a file: refused, not silently resolved.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["chunkserver", "--data"])
+        .arg(&data)
+        .arg("--secret-file")
+        .arg(&file)
+        .env("CAIRN_SECRET", "other")
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass one"));
+    // 0600: the chunkserver runs with the file's secret.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+    let cs = Proc::spawn(
+        "cs",
+        dir.path(),
+        [
+            "chunkserver".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data".into(),
+            data.clone().into_os_string(),
+            "--secret-file".into(),
+            file.clone().into_os_string(),
+        ],
+        &[],
+    )?;
+    let url = format!("http://{}/v1/admin/workers", cs.addr_str());
+    for (secret, want) in [
+        ("file-secret", StatusCode::OK),
+        (SECRET, StatusCode::UNAUTHORIZED),
+    ] {
+        let r = http(Method::POST, &url, Some(secret), &[], Bytes::new()).await?;
+        assert_eq!(
+            r.status,
+            want,
+            "{secret}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
     Ok(())
 }
