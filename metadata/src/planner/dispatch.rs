@@ -131,7 +131,7 @@ pub(super) fn dispatch(
         });
         let mut target = None;
         for o in options {
-            if !model::gc_contains(&txn, o.id, &loc.shard)? {
+            if !model::gc_contains(txn, o.id, &loc.shard)? {
                 target = Some(o.id);
                 break;
             }

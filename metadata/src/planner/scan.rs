@@ -265,13 +265,12 @@ fn item_key(version: &StripeId, stripe: u64, index: u8) -> [u8; 25] {
     k
 }
 
+/// A page of raw (key, value) rows.
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Reads rows from `t` after `after`, at most `limit`, and whether the
 /// table ended.
-fn rows_after(
-    t: &Ro,
-    after: Option<&[u8]>,
-    limit: usize,
-) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), redb::Error> {
+fn rows_after(t: &Ro, after: Option<&[u8]>, limit: usize) -> Result<(Rows, bool), redb::Error> {
     let range = match after {
         Some(a) => t.range::<&[u8]>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
         None => t.range::<&[u8]>(..)?,
