@@ -3,6 +3,13 @@
 //! detector. Wire-up order lives here in one place: config, storage,
 //! network, `Raft::new`, API.
 //!
+//! # Layout
+//! - this file: config, the composition root, group commit and read
+//!   batching, and `impl LeaderCtx for MetaNode` (what the planner sees);
+//! - `api`: HTTP routing, Raft status and membership, readiness, `/metrics`;
+//! - `heartbeat`: heartbeats, inventories, the cluster status;
+//! - `workers`: the failure detector and the write-intent reaper.
+//!
 //! # HTTP API (all `POST`, JSON, cluster secret required)
 //! - `/v1/write`: a [`Command`] through Raft -> [`CommandResult`]
 //! - `/v1/read[?stale=1]`: a [`Query`] -> [`QueryResult`], linearizable

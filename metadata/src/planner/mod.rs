@@ -100,7 +100,7 @@ pub(crate) type ShardKey = (StripeId, u64, u8);
 /// A stripe of an object version.
 pub(crate) type StripeKey = (StripeId, u64);
 
-/// Planner settings (from [`crate::node::MetaConfig`]).
+/// Planner settings (the node builds them from its `MetaConfig`).
 #[derive(Debug, Clone, Copy)]
 pub struct PlannerConfig {
     /// Tasks queued or running per target chunkserver.
