@@ -11,8 +11,10 @@
 //! - named-but-absent checks page through one chunkserver's range in shard
 //!   id order ([`page`]);
 //! - removing a chunkserver checks that its range is empty ([`places_on`]);
-//! - the planner finds the owner (row, version, stripe, index) of a shard on
-//!   a lost chunkserver, or of a bad report, without decoding manifests.
+//! - the repair planner pages through the shards of a damaged chunkserver
+//!   ([`page`]) and finds the owner (row, version, stripe, index) of each,
+//!   or of a bad report ([`owner`]), then reads only those manifests; it
+//!   notices unregistered ids with one seek per id ([`next_chunkserver`]).
 //!
 //! # Layout
 //! Key: chunkserver id (u64 big-endian) ++ shard id (16 bytes), the layout of
@@ -269,5 +271,32 @@ pub fn len(txn: &redb::ReadTransaction) -> StoreResult<u64> {
     match open_ro(txn)? {
         Some(t) => Ok(t.len()?),
         None => Ok(0),
+    }
+}
+
+/// The smallest chunkserver id at or above `from` that the index places a
+/// shard on: one seek. Walking the distinct ids this way costs one seek
+/// per chunkserver, however many shards each holds (the planner uses it to
+/// notice shards on unregistered ids).
+pub fn next_chunkserver(
+    txn: &redb::ReadTransaction,
+    from: ChunkserverId,
+) -> StoreResult<Option<ChunkserverId>> {
+    let Some(t) = open_ro(txn)? else {
+        return Ok(None);
+    };
+    let start = key(from, &ShardId([0; 16]));
+    let first = t.range::<&[u8]>(start.as_slice()..)?.next();
+    match first {
+        Some(r) => {
+            let (k, _) = r?;
+            match split_key(k.value()) {
+                Some((cs, _)) => Ok(Some(cs)),
+                None => Err(redb::Error::Corrupted(
+                    "shard owner key of bad length".into(),
+                )),
+            }
+        }
+        None => Ok(None),
     }
 }

@@ -1,10 +1,17 @@
 //! The leader's repair planner: finds stripes that lost shards and tells
 //! chunkservers to rebuild them, most urgent first.
 //!
+//! # Finding work
+//! A round reads the leader's local state machine (no linearizable read is
+//! needed: every repair commits through Raft with a condition) and finds
+//! work from the damage alone ([`scan`]): the shards placed on damaged
+//! chunkservers (a page of the reverse shard index, resumable), the `bad`
+//! table and the repair queue, at most [`scan::PAGE`] rows per round. It
+//! never walks the manifests: each row names its stripe, whose manifest is
+//! one point read.
+//!
 //! # What counts as lost
-//! A pass reads the leader's local state machine (no linearizable read is
-//! needed: every repair commits through Raft with a condition) and walks
-//! every object manifest. A shard is *lost* when its `ShardLoc` names no
+//! A shard is *lost* when its `ShardLoc` names no
 //! chunkserver (never written), its chunkserver is `Down` or unknown (or
 //! `Draining` and silent for longer than the down timeout), the pair
 //! (chunkserver, shard) is in the `bad` table (a scrub or read found it
@@ -13,11 +20,13 @@
 //! `Draining` chunkserver is healthy for redundancy but must be *moved*.
 //!
 //! # Priority
-//! A stripe's redundancy is `healthy - k`: how many more losses it
-//! survives. Shards to rebuild are dispatched by redundancy ascending, moves
-//! off draining chunkservers last. When the most urgent shard cannot be
-//! placed because every possible target is at its concurrency limit, no
-//! less urgent shard is dispatched in that pass, so a stripe at -2 never
+//! A stripe's redundancy ([`redundancy`]) is how many more losses it
+//! survives. Within the stripes a round discovered, shards to rebuild are
+//! dispatched by redundancy ascending, moves off draining chunkservers
+//! last (a failure larger than a page is planned page by page, so priority
+//! holds within each page). When the most urgent shard cannot be placed
+//! because every possible target is at its concurrency limit, no less
+//! urgent shard is dispatched in that round, so a stripe at -2 never
 //! waits behind one at -1. Stripes with fewer than k healthy shards are
 //! unrecoverable: they are counted (negative redundancy) and logged, never
 //! dispatched.
@@ -46,30 +55,36 @@
 //! overwrite or delete racing a repair therefore always wins.
 //!
 //! # State and scaling
-//! Everything here is leader memory, reset when the term changes. A pass is
-//! O(manifests): fine for millions of objects at a pass per second while
-//! degraded (and every 30 s otherwise). The scaling step is a reverse index
-//! chunkserver -> stripes maintained by `apply`, so a failure touches only
-//! the stripes it affects. Shards of multipart uploads still in progress are
-//! not repaired (only committed manifests are); their bad reports are kept.
+//! Everything here is leader memory, reset when the term changes (a new
+//! leader starts discovery over). A round costs O(page + chunkservers): a
+//! failure touches only the stripes it affects, and a round with nothing
+//! damaged reads no manifest. Rounds run every second while anything is
+//! degraded, draining, in flight or a discovery cycle is unfinished, and
+//! otherwise when chunkserver states or table sizes change and every 30 s.
+//! The context it leads through is [`LeaderCtx`] (`crate::leader`), so
+//! this module never imports the node. Shards of multipart uploads still in
+//! progress are not repaired (only committed manifests are); their bad
+//! reports are kept.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::leader::{read_db, ApiError, LeaderCtx};
 use crate::model;
-use crate::node::{now_ms, ApiError, MetaNode};
 use crate::types::*;
 use crate::worker::{BoxFuture, Worker, WorkerState};
 
+mod dispatch;
+pub mod scan;
+
 /// Dispatch records kept for `cairn admin status` and tests.
-const MAX_RECORDS: usize = 10_000;
+pub(crate) const MAX_RECORDS: usize = 10_000;
 /// Records returned in a [`ClusterStatus`].
 const STATUS_RECORDS: usize = 2_000;
 /// Candidate shards kept per pass (the most urgent); the rest wait for the
 /// next pass. Bounds the planner's memory whatever the cluster size.
-const MAX_CANDIDATES: usize = 8_192;
+pub(crate) const MAX_CANDIDATES: usize = 8_192;
 /// A full pass at least this often even when nothing seems to change.
 const FULL_PASS_EVERY: Duration = Duration::from_secs(30);
 /// Pass interval while anything is degraded or in flight.
@@ -81,11 +96,11 @@ const RESEND_AFTER: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A shard of a stripe of an object version.
-type ShardKey = (StripeId, u64, u8);
+pub(crate) type ShardKey = (StripeId, u64, u8);
 /// A stripe of an object version.
-type StripeKey = (StripeId, u64);
+pub(crate) type StripeKey = (StripeId, u64);
 
-/// Planner settings (from [`crate::node::MetaConfig`]).
+/// Planner settings (the node builds them from its `MetaConfig`).
 #[derive(Debug, Clone, Copy)]
 pub struct PlannerConfig {
     /// Tasks queued or running per target chunkserver.
@@ -96,7 +111,7 @@ pub struct PlannerConfig {
     pub silent_after: Duration,
 }
 
-struct InFlight {
+pub(crate) struct InFlight {
     task: RepairTask,
     target: ChunkserverId,
     deadline: Instant,
@@ -107,7 +122,7 @@ struct InFlight {
     seq: u64,
 }
 
-/// What the last pass saw.
+/// What the last complete discovery cycle saw.
 #[derive(Debug, Clone, Default)]
 struct Summary {
     objects: u64,
@@ -122,7 +137,7 @@ struct Summary {
 }
 
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     /// The term this state belongs to; `None` when not leader.
     term: Option<u64>,
     next_task: u64,
@@ -143,6 +158,8 @@ struct State {
     /// The latest end of an interval counted in `repair_busy`.
     busy_until: Option<Instant>,
     summary: Summary,
+    /// The damage-discovery cycle in progress.
+    cycle: scan::Cycle,
     triggered: bool,
     fingerprint: u64,
     last_full: Option<Instant>,
@@ -400,11 +417,11 @@ impl Repairs {
 /// Commits the repairs `cs` reports (one Raft entry for all of them) and
 /// records every outcome.
 pub async fn handle_reports(
-    node: &MetaNode,
+    ctx: &dyn LeaderCtx,
+    repairs: &Repairs,
     cs: ChunkserverId,
     reports: &[RepairReport],
 ) -> Result<(), ApiError> {
-    let repairs = node.repairs();
     let mut cmds = Vec::new();
     let mut tasks = Vec::new();
     for r in reports {
@@ -440,7 +457,7 @@ pub async fn handle_reports(
         return Ok(());
     }
     let n = cmds.len();
-    let results = match node.write(Command::Batch { cmds }).await? {
+    let results = match ctx.submit(Command::Batch { cmds }).await? {
         CommandResult::Batch(r) if r.len() == n => r,
         other => return Err(ApiError::Internal(format!("repair commit: {other:?}"))),
     };
@@ -527,63 +544,106 @@ pub fn must_move(
     out
 }
 
-/// One shard to rebuild or move, with what choosing a target needs.
-struct Candidate {
-    /// 0 = rebuild a lost shard, 1 = move off a draining chunkserver.
-    class: u8,
-    redundancy: i32,
-    order: u64,
-    ctx: Arc<StripeCtx>,
-    index: u8,
+/// What a round leaves for the async part of the worker (and for tests).
+pub(crate) struct RoundResult {
+    /// Bad rows no committed row places any more: to clear.
+    pub(crate) clear_bad: BTreeMap<ChunkserverId, Vec<ShardId>>,
+    /// Unrecoverable stripes of the last complete cycle.
+    pub(crate) unrecoverable: u64,
+    /// Rows the round read.
+    pub(crate) reads: scan::Reads,
+    /// The round completed a discovery cycle (and published its summary).
+    pub(crate) complete: bool,
+    /// Tasks the round dispatched.
+    pub(crate) dispatched: u64,
 }
 
-impl Candidate {
-    fn rank(&self) -> (u8, i32, u64) {
-        (self.class, self.redundancy, self.order)
+impl RoundResult {
+    fn empty() -> Self {
+        RoundResult {
+            clear_bad: BTreeMap::new(),
+            unrecoverable: 0,
+            reads: scan::Reads::default(),
+            complete: false,
+            dispatched: 0,
+        }
     }
 }
 
-impl PartialEq for Candidate {
-    fn eq(&self, o: &Self) -> bool {
-        self.rank() == o.rank()
+/// Drops tasks past their deadline (backing their stripe off) and tasks
+/// whose target can no longer finish them; returns the shards still busy
+/// and the stripes backing off.
+fn expire(
+    s: &mut State,
+    alive: &HashSet<ChunkserverId>,
+    now: Instant,
+) -> (HashSet<ShardKey>, HashSet<StripeKey>) {
+    s.finished.clear();
+    s.triggered = false;
+    let expired: Vec<u64> = s
+        .in_flight
+        .iter()
+        .filter(|(_, f)| f.deadline <= now)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in expired {
+        if let Some(f) = s.in_flight.remove(&id) {
+            tracing::warn!(task = id, target = f.target, "repair task timed out");
+            let key = (f.task.version, f.task.stripe, f.task.index);
+            if s.busy.get(&key) == Some(&id) {
+                s.busy.remove(&key);
+            }
+            s.set_outcome(f.seq, "failed");
+            s.back_off((f.task.version, f.task.stripe), now);
+        }
     }
-}
-impl Eq for Candidate {}
-impl PartialOrd for Candidate {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
+    let orphaned: Vec<u64> = s
+        .in_flight
+        .iter()
+        .filter(|(_, f)| !alive.contains(&f.target))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in orphaned {
+        if let Some(f) = s.in_flight.remove(&id) {
+            tracing::info!(
+                task = id,
+                target = f.target,
+                "repair target is gone: replanning"
+            );
+            let key = (f.task.version, f.task.stripe, f.task.index);
+            if s.busy.get(&key) == Some(&id) {
+                s.busy.remove(&key);
+            }
+            s.set_outcome(f.seq, "failed");
+        }
     }
-}
-impl Ord for Candidate {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.rank().cmp(&o.rank())
-    }
+    // Forget back-offs long past (their escalation count with them).
+    s.backoff
+        .retain(|_, (until, _)| now.saturating_duration_since(*until) < MAX_BACKOFF);
+    let backoff: HashSet<StripeKey> = s
+        .backoff
+        .iter()
+        .filter(|(_, (until, _))| *until > now)
+        .map(|(k, _)| *k)
+        .collect();
+    (s.busy.keys().copied().collect(), backoff)
 }
 
-struct StripeCtx {
-    bucket: String,
-    key: String,
-    version: StripeId,
-    stripe: u64,
-    ec: EcParams,
-    manifest: StripeManifest,
-    /// Per shard index: healthy (not lost).
-    healthy: Vec<bool>,
-}
-
-/// What a pass leaves for the async part of the worker.
-struct PassResult {
-    clear_bad: BTreeMap<ChunkserverId, Vec<ShardId>>,
-    unrecoverable: u64,
-}
-
-/// One planning pass over a read transaction (blocking: run it on the
-/// blocking pool).
-fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassResult, redb::Error> {
+/// One planning round over a read transaction (blocking: run it on the
+/// blocking pool): expire tasks, read at most `budget` rows of the damage
+/// sources (see [`scan`]), dispatch what they name, and publish the
+/// summary when the discovery cycle is complete.
+pub(crate) fn plan_round(
+    db: &redb::Database,
+    repairs: &Repairs,
+    term: u64,
+    wall: u64,
+    budget: usize,
+) -> Result<RoundResult, redb::Error> {
     use redb::ReadableDatabase;
     let cfg = repairs.cfg;
     let now = Instant::now();
-    let wall = now_ms();
+    let poisoned = || redb::Error::Corrupted("planner state poisoned".into());
     // Targets that can still finish a task: a task sent to a chunkserver
     // that has since turned Suspect or Down (or was removed) will never
     // report, so it is dropped now rather than at its timeout (a read that
@@ -595,449 +655,103 @@ fn plan_pass(db: &redb::Database, repairs: &Repairs, term: u64) -> Result<PassRe
         .map(|c| c.id)
         .collect();
     // Snapshot of what is in flight, taken before the read so that a task
-    // finishing during the pass is seen in `finished`.
-    let (busy, backoff) = {
-        let Ok(mut s) = repairs.state.lock() else {
-            return Err(redb::Error::Corrupted("planner state poisoned".into()));
-        };
+    // finishing during the round is seen in `finished`.
+    let (busy, backoff, mut cycle) = {
+        let mut s = repairs.state.lock().map_err(|_| poisoned())?;
         if s.term != Some(term) {
-            return Ok(PassResult {
-                clear_bad: BTreeMap::new(),
-                unrecoverable: 0,
-            });
+            return Ok(RoundResult::empty());
         }
-        s.finished.clear();
-        s.triggered = false;
-        let expired: Vec<u64> = s
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some(f) = s.in_flight.remove(&id) {
-                tracing::warn!(task = id, target = f.target, "repair task timed out");
-                let key = (f.task.version, f.task.stripe, f.task.index);
-                if s.busy.get(&key) == Some(&id) {
-                    s.busy.remove(&key);
-                }
-                s.set_outcome(f.seq, "failed");
-                s.back_off((f.task.version, f.task.stripe), now);
-            }
-        }
-        let orphaned: Vec<u64> = s
-            .in_flight
-            .iter()
-            .filter(|(_, f)| !alive.contains(&f.target))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in orphaned {
-            if let Some(f) = s.in_flight.remove(&id) {
-                tracing::info!(
-                    task = id,
-                    target = f.target,
-                    "repair target is gone: replanning"
-                );
-                let key = (f.task.version, f.task.stripe, f.task.index);
-                if s.busy.get(&key) == Some(&id) {
-                    s.busy.remove(&key);
-                }
-                s.set_outcome(f.seq, "failed");
-            }
-        }
-        // Forget back-offs long past (their escalation count with them).
-        s.backoff
-            .retain(|_, (until, _)| now.saturating_duration_since(*until) < MAX_BACKOFF);
-        let backoff: HashSet<StripeKey> = s
-            .backoff
-            .iter()
-            .filter(|(_, (until, _))| *until > now)
-            .map(|(k, _)| *k)
-            .collect();
-        (s.busy.keys().copied().collect::<HashSet<_>>(), backoff)
+        let (busy, backoff) = expire(&mut s, &alive, now);
+        (busy, backoff, std::mem::take(&mut s.cycle))
     };
+    cycle.started_ms.get_or_insert(wall);
 
     let txn = db.begin_read()?;
-    let servers: HashMap<ChunkserverId, ChunkserverInfo> = model::chunkservers(&txn)?
-        .into_iter()
-        .map(|c| (c.id, c))
-        .collect();
-    let rules = model::PlacementRules::new(&servers.values().cloned().collect::<Vec<_>>());
+    let mut reads = scan::Reads::default();
     let silent_ms = cfg.silent_after.as_millis() as u64;
-    let lost_cs = |c: ChunkserverId| match servers.get(&c) {
-        None => true,
-        Some(i) => match i.state {
-            ChunkserverState::Down => true,
-            ChunkserverState::Draining => wall.saturating_sub(i.last_heartbeat_ms) > silent_ms,
-            _ => false,
-        },
+    let env = scan::Env::new(&txn, wall, silent_ms, &mut reads)?;
+    let found = scan::discover(&txn, &env, &mut cycle, budget, &busy, &backoff, &mut reads)?;
+    // Published with a complete cycle: per-bucket usage and the histogram
+    // from the counters `apply` keeps (one row per bucket) and the cycle.
+    let published = if found.complete {
+        let stats = crate::stats::all(&txn)?;
+        let redundancy = scan::histogram(&txn, &cycle, &stats)?;
+        Some((stats, redundancy))
+    } else {
+        None
     };
-    let mut bad: HashMap<(ChunkserverId, ShardId), bool> = model::bad_shards(&txn)?
-        .into_iter()
-        .map(|k| (k, false))
-        .collect();
-    let items: HashSet<ShardKey> = model::repair_items(&txn)?
-        .into_iter()
-        .map(|i| (i.version, i.stripe, i.index))
-        .collect();
 
-    let mut summary = Summary::default();
-    let mut heap: BinaryHeap<Candidate> = BinaryHeap::new();
-    let mut order = 0u64;
-    let mut draining_left = false;
-    // Per-bucket usage: the counters `apply` keeps, one row per bucket.
-    summary.buckets = crate::stats::all(&txn)?
-        .into_iter()
-        .map(|(b, s)| {
-            let u = BucketUsage {
-                objects: s.objects,
-                bytes: s.bytes,
-                stripes: s.stripes,
-            };
-            (b, u)
-        })
-        .collect();
-    model::for_each_object(&txn, |bucket, key, m| {
-        summary.objects += 1;
-        summary.bytes += m.size;
-        let k = usize::from(m.ec.k);
-        let total = m.ec.total();
-        for (si, s) in m.stripes.iter().enumerate() {
-            let si = si as u64;
-            let mut healthy = vec![false; total];
-            let mut moves = Vec::new();
-            for (idx, l) in s.shards.iter().enumerate().take(total) {
-                let lost = match l.chunkserver {
-                    None => true,
-                    Some(c) => {
-                        let b = match bad.get_mut(&(c, l.shard)) {
-                            Some(seen) => {
-                                *seen = true;
-                                true
-                            }
-                            None => false,
-                        };
-                        b || lost_cs(c) || items.contains(&(m.version, si, idx as u8))
-                    }
-                };
-                healthy[idx] = !lost;
-                if !lost
-                    && l.chunkserver
-                        .and_then(|c| servers.get(&c))
-                        .is_some_and(|i| i.state == ChunkserverState::Draining)
-                {
-                    moves.push(idx);
-                }
-            }
-            let n_healthy = healthy.iter().filter(|h| **h).count();
-            let on: Vec<Option<ChunkserverId>> = s
-                .shards
-                .iter()
-                .take(total)
-                .enumerate()
-                .map(|(i, l)| {
-                    l.chunkserver
-                        .filter(|_| healthy.get(i).copied().unwrap_or(false))
-                })
-                .collect();
-            let red = redundancy(&rules, m.ec, &on);
-            *summary.redundancy.entry(red).or_insert(0) += 1;
-            // Shards breaking the invariant move first (class 0, by the
-            // stripe's redundancy), shards leaving a draining server last.
-            let fix = must_move(&rules, m.ec, &on);
-            let moves: Vec<(u8, usize)> = fix
-                .iter()
-                .map(|i| (0u8, *i))
-                .chain(moves.iter().filter(|i| !fix.contains(i)).map(|i| (1u8, *i)))
-                .collect();
-            if n_healthy == total && moves.is_empty() {
-                continue;
-            }
-            if !moves.is_empty() {
-                draining_left = true;
-            }
-            if n_healthy < k {
-                summary.unrecoverable += 1;
-                continue;
-            }
-            summary.active = true;
-            let ctx = Arc::new(StripeCtx {
-                bucket: bucket.to_string(),
-                key: key.to_string(),
-                version: m.version,
-                stripe: si,
-                ec: m.ec,
-                manifest: s.clone(),
-                healthy: healthy.clone(),
-            });
-            let lost = (0..total).filter(|i| !healthy[*i]).map(|i| (0u8, i));
-            let wanted: Vec<(u8, usize)> = lost.chain(moves.iter().copied()).collect();
-            for (class, idx) in wanted {
-                if busy.contains(&(m.version, si, idx as u8)) {
-                    continue;
-                }
-                summary.waiting += 1;
-                if backoff.contains(&(m.version, si)) {
-                    continue;
-                }
-                order += 1;
-                heap.push(Candidate {
-                    class,
-                    redundancy: red,
-                    order,
-                    ctx: ctx.clone(),
-                    index: idx as u8,
-                });
-                if heap.len() > MAX_CANDIDATES {
-                    heap.pop();
-                }
-            }
-        }
-    })?;
-    // Bad reports that no committed row places (any more): forget them.
-    let mut clear_bad: BTreeMap<ChunkserverId, Vec<ShardId>> = BTreeMap::new();
-    for ((c, s), seen) in bad {
-        if !seen && !crate::shard_index::is_named(&txn, c, &s)? {
-            clear_bad.entry(c).or_default().push(s);
-        }
-    }
-
-    // Ascending: most urgent first.
-    let cands = heap.into_sorted_vec();
-    let Ok(mut s) = repairs.state.lock() else {
-        return Err(redb::Error::Corrupted("planner state poisoned".into()));
-    };
+    let mut s = repairs.state.lock().map_err(|_| poisoned())?;
     if s.term != Some(term) {
-        return Ok(PassResult {
-            clear_bad,
-            unrecoverable: 0,
-        });
+        return Ok(RoundResult::empty());
     }
-    let mut load: HashMap<ChunkserverId, usize> = HashMap::new();
-    let mut stripe_targets: HashMap<StripeKey, Vec<(u8, ChunkserverId)>> = HashMap::new();
-    for f in s.in_flight.values() {
-        *load.entry(f.target).or_insert(0) += 1;
-        stripe_targets
-            .entry((f.task.version, f.task.stripe))
-            .or_default()
-            .push((f.task.index, f.target));
-    }
-    let up: Vec<&ChunkserverInfo> = servers
-        .values()
-        .filter(|c| c.state == ChunkserverState::Up)
-        .collect();
-    let mut blocked: Option<(u8, i32)> = None;
-    for c in cands {
-        let ctx = &c.ctx;
-        if blocked.is_some_and(|b| (c.class, c.redundancy) > b) {
-            break;
-        }
-        let skey: ShardKey = (ctx.version, ctx.stripe, c.index);
-        if s.finished.contains(&skey) || s.busy.contains_key(&skey) {
-            continue;
-        }
-        let Some(loc) = ctx.manifest.shards.get(usize::from(c.index)) else {
-            continue;
+    let dispatched = dispatch::dispatch(&txn, &env, cfg, &mut s, found.cands, now)?;
+    cycle.waiting = cycle.waiting.saturating_sub(dispatched);
+    let in_flight = !s.in_flight.is_empty();
+    if let Some((stats, redundancy)) = published {
+        let mut summary = Summary {
+            redundancy,
+            waiting: cycle.waiting,
+            unrecoverable: cycle.unrecoverable,
+            last_plan_ms: cycle.started_ms,
+            ..Summary::default()
         };
-        let shard_len = ctx.manifest.len.div_ceil(u64::from(ctx.ec.k.max(1)));
-        // Who holds what of this stripe (healthy copies and planned ones).
-        let mut holds: HashMap<ChunkserverId, usize> = HashMap::new();
-        let mut zones: HashSet<&str> = HashSet::new();
-        for (i, l) in ctx.manifest.shards.iter().enumerate() {
-            if let (true, Some(cs)) = (ctx.healthy.get(i).copied().unwrap_or(false), l.chunkserver)
-            {
-                *holds.entry(cs).or_insert(0) += 1;
-                if let Some(info) = servers.get(&cs) {
-                    zones.insert(info.zone.as_str());
-                }
-            }
-        }
-        // The stripe's placement once the tasks in flight commit: what a
-        // new target is checked against (as `CommitRepair` will check it).
-        let mut planned: Vec<Option<ChunkserverId>> =
-            ctx.manifest.shards.iter().map(|l| l.chunkserver).collect();
-        for (i, t) in stripe_targets
-            .get(&(ctx.version, ctx.stripe))
-            .into_iter()
-            .flatten()
-        {
-            *holds.entry(*t).or_insert(0) += 1;
-            if let Some(info) = servers.get(t) {
-                zones.insert(info.zone.as_str());
-            }
-            if let Some(l) = planned.get_mut(usize::from(*i)) {
-                *l = Some(*t);
-            }
-        }
-        let cap = rules.cap(ctx.ec);
-        let in_zone = |locs: &[Option<ChunkserverId>], z: &str| {
-            locs.iter()
-                .filter(|c| c.and_then(|c| rules.zone(c)) == Some(z))
-                .count()
-        };
-        // Never a chunkserver that holds (or is rebuilding) another shard of
-        // the stripe, nor one whose zone would exceed the zone cap: with no
-        // such target the stripe stays degraded (status says so) rather than
-        // stacking shards, and is repaired once a valid server is Up.
-        let index = usize::from(c.index);
-        let valid = |i: &ChunkserverInfo| {
-            let stacked = planned
-                .iter()
-                .enumerate()
-                .any(|(j, on)| j != index && *on == Some(i.id));
-            let mut after = planned.clone();
-            if let Some(l) = after.get_mut(index) {
-                *l = Some(i.id);
-            }
-            let n = in_zone(&after, &i.zone);
-            !stacked && (n <= cap || n <= in_zone(&planned, &i.zone))
-        };
-        let mut options: Vec<&&ChunkserverInfo> = up
-            .iter()
-            .filter(|i| load.get(&i.id).copied().unwrap_or(0) < cfg.per_chunkserver)
-            .filter(|i| i.free >= shard_len)
-            .filter(|i| valid(i))
-            .collect();
-        if options.is_empty() {
-            if up.iter().any(|i| {
-                i.free >= shard_len
-                    && valid(i)
-                    && load.get(&i.id).copied().unwrap_or(0) >= cfg.per_chunkserver
-            }) {
-                blocked = Some((c.class, c.redundancy));
-            }
-            continue;
-        }
-        options.sort_by_key(|i| {
-            let n = holds.get(&i.id).copied().unwrap_or(0);
-            (
-                n > 0,
-                zones.contains(i.zone.as_str()),
-                n,
-                Reverse(i.free),
-                i.id,
-            )
-        });
-        let mut target = None;
-        for o in options {
-            if !model::gc_contains(&txn, o.id, &loc.shard)? {
-                target = Some(o.id);
-                break;
-            }
-        }
-        let Some(target) = target else {
-            continue;
-        };
-        let mut sources: Vec<(u8, RepairSource)> = Vec::new();
-        for (i, l) in ctx.manifest.shards.iter().enumerate() {
-            let same = i == usize::from(c.index);
-            if !ctx.healthy.get(i).copied().unwrap_or(false) {
-                continue;
-            }
-            let Some(info) = l.chunkserver.and_then(|cs| servers.get(&cs)) else {
-                continue;
+        for (b, st) in stats {
+            summary.objects += st.objects;
+            summary.bytes += st.bytes;
+            let u = BucketUsage {
+                objects: st.objects,
+                bytes: st.bytes,
+                stripes: st.stripes,
             };
-            let rank = if same {
-                0
-            } else if info.state == ChunkserverState::Up {
-                1
-            } else {
-                2
-            };
-            sources.push((
-                rank,
-                RepairSource {
-                    index: i as u8,
-                    shard: l.shard,
-                    addr: info.addr.clone(),
-                    blake3: l.blake3,
-                },
-            ));
+            summary.buckets.insert(b, u);
         }
-        sources.sort_by_key(|(r, s)| (*r, s.index));
-        s.next_task += 1;
-        s.next_seq += 1;
-        let (id, seq) = (s.next_task, s.next_seq);
-        let task = RepairTask {
-            task: id,
-            bucket: ctx.bucket.clone(),
-            key: ctx.key.clone(),
-            version: ctx.version,
-            stripe: ctx.stripe,
-            stripe_id: ctx.manifest.id,
-            ec: ctx.ec,
-            shard_len,
-            index: c.index,
-            shard: loc.shard,
-            blake3: loc.blake3,
-            from: loc.chunkserver,
-            sources: sources.into_iter().map(|(_, s)| s).collect(),
-            redundancy: c.redundancy,
-        };
-        s.records.push_back(RepairRecord {
-            seq,
-            redundancy: c.redundancy,
-            bucket: ctx.bucket.clone(),
-            key: ctx.key.clone(),
-            stripe: ctx.stripe,
-            index: c.index,
-            to: target,
-            outcome: "dispatched".into(),
-        });
-        while s.records.len() > MAX_RECORDS {
-            s.records.pop_front();
-        }
-        s.busy.insert(skey, id);
-        s.in_flight.insert(
-            id,
-            InFlight {
-                task,
-                target,
-                deadline: now + cfg.task_timeout,
-                sent: None,
-                planned: now,
-                seq,
-            },
-        );
-        *load.entry(target).or_insert(0) += 1;
-        stripe_targets
-            .entry((ctx.version, ctx.stripe))
-            .or_default()
-            .push((c.index, target));
-        summary.waiting = summary.waiting.saturating_sub(1);
+        summary.active = cycle.degraded || cycle.draining_left || in_flight;
+        s.summary = summary;
+        s.cycle = scan::Cycle::default();
+    } else {
+        // Mid-cycle: keep the last published figures, plan again soon.
+        s.summary.active = true;
+        s.cycle = cycle;
     }
-    summary.active |= !s.in_flight.is_empty() || draining_left;
-    summary.last_plan_ms = Some(wall);
-    let unrecoverable = summary.unrecoverable;
-    s.summary = summary;
     s.last_full = Some(now);
-    Ok(PassResult {
-        clear_bad,
-        unrecoverable,
+    Ok(RoundResult {
+        clear_bad: found.clear_bad,
+        unrecoverable: s.summary.unrecoverable,
+        reads,
+        complete: found.complete,
+        dispatched,
     })
 }
 
-/// The planner worker: leader only; a pass every second while anything is
-/// degraded, draining or in flight (or right after a trigger), otherwise
-/// when chunkserver states or the queues change, and every 30 s.
+/// The planner worker: leader only; a round every second while anything is
+/// degraded, draining, in flight or a discovery cycle is unfinished (or
+/// right after a trigger), otherwise when chunkserver states or the queues
+/// change, and every 30 s.
 pub struct Planner {
-    node: Arc<MetaNode>,
+    ctx: Arc<dyn LeaderCtx>,
+    repairs: Arc<Repairs>,
     last_unrecoverable: u64,
-    passes: u64,
+    rounds: u64,
+    /// Rows the last round read.
+    last_reads: scan::Reads,
 }
 
 impl Planner {
-    /// A planner for `node`.
-    pub fn new(node: Arc<MetaNode>) -> Self {
+    /// A planner leading through `ctx`, keeping its state in `repairs`.
+    pub fn new(ctx: Arc<dyn LeaderCtx>, repairs: Arc<Repairs>) -> Self {
         Planner {
-            node,
+            ctx,
+            repairs,
             last_unrecoverable: 0,
-            passes: 0,
+            rounds: 0,
+            last_reads: scan::Reads::default(),
         }
     }
 
     /// A cheap summary of what would change a plan: chunkserver states, the
-    /// sizes of the bad and repair tables, the number of objects.
+    /// sizes of the bad and repair tables, the number of objects (redb
+    /// keeps table lengths: O(chunkservers)).
     fn fingerprint(txn: &redb::ReadTransaction) -> Result<u64, redb::Error> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -1057,14 +771,15 @@ impl Worker for Planner {
     }
 
     fn status(&self) -> String {
-        let repairs = self.node.repairs();
-        match repairs.state.lock() {
+        match self.repairs.state.lock() {
             Ok(s) if s.term.is_some() => format!(
-                "{} passes, {} waiting, {} in flight, {} done",
-                self.passes,
+                "{} rounds, {} waiting, {} in flight, {} done; last round read {} rows, {} manifests",
+                self.rounds,
                 s.summary.waiting,
                 s.in_flight.len(),
-                s.done
+                s.done,
+                self.last_reads.index_rows + self.last_reads.bad_rows + self.last_reads.items,
+                self.last_reads.manifests
             ),
             _ => "not leader".into(),
         }
@@ -1072,18 +787,15 @@ impl Worker for Planner {
 
     fn work(&mut self) -> BoxFuture<'_, Result<WorkerState, String>> {
         Box::pin(async move {
-            let node = self.node.clone();
-            let m = node.raft().metrics().borrow().clone();
-            let repairs = node.repairs();
-            if m.current_leader != Some(node.id()) {
+            let repairs = self.repairs.clone();
+            let Some(term) = self.ctx.leading_term() else {
                 if let Ok(mut s) = repairs.state.lock() {
                     if s.term.is_some() {
                         s.reset(None);
                     }
                 }
                 return Ok(WorkerState::Throttled(Duration::from_millis(500)));
-            }
-            let term = m.current_term;
+            };
             let due = match repairs.state.lock() {
                 Ok(mut s) => {
                     if s.term != Some(term) {
@@ -1095,8 +807,8 @@ impl Worker for Planner {
                 }
                 Err(_) => true,
             };
-            let fp = node
-                .read(Self::fingerprint)
+            let db = self.ctx.state_db();
+            let fp = read_db(db.clone(), Self::fingerprint)
                 .await
                 .map_err(|e| e.to_string())?;
             let changed = repairs
@@ -1107,13 +819,21 @@ impl Worker for Planner {
             if !due && !changed {
                 return Ok(WorkerState::Idle);
             }
-            let db = node.state_db();
-            let r2 = node.repairs_arc();
-            let res = tokio::task::spawn_blocking(move || plan_pass(&db, &r2, term))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            self.passes += 1;
+            let wall = self.ctx.now_ms();
+            let r2 = repairs.clone();
+            let res =
+                tokio::task::spawn_blocking(move || plan_round(&db, &r2, term, wall, scan::PAGE))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            self.rounds += 1;
+            self.last_reads = res.reads;
+            tracing::debug!(
+                reads = ?res.reads,
+                dispatched = res.dispatched,
+                cycle_complete = res.complete,
+                "repair planning round"
+            );
             if res.unrecoverable != self.last_unrecoverable {
                 if res.unrecoverable > 0 {
                     tracing::error!(
@@ -1124,19 +844,20 @@ impl Worker for Planner {
                 self.last_unrecoverable = res.unrecoverable;
             }
             for (cs, shards) in res.clear_bad {
-                node.write(Command::ClearBadShards {
-                    chunkserver: cs,
-                    shards,
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+                self.ctx
+                    .submit(Command::ClearBadShards {
+                        chunkserver: cs,
+                        shards,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             Ok(WorkerState::Idle)
         })
     }
 
     fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
-        let repairs = self.node.repairs_arc();
+        let repairs = self.repairs.clone();
         Box::pin(async move {
             let _ = tokio::time::timeout(ACTIVE_EVERY, repairs.wake.notified()).await;
         })
@@ -1144,48 +865,4 @@ impl Worker for Planner {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cs(id: u64, zone: &str) -> ChunkserverInfo {
-        ChunkserverInfo {
-            id,
-            addr: format!("cs{id}"),
-            zone: zone.into(),
-            capacity: 1,
-            free: 1,
-            used: 0,
-            shard_count: 0,
-            last_heartbeat_ms: 0,
-            state: ChunkserverState::Up,
-        }
-    }
-
-    /// Redundancy counts distinct chunkservers within the zone cap, and the
-    /// shards breaking the invariant are the ones to move.
-    #[test]
-    fn redundancy_counts_distinct_failure_domains() {
-        let all: Vec<ChunkserverInfo> = (1..=6u64)
-            .map(|id| cs(id, &format!("z{}", (id - 1) / 2)))
-            .collect();
-        let rules = model::PlacementRules::new(&all);
-        let ec = EcParams { k: 4, m: 2 };
-        let on = |v: &[u64]| -> Vec<Option<ChunkserverId>> {
-            v.iter().map(|c| (*c != 0).then_some(*c)).collect()
-        };
-        assert_eq!(redundancy(&rules, ec, &on(&[1, 2, 3, 4, 5, 6])), 2);
-        assert_eq!(redundancy(&rules, ec, &on(&[1, 2, 3, 4, 5, 0])), 1);
-        // Two shards on chunkserver 2 count once.
-        assert_eq!(redundancy(&rules, ec, &on(&[1, 2, 3, 4, 5, 2])), 1);
-        assert_eq!(must_move(&rules, ec, &on(&[1, 2, 3, 4, 5, 2])), vec![5]);
-        // All six on one server: readable, but one loss away from lost.
-        assert_eq!(redundancy(&rules, ec, &on(&[1, 1, 1, 1, 1, 1])), 0);
-        assert_eq!(
-            must_move(&rules, ec, &on(&[1, 1, 1, 1, 1, 1])),
-            vec![1, 2, 3, 4, 5]
-        );
-        // Below k: lost, negative.
-        assert_eq!(redundancy(&rules, ec, &on(&[1, 2, 3, 0, 0, 0])), -1);
-        assert!(must_move(&rules, ec, &on(&[1, 2, 3, 4, 5, 6])).is_empty());
-    }
-}
+mod tests;

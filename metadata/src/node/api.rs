@@ -1,0 +1,269 @@
+//! The node's HTTP API: routing, Raft status and membership, readiness and
+//! `/metrics`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+
+use super::{AddNodeRequest, InitRequest, MetaNode, RemoveNodeRequest};
+use crate::leader::ApiError;
+use crate::metrics::{self as ops, OpsEndpoint};
+use crate::net::{self, Body};
+use crate::raft;
+use crate::types::*;
+
+impl MetaNode {
+    pub(super) fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
+        let mut v = BTreeMap::new();
+        let mut l = BTreeMap::new();
+        for (id, n) in mem.nodes() {
+            if voters.contains(id) {
+                v.insert(*id, n.addr.clone());
+            } else {
+                l.insert(*id, n.addr.clone());
+            }
+        }
+        RaftStatus {
+            id: self.cfg.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|x| x.index),
+            snapshot: m.snapshot.map(|x| x.index),
+            purged: m.purged.map(|x| x.index),
+            voters: v,
+            learners: l,
+        }
+    }
+
+    async fn add_node(&self, req: AddNodeRequest) -> Result<(), ApiError> {
+        if !self.is_leader() {
+            return Err(ApiError::NotLeader(self.leader_addr()));
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let mut voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        if voters.contains(&req.id) {
+            return Ok(());
+        }
+        // Learner first: it catches up (by log or snapshot) before it
+        // votes, then a joint-consensus change makes it a voter.
+        self.raft
+            .add_learner(req.id, BasicNode { addr: req.addr }, true)
+            .await
+            .map_err(map_write_err)?;
+        voters.insert(req.id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(map_write_err)?;
+        Ok(())
+    }
+
+    async fn remove_node(&self, req: RemoveNodeRequest) -> Result<(), ApiError> {
+        if !self.is_leader() {
+            return Err(ApiError::NotLeader(self.leader_addr()));
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let mut voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        if !voters.remove(&req.id) {
+            return Ok(());
+        }
+        if voters.is_empty() {
+            return Err(ApiError::BadRequest("cannot remove the last voter".into()));
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(map_write_err)?;
+        Ok(())
+    }
+
+    /// Readiness: this node knows a leader (it is one, or it follows one),
+    /// so the requests it gets are answered or redirected.
+    fn ready(&self) -> Result<(), String> {
+        let m = self.raft.metrics().borrow().clone();
+        if let Err(e) = &m.running_state {
+            return Err(format!("raft stopped: {e}"));
+        }
+        match m.current_leader {
+            Some(_) => Ok(()),
+            None => Err(format!("no known leader (term {})", m.current_term)),
+        }
+    }
+
+    /// Refreshes the scrape-time values and encodes the registry.
+    async fn metrics_reply(&self) -> Response<Body> {
+        let mm = &self.metrics;
+        mm.process.refresh();
+        let m = self.raft.metrics().borrow().clone();
+        let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let last = m.last_log_index.unwrap_or(0);
+        let applied = m.last_applied.map(|x| x.index).unwrap_or(0);
+        let snap = m.snapshot.map(|x| x.index).unwrap_or(0);
+        let purged = m.purged.map(|x| x.index).unwrap_or(0);
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let leading = m.current_leader == Some(self.cfg.id);
+        mm.term.set(i(m.current_term));
+        mm.leader.set(i(m.current_leader.unwrap_or(0)));
+        mm.is_leader.set(i64::from(leading));
+        mm.last_log_index.set(i(last));
+        mm.applied_index.set(i(applied));
+        mm.snapshot_index.set(i(snap));
+        mm.log_entries.set(i(last.saturating_sub(purged)));
+        mm.entries_since_snapshot
+            .set(i(applied.saturating_sub(snap)));
+        mm.voters.set(voters.len() as i64);
+        if let (true, Some(rep)) = (leading, &m.replication) {
+            // The quorum-th highest index held by the voters (the leader
+            // holds its whole log).
+            let mut held: Vec<u64> = voters
+                .iter()
+                .map(|v| {
+                    if *v == self.cfg.id {
+                        last
+                    } else {
+                        rep.get(v).copied().flatten().map(|l| l.index).unwrap_or(0)
+                    }
+                })
+                .collect();
+            held.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(c) = held.get(held.len() / 2) {
+                mm.commit_index.set(i(*c));
+            }
+        } else {
+            mm.commit_index.set(0);
+        }
+        let st = if leading {
+            self.cluster_status().await.ok()
+        } else {
+            None
+        };
+        mm.set_cluster(st.as_ref());
+        ops::encode(&mm.registry)
+    }
+
+    pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        match ops::ops_endpoint(&req) {
+            Some(OpsEndpoint::Metrics) => return self.metrics_reply().await,
+            Some(OpsEndpoint::Live) => return ops::live(),
+            Some(OpsEndpoint::Ready) => return ops::ready(self.ready()),
+            None => {}
+        }
+        if let Some(r) = crate::dashboard::serve(&req) {
+            return r;
+        }
+        let (span, request_id) = net::request_span(req.headers());
+        let work = net::with_request_id(request_id, self.handle_api(req));
+        tracing::Instrument::instrument(work, span).await
+    }
+
+    async fn handle_api(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if !net::has_secret(req.headers(), &self.cfg.secret) {
+            return net::unauthorized();
+        }
+        if req.method() != Method::POST {
+            return net::error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "use POST",
+            );
+        }
+        let path = req.uri().path().to_string();
+        let stale = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "stale=1" || p == "stale=true"));
+        // A Raft append may carry a client write of the full body limit
+        // plus its envelope: a follower must accept what the leader's own
+        // API accepted, or replication would stall on that entry forever.
+        let limit = if path.starts_with(raft::network::RAFT_PATH_PREFIX) {
+            net::MAX_JSON_BODY + net::RAFT_ENVELOPE
+        } else {
+            net::MAX_JSON_BODY
+        };
+        let body = match net::read_body(req.into_body(), limit).await {
+            Ok(b) => b,
+            Err(net::NetError::TooLarge { limit }) => {
+                return net::error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "TooLarge",
+                    &format!("body over {limit} bytes"),
+                )
+            }
+            Err(e) => {
+                return net::error_response(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string())
+            }
+        };
+        if path.starts_with(raft::network::RAFT_PATH_PREFIX) {
+            return raft::network::handle_raft_rpc(&self.raft, &path, body).await;
+        }
+        fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
+            serde_json::from_slice(b).map_err(|e| ApiError::BadRequest(format!("bad JSON: {e}")))
+        }
+        let res: Result<Response<Body>, ApiError> = async {
+            Ok(match path.as_str() {
+                "/v1/write" => {
+                    let cmd: Command = parse(&body)?;
+                    net::json_response(StatusCode::OK, &self.client_write(cmd, body.len()).await?)
+                }
+                "/v1/read" => {
+                    let q: Query = parse(&body)?;
+                    net::json_response(StatusCode::OK, &self.query(q, stale).await?)
+                }
+                "/v1/heartbeat" => {
+                    let hb: HeartbeatRequest = parse(&body)?;
+                    net::json_response(StatusCode::OK, &self.heartbeat(hb).await?)
+                }
+                "/v1/status" => net::json_response(StatusCode::OK, &self.status()),
+                "/v1/admin/cluster" => {
+                    net::json_response(StatusCode::OK, &self.cluster_status().await?)
+                }
+                "/v1/inventory" => {
+                    let page: InventoryPage = parse(&body)?;
+                    net::json_response(StatusCode::OK, &self.inventory(page).await?)
+                }
+                "/v1/admin/workers" => {
+                    let list = self.workers.get().map(|w| w.list()).unwrap_or_default();
+                    net::json_response(StatusCode::OK, &list)
+                }
+                "/v1/admin/init" => {
+                    let r: InitRequest = parse(&body)?;
+                    self.initialize(r.members).await?;
+                    net::json_response(StatusCode::OK, &self.status())
+                }
+                "/v1/admin/add-node" => {
+                    let r: AddNodeRequest = parse(&body)?;
+                    self.add_node(r).await?;
+                    net::json_response(StatusCode::OK, &self.status())
+                }
+                "/v1/admin/remove-node" => {
+                    let r: RemoveNodeRequest = parse(&body)?;
+                    self.remove_node(r).await?;
+                    net::json_response(StatusCode::OK, &self.status())
+                }
+                _ => net::error_response(StatusCode::NOT_FOUND, "NotFound", "no such endpoint"),
+            })
+        }
+        .await;
+        res.unwrap_or_else(ApiError::into_response)
+    }
+}
+
+pub(super) fn map_write_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ApiError::NotLeader(f.leader_node.map(|n| n.addr))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            ApiError::BadRequest(c.to_string())
+        }
+        e => ApiError::Unavailable(e.to_string()),
+    }
+}
