@@ -237,9 +237,13 @@ mod tests {
     fn payload_is_checked_for_length_and_hash() {
         let m = meta();
         assert_eq!(verify_payload(&m, b"payload"), Ok(()));
-        assert!(verify_payload(&m, b"payloa").unwrap_err().contains("6 bytes"));
+        assert!(verify_payload(&m, b"payloa")
+            .unwrap_err()
+            .contains("6 bytes"));
         assert!(verify_payload(&m, b"payloadX").is_err());
-        assert!(verify_payload(&m, b"Payload").unwrap_err().contains("BLAKE3"));
+        assert!(verify_payload(&m, b"Payload")
+            .unwrap_err()
+            .contains("BLAKE3"));
         assert!(verify_payload(&m, b"").is_err());
     }
 }

@@ -172,7 +172,12 @@ impl Chunkserver {
     /// written and removed; not fsynced), and at least one is in service
     /// (one whose device failed is out of service: the others still serve).
     pub async fn ready(&self) -> std::result::Result<(), String> {
-        let failed: Vec<std::path::PathBuf> = self.store.failed_dirs().into_iter().map(|(d, _)| d).collect();
+        let failed: Vec<std::path::PathBuf> = self
+            .store
+            .failed_dirs()
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
         let dirs: Vec<std::path::PathBuf> = self
             .store
             .data_dirs()

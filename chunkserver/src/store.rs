@@ -927,7 +927,10 @@ fn is_device_failure(e: &Error) -> bool {
 
 impl Inner {
     fn is_failed(&self, disk: usize) -> bool {
-        lock(&self.state).failed.get(disk).is_some_and(|f| f.is_some())
+        lock(&self.state)
+            .failed
+            .get(disk)
+            .is_some_and(|f| f.is_some())
     }
 
     /// Passes `r` through; if it is a device failure on `disk`, first takes
@@ -1828,7 +1831,10 @@ mod tests {
         assert!(failed[0].1.contains("fsync"), "{failed:?}");
         for id in &on[0] {
             assert!(!store.contains(id));
-            assert!(matches!(store.get(*id).await, Err(Error::NoSuchShard { .. })));
+            assert!(matches!(
+                store.get(*id).await,
+                Err(Error::NoSuchShard { .. })
+            ));
         }
         for id in &on[1] {
             assert!(store.get(*id).await.is_ok(), "the other directory serves");
@@ -1846,9 +1852,6 @@ mod tests {
             assert_eq!(store.disk_of(&meta.id), Some(1));
         }
         // The files on the failed directory were left alone.
-        assert_eq!(
-            count_files(a.path(), &|n| n.len() == 32),
-            on[0].len(),
-        );
+        assert_eq!(count_files(a.path(), &|n| n.len() == 32), on[0].len(),);
     }
 }

@@ -243,12 +243,16 @@ async fn alert_rules_and_dashboard_name_real_metrics() -> anyhow::Result<()> {
     use crate::cluster::{Cluster, Opts};
     let queries = deploy_queries()?;
     assert!(queries.len() >= 30, "only {} queries found", queries.len());
+    // A family with no series yet is not exposed at all, so the cluster
+    // does real work first: an erasure-coded object written and read back
+    // through the gateway, and a leader that has planned over it.
     let cluster = Cluster::start(Opts {
-        chunkservers: 1,
-        zones: 1,
+        chunkservers: 6,
         ..Default::default()
     })?;
-    cluster.wait_chunkservers_up(1).await?;
+    cluster
+        .wait_chunkservers_up(cluster.chunkservers.len())
+        .await?;
     let gw = crate::common::Proc::spawn(
         "gateway",
         cluster.dir.path(),
@@ -261,8 +265,48 @@ async fn alert_rules_and_dashboard_name_real_metrics() -> anyhow::Result<()> {
         ],
         &[("CAIRN_SECRET", crate::common::SECRET)],
     )?;
+    let out = cluster.cli(&["--json", "admin", "key", "create", "deploy", "--admin"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "key create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let (Some(key), Some(secret)) = (v["id"].as_str(), v["secret"].as_str()) else {
+        anyhow::bail!("key create printed no id/secret: {v}");
+    };
+    let s3 = crate::s3::RawS3::new(&gw.addr_str(), key, secret);
+    let t = std::time::Duration::from_secs(30);
+    let body = bytes::Bytes::from(crate::common::data(300 << 10, 7));
+    for (method, path, sent) in [
+        (http::Method::PUT, "/metrics-bucket", bytes::Bytes::new()),
+        (http::Method::PUT, "/metrics-bucket/obj", body.clone()),
+        (
+            http::Method::GET,
+            "/metrics-bucket/obj",
+            bytes::Bytes::new(),
+        ),
+    ] {
+        let resp = s3.send(method.clone(), path, &[], sent, t).await?;
+        let status = resp.status();
+        let (got, cut) = crate::s3::drain(resp).await;
+        anyhow::ensure!(
+            status == http::StatusCode::OK && cut.is_none(),
+            "{method} {path}: {status} {}",
+            String::from_utf8_lossy(&got)
+        );
+        if method == http::Method::GET {
+            anyhow::ensure!(got == body.as_ref(), "GET returned other bytes");
+        }
+    }
+    let leader = cluster.leader().await?;
+    let meta = crate::cluster::wait_for("the leader to plan over the object", 60, || async {
+        let names = exposed(&cluster.meta_addrs[leader]).await?;
+        Ok(names.contains("cairn_stripes").then_some(names))
+    })
+    .await?;
     let mut by_role: std::collections::BTreeMap<&str, BTreeSet<String>> = Default::default();
-    by_role.insert("metadata", exposed(&cluster.meta_addrs[0]).await?);
+    by_role.insert("metadata", meta);
     by_role.insert(
         "chunkserver",
         exposed(&cluster.chunkservers[0].addr_str()).await?,

@@ -19,9 +19,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use hyper::Method;
 use cairn_client::PutOptions;
 use cairn_metadata::types::*;
+use hyper::Method;
 
 use crate::cluster::{assert_placement_clean, get_all, now_ms, wait_for, Cluster, Opts};
 use crate::common::{data, http, Proc, SECRET};
@@ -62,9 +62,12 @@ impl Mounts {
     /// means skip (locally only).
     fn available() -> anyhow::Result<bool> {
         let root = rustix::process::geteuid().is_root();
-        let tools = ["mount", "losetup", "mkfs.ext4"]
-            .iter()
-            .all(|t| Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success()));
+        let tools = ["mount", "losetup", "mkfs.ext4"].iter().all(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
         if root && tools {
             return Ok(true);
         }
@@ -80,7 +83,14 @@ impl Mounts {
         let dir = at.to_string_lossy();
         run(
             "mount",
-            &["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs", &dir],
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mib}m"),
+                "tmpfs",
+                &dir,
+            ],
         )?;
         self.points.push(at.to_path_buf());
         Ok(())
@@ -258,17 +268,16 @@ async fn write_objects(
     Ok((acked, failed))
 }
 
-async fn check_all(
-    c: &Cluster,
-    bucket: &str,
-    acked: &[(String, Vec<u8>)],
-) -> anyhow::Result<()> {
+async fn check_all(c: &Cluster, bucket: &str, acked: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
     let reader = c.client();
     for (key, body) in acked {
         let got = get_all(&reader, bucket, key)
             .await
             .with_context(|| format!("acknowledged {key} does not read back"))?;
-        assert!(got == *body, "acknowledged {key} reads back different bytes");
+        assert!(
+            got == *body,
+            "acknowledged {key} reads back different bytes"
+        );
     }
     Ok(())
 }
@@ -311,7 +320,11 @@ async fn chunkserver_disk_full_mid_stripe() -> anyhow::Result<()> {
     // 6 MiB with a 5% reserve takes about 22 shards of 256 KiB: 40
     // objects overrun it.
     let (acked, failed) = write_objects(&c, "full", "k", 40).await?;
-    eprintln!("acknowledged {}, failed {}: {failed:?}", acked.len(), failed.len());
+    eprintln!(
+        "acknowledged {}, failed {}: {failed:?}",
+        acked.len(),
+        failed.len()
+    );
     assert!(
         acked.len() >= 15,
         "writes stopped long before the disk filled: {failed:?}"
@@ -323,8 +336,19 @@ async fn chunkserver_disk_full_mid_stripe() -> anyhow::Result<()> {
         !gauges.is_empty() && gauges.iter().all(|(_, v)| *v == 0),
         "a full data dir must not be declared failed: {gauges:?}"
     );
-    let ready = http(Method::GET, &format!("http://{}/health/ready", six.addr()), None, &[], Bytes::new()).await?;
-    assert_eq!(ready.status.as_u16(), 200, "a full chunkserver still serves reads");
+    let ready = http(
+        Method::GET,
+        &format!("http://{}/health/ready", six.addr()),
+        None,
+        &[],
+        Bytes::new(),
+    )
+    .await?;
+    assert_eq!(
+        ready.status.as_u16(),
+        200,
+        "a full chunkserver still serves reads"
+    );
     // Free space: delete half the objects; the GC delay is 0 in tests.
     let client = c.client();
     for (key, _) in acked.iter().step_by(2) {
@@ -377,7 +401,11 @@ async fn chunkserver_failing_disk_is_taken_out_of_service() -> anyhow::Result<()
         .await?;
     let since = now_ms();
     let (acked, failed) = write_objects(&c, "eio", "k", 60).await?;
-    eprintln!("acknowledged {}, failed {}: {failed:?}", acked.len(), failed.len());
+    eprintln!(
+        "acknowledged {}, failed {}: {failed:?}",
+        acked.len(),
+        failed.len()
+    );
     assert!(
         failed.len() <= 3,
         "a failing disk on one chunkserver should cost at most the writes in flight: {failed:?}"
@@ -397,15 +425,29 @@ async fn chunkserver_failing_disk_is_taken_out_of_service() -> anyhow::Result<()
         six.log_tail(2000).contains("data directory failed"),
         "no error logged for the failed dir"
     );
-    let ready = http(Method::GET, &format!("http://{}/health/ready", six.addr()), None, &[], Bytes::new()).await?;
-    assert_eq!(ready.status.as_u16(), 200, "the chunkserver still serves its good dir");
+    let ready = http(
+        Method::GET,
+        &format!("http://{}/health/ready", six.addr()),
+        None,
+        &[],
+        Bytes::new(),
+    )
+    .await?;
+    assert_eq!(
+        ready.status.as_u16(),
+        200,
+        "the chunkserver still serves its good dir"
+    );
     // Readable at once (from parity where the dying dir held a shard) ...
     check_all(&c, "eio", &acked).await?;
     // ... and rebuilt: the leader checks the shards it placed on cs6 (its
     // data-dir identities changed) and the planner rebuilds the missing.
     let lost = named_but_absent(&c, "eio", &acked).await?;
     eprintln!("shards named but absent right after the failure: {lost}");
-    assert!(lost > 0, "the failed dir held no shard: the test proves nothing");
+    assert!(
+        lost > 0,
+        "the failed dir held no shard: the test proves nothing"
+    );
     wait_for("every named shard present again", 120, || async {
         Ok((named_but_absent(&c, "eio", &acked).await? == 0).then_some(()))
     })
@@ -420,7 +462,10 @@ async fn chunkserver_failing_disk_is_taken_out_of_service() -> anyhow::Result<()
     assert_placement_clean(&c)?;
     // New writes still work and still use cs6 (its good dir).
     let (more, more_failed) = write_objects(&c, "eio", "after", 5).await?;
-    assert!(more_failed.is_empty(), "writes after the failure: {more_failed:?}");
+    assert!(
+        more_failed.is_empty(),
+        "writes after the failure: {more_failed:?}"
+    );
     check_all(&c, "eio", &acked).await?;
     check_all(&c, "eio", &more).await?;
     assert_no_panics(&c);

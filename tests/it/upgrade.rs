@@ -388,21 +388,37 @@ async fn rolling_restart_under_load_fails_no_request() -> anyhow::Result<()> {
             "{key}: wrong bytes after the restarts"
         );
     }
-    let QueryResult::List(page) = c
-        .meta()
-        .query(
-            &Query::ListObjects(ListRequest {
-                bucket: bucket.into(),
-                max_keys: 1000,
-                ..Default::default()
-            }),
-            Consistency::Linearizable,
-        )
-        .await?
-    else {
-        bail!("unexpected reply to ListObjects");
-    };
-    ensure!(!page.truncated, "more than 1000 objects");
-    assert_eq!(page.entries.len(), written.len(), "objects listed");
+    // The listing holds each written key exactly once, page by page.
+    let mut listed = Vec::new();
+    let mut continuation = None;
+    loop {
+        let QueryResult::List(page) = c
+            .meta()
+            .query(
+                &Query::ListObjects(ListRequest {
+                    bucket: bucket.into(),
+                    max_keys: 1000,
+                    continuation: continuation.take(),
+                    ..Default::default()
+                }),
+                Consistency::Linearizable,
+            )
+            .await?
+        else {
+            bail!("unexpected reply to ListObjects");
+        };
+        listed.extend(page.entries.into_iter().map(|e| e.key));
+        if !page.truncated {
+            break;
+        }
+        ensure!(
+            page.next_continuation.is_some(),
+            "truncated page without a token"
+        );
+        continuation = page.next_continuation;
+    }
+    let mut keys: Vec<&str> = written.iter().map(|(k, _, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(listed, keys, "objects listed");
     Ok(())
 }
