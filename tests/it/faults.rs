@@ -96,6 +96,8 @@ pub struct Outcome {
     pub status: Option<StatusCode>,
     /// S3 error code.
     pub code: Option<String>,
+    /// S3 error message (why a request failed).
+    pub message: Option<String>,
 }
 
 impl Outcome {
@@ -339,9 +341,9 @@ async fn timed(
     let call = start.elapsed();
     let r = f.await;
     let done = start.elapsed();
-    let (status, code) = match &r {
-        Ok(r) => (Some(r.status), r.code()),
-        Err(_) => (None, None),
+    let (status, code, message) = match &r {
+        Ok(r) => (Some(r.status), r.code(), r.message()),
+        Err(e) => (None, None, Some(format!("{e:#}"))),
     };
     let o = Outcome {
         what,
@@ -349,6 +351,7 @@ async fn timed(
         done,
         status,
         code,
+        message,
     };
     (r, o)
 }
@@ -478,6 +481,18 @@ pub async fn check_record(s3: &S3, start: Instant, mut rec: Record) -> anyhow::R
         rec.history.len(),
         rec.acked.len()
     );
+    // Why requests failed, once per distinct reason.
+    let mut why: BTreeMap<String, usize> = BTreeMap::new();
+    let failed = |o: &&Outcome| o.status.is_none_or(|s| s.is_server_error());
+    for o in rec.outcomes.iter().filter(failed) {
+        if let Some(m) = &o.message {
+            let verb = o.what.split(' ').next().unwrap_or_default();
+            *why.entry(format!("{verb}: {m}")).or_default() += 1;
+        }
+    }
+    if !why.is_empty() {
+        eprintln!("failure reasons: {why:#?}");
+    }
     // Failures are 503s the SDKs retry (a lost condition is a 412), never
     // another error, and every request was answered (no hang).
     for o in &rec.outcomes {

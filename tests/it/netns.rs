@@ -456,9 +456,19 @@ pub struct S3Reply {
 impl S3Reply {
     /// The S3 error code of an error document.
     pub fn code(&self) -> Option<String> {
+        self.element("Code")
+    }
+
+    /// The message of an error document.
+    pub fn message(&self) -> Option<String> {
+        self.element("Message")
+    }
+
+    fn element(&self, name: &str) -> Option<String> {
         let s = String::from_utf8_lossy(&self.body);
-        let start = s.find("<Code>")? + "<Code>".len();
-        let end = s[start..].find("</Code>")? + start;
+        let open = format!("<{name}>");
+        let start = s.find(&open)? + open.len();
+        let end = s[start..].find(&format!("</{name}>"))? + start;
         Some(s[start..end].to_string())
     }
 }
