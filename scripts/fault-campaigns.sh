@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The network fault campaigns of tests/it/partition.rs (and the multi-host
-# end-to-end test of tests/it/netns.rs), run again and again for DURATION
+# The network fault campaigns of tests/it/partition.rs and
+# tests/it/partition_cs.rs (and the multi-host end-to-end test of
+# tests/it/netns.rs), run again and again for DURATION
 # seconds: each run starts a fresh set of network namespaces and a fresh
 # cluster, so repetitions explore different leaders, timings and
 # interleavings. Stops at the first failing run and leaves its output in
@@ -9,12 +10,20 @@
 # Needs root (network namespaces), iproute2 and nftables, like the tests.
 # Knobs (environment):
 #   DURATION=1800   seconds to keep going (a run takes about a minute)
-#   FILTER="partition:: netns::"   nextest filters of the tests to run
+#   FILTER="partition:: partition_cs:: netns::"   nextest filters of the
+#                   tests to run
+#   FAULT_SECS=     how long each campaign keeps its main fault going
+#                   (exported as CAIRN_FAULT_SECS; unset: the tests'
+#                   CI-short defaults of 12-24 s). Longer faults need a
+#                   longer slow-timeout than .config/nextest.toml's 8 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-1800}
-FILTER=${FILTER:-"partition:: netns::"}
+FILTER=${FILTER:-"partition:: partition_cs:: netns::"}
+if [ -n "${FAULT_SECS:-}" ]; then
+  export CAIRN_FAULT_SECS="$FAULT_SECS"
+fi
 OUT=target/fault-campaigns
 mkdir -p "$OUT"
 

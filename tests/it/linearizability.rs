@@ -9,6 +9,9 @@ use std::collections::{BTreeMap, HashSet};
 pub enum Op {
     /// Unconditional write.
     Put(String),
+    /// Removal (the register becomes absent; removing an absent one
+    /// succeeds, as S3 DELETE does).
+    Delete,
     /// Read.
     Get,
     /// Write `new` if the current value is `expected`.
@@ -47,6 +50,7 @@ pub struct Event {
 fn step(state: &Option<String>, op: &Op, ret: &Ret) -> Option<Option<String>> {
     match (op, ret) {
         (Op::Put(v), Ret::Ok | Ret::Unknown) => Some(Some(v.clone())),
+        (Op::Delete, Ret::Ok | Ret::Unknown) => Some(None),
         (Op::Get, Ret::Value(v)) => (v == state).then(|| state.clone()),
         (Op::Get, Ret::Unknown) => Some(state.clone()),
         (Op::Cas { expected, new }, r) => {
@@ -199,4 +203,33 @@ fn checker_accepts_and_rejects() {
         ),
     ];
     assert!(check(&double).is_err());
+    // A read after a completed delete sees nothing...
+    let deleted = vec![
+        ev(Op::Put("a".into()), Ret::Ok, 0, 1),
+        ev(Op::Delete, Ret::Ok, 2, 3),
+        ev(Op::Get, Ret::Value(None), 4, 5),
+    ];
+    assert!(check(&deleted).is_ok());
+    // ...never the deleted value.
+    let resurrected = vec![
+        ev(Op::Put("a".into()), Ret::Ok, 0, 1),
+        ev(Op::Delete, Ret::Ok, 2, 3),
+        ev(Op::Get, Ret::Value(Some("a".into())), 4, 5),
+    ];
+    assert!(check(&resurrected).is_err());
+    // A swap cannot succeed on a deleted register.
+    let cas_after_delete = vec![
+        ev(Op::Put("a".into()), Ret::Ok, 0, 1),
+        ev(Op::Delete, Ret::Ok, 2, 3),
+        ev(
+            Op::Cas {
+                expected: "a".into(),
+                new: "b".into(),
+            },
+            Ret::Cas(true),
+            4,
+            5,
+        ),
+    ];
+    assert!(check(&cas_after_delete).is_err());
 }

@@ -309,6 +309,59 @@ impl Net {
         Ok(())
     }
 
+    /// Makes `h` deaf to the hosts of `from`: a drop rule on its input only.
+    /// It can still send, but every reply (and every SYN-ACK of a
+    /// connection it opens) vanishes: its peers may hear a request on an
+    /// established connection, and then nothing.
+    pub fn deafen(&self, h: &Host, from: &[&Host]) -> anyhow::Result<()> {
+        let ips: Vec<String> = from.iter().map(|h| h.ip.to_string()).collect();
+        nft(
+            &h.ns,
+            &format!(
+                "table inet cairnfault {{\n\
+                 chain in {{ type filter hook input priority 0; policy accept; ip saddr {{ {} }} drop; }}\n\
+                 }}\n",
+                ips.join(", ")
+            ),
+        )?;
+        let mut f = self.filtered.lock().unwrap_or_else(|e| e.into_inner());
+        if !f.contains(&h.ns) {
+            f.push(h.ns.clone());
+        }
+        Ok(())
+    }
+
+    /// Every host but `h`.
+    pub fn others(&self, h: &Host) -> Vec<Host> {
+        self.all_hosts()
+            .into_iter()
+            .filter(|o| o.ns != h.ns)
+            .collect()
+    }
+
+    /// Takes `h`'s link down and up again and again for `total`: down for
+    /// each of `downs` in turn (cycling), up for `up` in between. Returns
+    /// how often it went down; the link is up when it returns.
+    pub async fn flap(
+        &self,
+        h: &Host,
+        downs: &[Duration],
+        up: Duration,
+        total: Duration,
+    ) -> anyhow::Result<usize> {
+        let end = Instant::now() + total;
+        let mut n = 0;
+        while Instant::now() < end {
+            let down = downs.get(n % downs.len().max(1)).copied().unwrap_or(up);
+            self.isolate(h)?;
+            n += 1;
+            tokio::time::sleep(down).await;
+            self.reconnect(h)?;
+            tokio::time::sleep(up).await;
+        }
+        Ok(n)
+    }
+
     /// Removes every partition rule and brings every link up.
     pub fn heal(&self) -> anyhow::Result<()> {
         let filtered: Vec<String> =
@@ -403,9 +456,19 @@ pub struct S3Reply {
 impl S3Reply {
     /// The S3 error code of an error document.
     pub fn code(&self) -> Option<String> {
+        self.element("Code")
+    }
+
+    /// The message of an error document.
+    pub fn message(&self) -> Option<String> {
+        self.element("Message")
+    }
+
+    fn element(&self, name: &str) -> Option<String> {
         let s = String::from_utf8_lossy(&self.body);
-        let start = s.find("<Code>")? + "<Code>".len();
-        let end = s[start..].find("</Code>")? + start;
+        let open = format!("<{name}>");
+        let start = s.find(&open)? + open.len();
+        let end = s[start..].find(&format!("</{name}>"))? + start;
         Some(s[start..end].to_string())
     }
 }

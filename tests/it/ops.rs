@@ -18,7 +18,7 @@ use crate::common::{http, Proc, SECRET};
 
 /// One sample of a scrape: name, labels, value.
 #[derive(Debug, Clone)]
-struct Sample {
+pub(crate) struct Sample {
     name: String,
     labels: BTreeMap<String, String>,
     value: f64,
@@ -84,7 +84,7 @@ fn parse(text: &str) -> anyhow::Result<Vec<Sample>> {
 }
 
 /// Scrapes `addr`'s `/metrics` without any secret.
-async fn scrape(addr: &str) -> anyhow::Result<(String, Vec<Sample>)> {
+pub(crate) async fn scrape(addr: &str) -> anyhow::Result<(String, Vec<Sample>)> {
     let r = http(
         Method::GET,
         &format!("http://{addr}/metrics"),
@@ -107,7 +107,7 @@ async fn scrape(addr: &str) -> anyhow::Result<(String, Vec<Sample>)> {
 }
 
 /// The sum of the samples named `name` whose labels include `want`.
-fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
+pub(crate) fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|s| s.name == name)
