@@ -280,9 +280,28 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
         usize::from(a.chunkservers),
         started_ms,
     );
-    tokio::select! {
-        r = ready => r?,
-        _ = crate::cmd::shutdown_signal() => {
+    enum Startup {
+        Ready(anyhow::Result<()>),
+        Died(String),
+        Interrupted,
+    }
+    let startup = tokio::select! {
+        r = ready => Startup::Ready(r),
+        d = first_exit(&mut roles, &logs) => Startup::Died(d),
+        _ = crate::cmd::shutdown_signal() => Startup::Interrupted,
+    };
+    match startup {
+        Startup::Ready(r) => {
+            if let Err(e) = r {
+                stop(roles).await;
+                return Err(e);
+            }
+        }
+        Startup::Died(why) => {
+            stop(roles).await;
+            anyhow::bail!("the cluster did not start: {why}");
+        }
+        Startup::Interrupted => {
             stop(roles).await;
             return Ok(());
         }
@@ -362,6 +381,28 @@ async fn stop(mut roles: Vec<Role>) {
                 let _ = r.child.kill().await;
             }
         }
+    }
+}
+
+/// Resolves when the first role exits during startup (a port in use, a
+/// bad data dir), naming it with the last lines of its log, so `cairn dev`
+/// fails at once with the reason instead of waiting out its deadline.
+async fn first_exit(roles: &mut [Role], logs: &Path) -> String {
+    loop {
+        for r in roles.iter_mut() {
+            if let Ok(Some(status)) = r.child.try_wait() {
+                let log = logs.join(format!("{}.log", r.name));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(5)..].join("\n    ");
+                return format!(
+                    "{} exited ({status}); last lines of {}:\n    {tail}",
+                    r.name,
+                    log.display()
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -356,3 +356,24 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// A `--base-port` for `cairn dev` in `[lo, lo + span)` whose ports (3
+/// metadata nodes at +1.., 6 chunkservers at +101.., the gateway at +900)
+/// are free now. Callers pass ranges below the kernel's ephemeral range
+/// (32768..), so the client ports of other tests cannot take them, and
+/// ranges of their own, so two dev tests do not pick the same base.
+pub fn dev_base_port(lo: u16, span: u16) -> u16 {
+    let free = |base: u16| {
+        [1u16, 2, 3, 101, 102, 103, 104, 105, 106, 900]
+            .iter()
+            .all(|off| std::net::TcpListener::bind(("127.0.0.1", base + off)).is_ok())
+    };
+    let mut base = lo + (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..50 {
+        if free(base) {
+            break;
+        }
+        base = lo + (base - lo + 997) % span;
+    }
+    base
+}

@@ -183,13 +183,6 @@ fn chunkservers(dom: &str) -> BTreeMap<String, BTreeMap<String, String>> {
         .collect()
 }
 
-/// Whether all the ports a dev cluster at `base` uses are free now.
-fn ports_free(base: u16) -> bool {
-    [1u16, 2, 3, 101, 102, 103, 104, 105, 106, 900]
-        .iter()
-        .all(|off| std::net::TcpListener::bind(("127.0.0.1", base + off)).is_ok())
-}
-
 /// `cairn dev` running; stopped with SIGTERM (its children die with it)
 /// when dropped.
 struct Dev {
@@ -336,14 +329,8 @@ fn dashboard_in_headless_chromium_shows_a_chunkserver_down_and_repairs() -> anyh
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("cairn-data");
     let config = dir.path().join("config.json");
-    // A port range of its own (dev.rs uses 20000.., ops.rs 40000..).
-    let mut base = 10_000 + (std::process::id() % 9_000) as u16;
-    for _ in 0..20 {
-        if ports_free(base) {
-            break;
-        }
-        base = 10_000 + (base - 10_000 + 997) % 9_000;
-    }
+    // A port range of its own (dev.rs uses 16000.., ops.rs 23000..).
+    let base = crate::common::dev_base_port(10_000, 5_000);
     let dev = Dev::start(&data, &config, base)?;
     let secret = std::fs::read_to_string(data.join("dev-secret"))?
         .trim()

@@ -11,6 +11,8 @@ fn start_dev(
     config: &std::path::Path,
     base: u16,
 ) -> anyhow::Result<(Child, Vec<String>)> {
+    // Its stderr goes to a file, shown if it does not come up.
+    let stderr_path = config.with_extension("stderr");
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args([
             "dev",
@@ -23,7 +25,7 @@ fn start_dev(
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path)?)
         .spawn()?;
     let stdout = child.stdout.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -37,6 +39,9 @@ fn start_dev(
     let mut lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            break;
+        }
         if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
             let done = l.starts_with("Ctrl-C");
             lines.push(l);
@@ -48,7 +53,9 @@ fn start_dev(
         }
     }
     let _ = child.kill();
-    anyhow::bail!("cairn dev did not come up: {lines:?}");
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    anyhow::bail!("cairn dev (base port {base}) did not come up: {lines:?}\nstderr:\n{stderr}");
 }
 
 fn stop(mut child: Child) -> anyhow::Result<()> {
@@ -82,7 +89,7 @@ fn dev_cluster_serves_the_cli_stops_cleanly_and_keeps_its_data() -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("cairn-data");
     let config = dir.path().join("config.json");
-    let base = 20_000 + (std::process::id() % 20_000) as u16;
+    let base = crate::common::dev_base_port(16_000, 6_000);
     let (child, lines) = start_dev(&data, &config, base)?;
     let text = lines.join("\n");
     assert!(

@@ -546,7 +546,7 @@ fn mode(p: &std::path::Path) -> u32 {
 #[test]
 fn dev_children_die_with_a_sigkilled_parent() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let base = 40_000 + (std::process::id() % 20_000) as u16;
+    let base = crate::common::dev_base_port(23_000, 8_000);
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data)?;
     let secret_file = data.join("dev-secret");
