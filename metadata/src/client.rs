@@ -234,6 +234,12 @@ impl MetaClient {
         self.call("/v1/inventory", page).await
     }
 
+    /// Makes the answering node build a snapshot now; returns its Raft view
+    /// once the snapshot covers everything it had applied when asked.
+    pub async fn snapshot(&self) -> Result<RaftStatus, MetaClientError> {
+        self.call("/v1/admin/snapshot", &()).await
+    }
+
     /// The answering node's Raft view.
     pub async fn status(&self) -> Result<RaftStatus, MetaClientError> {
         self.call("/v1/status", &()).await

@@ -3,6 +3,8 @@
 //! - `limits`: memcpy, BLAKE3, EC encode, the PUT and GET paths' CPU work
 //!   per core, loopback TCP, fsync'd disk writes ([`limits`]).
 //! - `meta`: committed metadata writes per second at several client counts.
+//! - `meta-scale`: per-operation metadata costs after loading N synthetic
+//!   objects ([`meta_scale`]).
 //! - `put|get|mixed|small`: object load against an S3 endpoint
 //!   (`--endpoint`, signed with `aws-sigv4`, [`s3`]) or the native client
 //!   library (`--native`), driven by [`load`] and reported by [`report`]
@@ -17,6 +19,7 @@
 
 pub mod limits;
 pub mod load;
+pub mod meta_scale;
 pub mod report;
 pub mod s3;
 
@@ -40,6 +43,11 @@ pub enum BenchCmd {
     Limits(LimitArgs),
     /// Committed metadata writes per second at several client counts.
     Meta(MetaArgs),
+    /// Metadata costs per operation after loading N synthetic objects
+    /// (PUT, HEAD, LIST, inventory check, snapshot build, finding a lost
+    /// chunkserver's shards). Scratch clusters only: see
+    /// `scripts/meta-scale.sh`.
+    MetaScale(meta_scale::MetaScaleArgs),
     /// PUT throughput: new objects of --size.
     Put(LoadArgs),
     /// GET throughput over a working set written first (not timed).
@@ -196,6 +204,7 @@ pub async fn run(conn: &ConnArgs, cmd: BenchCmd, json: bool) -> anyhow::Result<(
             return Ok(());
         }
         BenchCmd::Meta(a) => return bench_meta(conn, a, json).await,
+        BenchCmd::MetaScale(a) => return meta_scale::run(conn, a, json).await,
         BenchCmd::Put(a) => ("put", a),
         BenchCmd::Get(a) => ("get", a),
         BenchCmd::Mixed(a) => ("mixed", a),

@@ -16,6 +16,10 @@ use crate::net::{self, Body};
 use crate::raft;
 use crate::types::*;
 
+/// How long `/v1/admin/snapshot` waits for the build (a state of many
+/// gigabytes takes minutes).
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl MetaNode {
     pub(super) fn status(&self) -> RaftStatus {
         let m = self.raft.metrics().borrow().clone();
@@ -41,6 +45,33 @@ impl MetaNode {
             voters: v,
             learners: l,
         }
+    }
+
+    /// Builds a snapshot of this node's state now and waits until it covers
+    /// everything applied when asked (`cairn admin snapshot`): before a
+    /// maintenance, and how `cairn bench meta-scale` times a build.
+    async fn snapshot_now(&self) -> Result<(), ApiError> {
+        let target = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("cannot trigger a snapshot: {e}")))?;
+        self.raft
+            .wait(Some(SNAPSHOT_WAIT))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= target),
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("snapshot not built: {e}")))?;
+        Ok(())
     }
 
     async fn add_node(&self, req: AddNodeRequest) -> Result<(), ApiError> {
@@ -241,6 +272,10 @@ impl MetaNode {
                 "/v1/admin/add-node" => {
                     let r: AddNodeRequest = parse(&body)?;
                     self.add_node(r).await?;
+                    net::json_response(StatusCode::OK, &self.status())
+                }
+                "/v1/admin/snapshot" => {
+                    self.snapshot_now().await?;
                     net::json_response(StatusCode::OK, &self.status())
                 }
                 "/v1/admin/remove-node" => {

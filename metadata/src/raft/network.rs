@@ -146,7 +146,20 @@ enum Failure {
     Network(String),
     Timeout,
     TooLarge,
+    /// An append of several entries encoded to this many bytes, over
+    /// [`APPEND_BYTES_BUDGET`]: not sent.
+    OverBudget(usize),
 }
+
+/// Most bytes one append of several entries may carry. openraft bounds an
+/// append RPC by the heartbeat interval (200 ms by default), and it caps
+/// payloads by entry count only (300): 300 group-commit entries of up to
+/// 4 MiB each could never be sent, appended and fsynced in time, so a
+/// follower or a new learner far behind would time out forever and never
+/// catch up. Bigger appends are refused before sending with a
+/// `PayloadTooLarge` hint scaled to this budget (openraft then sends fewer
+/// entries); one entry always goes alone, whatever its size.
+pub const APPEND_BYTES_BUDGET: usize = 4 << 20;
 
 impl NetworkConnection {
     fn url(&self, path: &str) -> String {
@@ -160,6 +173,7 @@ impl NetworkConnection {
         path: &str,
         req: &Req,
         ttl: Duration,
+        budget: Option<usize>,
     ) -> Result<Result<Resp, RaftError<NodeId, E>>, Failure>
     where
         Req: Serialize,
@@ -168,6 +182,9 @@ impl NetworkConnection {
     {
         let body = codec::encode_wire(req)
             .map_err(|e| Failure::Network(format!("cannot encode request: {e}")))?;
+        if budget.is_some_and(|b| body.len() > b) {
+            return Err(Failure::OverBudget(body.len()));
+        }
         let http_req = Request::post(self.url(path))
             .header(http::header::CONTENT_TYPE, WIRE_CONTENT_TYPE)
             .header(SECRET_HEADER, &*self.secret)
@@ -232,6 +249,9 @@ impl NetworkConnection {
                 target: self.target,
                 timeout: ttl,
             })),
+            Err(Failure::OverBudget(len)) => Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(budget_hint(entries, len)),
+            )),
             Err(Failure::TooLarge) if action == RPCTypes::AppendEntries => {
                 Err(RPCError::PayloadTooLarge(
                     PayloadTooLarge::new_entries_hint((entries as u64 / 2).max(1)),
@@ -261,7 +281,8 @@ impl RaftNetwork<TypeConfig> for NetworkConnection {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let ttl = option.hard_ttl();
         let n = rpc.entries.len();
-        let r = self.exchange(APPEND_PATH, &rpc, ttl).await;
+        let budget = (n > 1).then_some(APPEND_BYTES_BUDGET);
+        let r = self.exchange(APPEND_PATH, &rpc, ttl, budget).await;
         self.finish(RPCTypes::AppendEntries, ttl, n, r)
     }
 
@@ -274,7 +295,7 @@ impl RaftNetwork<TypeConfig> for NetworkConnection {
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         let ttl = option.hard_ttl();
-        let r = self.exchange(SNAPSHOT_PATH, &rpc, ttl).await;
+        let r = self.exchange(SNAPSHOT_PATH, &rpc, ttl, None).await;
         self.finish(RPCTypes::InstallSnapshot, ttl, 0, r)
     }
 
@@ -284,9 +305,16 @@ impl RaftNetwork<TypeConfig> for NetworkConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let ttl = option.hard_ttl();
-        let r = self.exchange(VOTE_PATH, &rpc, ttl).await;
+        let r = self.exchange(VOTE_PATH, &rpc, ttl, None).await;
         self.finish(RPCTypes::Vote, ttl, 0, r)
     }
+}
+
+/// How many of `entries` entries, which encoded to `len` bytes, fit in
+/// [`APPEND_BYTES_BUDGET`]: at least 1, fewer than `entries`.
+pub(crate) fn budget_hint(entries: usize, len: usize) -> u64 {
+    let fit = (entries as u128 * APPEND_BYTES_BUDGET as u128 / len.max(1) as u128) as u64;
+    fit.clamp(1, (entries as u64).saturating_sub(1).max(1))
 }
 
 /// Serves one Raft RPC: decodes `body` by `path` ([`APPEND_PATH`],

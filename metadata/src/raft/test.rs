@@ -630,6 +630,75 @@ async fn three_node_cluster_replicates_and_ships_snapshots() {
     }
 }
 
+/// A learner that joins behind many large entries catches up: openraft
+/// bounds an append by entry count (300) and by the heartbeat interval, so
+/// without the byte budget (`APPEND_BYTES_BUDGET`) 200 entries of 1 MiB went
+/// in one append that timed out, again and again, forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_behind_large_entries_catches_up() {
+    let config = Arc::new(
+        Config {
+            cluster_name: "cairn-test".into(),
+            heartbeat_interval: 200,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
+            snapshot_policy: SnapshotPolicy::Never,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap(),
+    );
+    let wait = Some(Duration::from_secs(60));
+    let n1 = start_node(1, config.clone()).await;
+    let n2 = start_node(2, config.clone()).await;
+    n1.raft
+        .initialize(BTreeMap::from([(1, n1.node())]))
+        .await
+        .unwrap();
+    n1.raft
+        .wait(wait)
+        .state(ServerState::Leader, "n1 leads")
+        .await
+        .unwrap();
+    // Each entry about 1 MiB (an invalid bucket name: apply refuses it,
+    // the log still holds it).
+    let mut last = 0;
+    for i in 0..200u8 {
+        let name = String::from_utf8(vec![b'a' + i % 26; 1 << 20]).unwrap();
+        last = n1
+            .raft
+            .client_write(create_bucket(&name))
+            .await
+            .unwrap()
+            .log_id
+            .index;
+    }
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        n1.raft.add_learner(2, n2.node(), true),
+    )
+    .await
+    .expect("the learner caught up within 60 s")
+    .unwrap();
+    n2.raft
+        .wait(wait)
+        .applied_index_at_least(Some(last), "caught up")
+        .await
+        .unwrap();
+    for n in [n1, n2] {
+        n.stop().await;
+    }
+}
+
+#[test]
+fn append_budget_hint_fits_the_budget() {
+    use network::APPEND_BYTES_BUDGET as B;
+    assert_eq!(network::budget_hint(300, 300 * (1 << 20)), 4);
+    assert_eq!(network::budget_hint(2, 3 * B), 1);
+    assert_eq!(network::budget_hint(10, B + 1), 9);
+    assert_eq!(network::budget_hint(5, 0), 4);
+}
+
 /// A state machine file of model format 1 (no reverse shard index) opens,
 /// builds the index from its rows and is stamped format 2.
 #[tokio::test]
