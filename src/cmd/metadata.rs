@@ -48,9 +48,14 @@ pub struct Args {
     /// Raft election timeout (min) in ms; max is twice this.
     #[arg(long, default_value_t = 1000)]
     pub election_ms: u64,
-    /// Build a Raft snapshot every N log entries.
+    /// Build a Raft snapshot after at least N log entries...
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
+    /// ...and once the log appended since the last snapshot reaches this
+    /// fraction of the snapshot's size (0: every N entries whatever the
+    /// sizes).
+    #[arg(long, default_value_t = cairn_metadata::node::DEFAULT_SNAPSHOT_LOG_RATIO)]
+    pub snapshot_log_ratio: f64,
     /// Log entries kept behind a snapshot.
     #[arg(long, default_value_t = 1_000)]
     pub keep_logs: u64,
@@ -125,6 +130,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     cfg.election_timeout_min = Duration::from_millis(args.election_ms);
     cfg.election_timeout_max = Duration::from_millis(args.election_ms * 2);
     cfg.snapshot_every = args.snapshot_every;
+    anyhow::ensure!(
+        args.snapshot_log_ratio.is_finite() && args.snapshot_log_ratio >= 0.0,
+        "--snapshot-log-ratio must be a number >= 0"
+    );
+    cfg.snapshot_log_ratio = args.snapshot_log_ratio;
     cfg.keep_logs = args.keep_logs;
     cfg.down_after = Duration::from_secs(args.chunkserver_down_secs);
     cfg.suspect_after = cfg.down_after.min(Duration::from_secs(6));

@@ -97,6 +97,10 @@ async fn lagging_follower_installs_a_large_snapshot_with_bounded_rss() -> anyhow
         meta_flags: vec![
             "--snapshot-every".into(),
             "500".into(),
+            // Every 500 entries whatever the sizes, so the snapshot the
+            // follower installs holds (nearly) the whole state.
+            "--snapshot-log-ratio".into(),
+            "0".into(),
             "--keep-logs".into(),
             "50".into(),
         ],
@@ -133,12 +137,21 @@ async fn lagging_follower_installs_a_large_snapshot_with_bounded_rss() -> anyhow
         t.elapsed()
     );
 
-    let l = c.leader().await?;
-    let st = c.meta_at(l).status().await?;
-    anyhow::ensure!(
-        st.purged.unwrap_or(0) > before,
-        "the leader did not purge past the follower ({before}): {st:?}"
-    );
+    // Snapshots follow the default cadence (checked every second): wait
+    // for the purge past the follower.
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let l = loop {
+        let l = c.leader().await?;
+        let st = c.meta_at(l).status().await?;
+        if st.purged.unwrap_or(0) > before {
+            break l;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the leader did not purge past the follower ({before}): {st:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
 
     let t = Instant::now();
     c.metas[follower].restart()?;

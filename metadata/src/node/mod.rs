@@ -82,8 +82,14 @@ pub struct MetaConfig {
     pub election_timeout_min: Duration,
     /// Raft election timeout range (max).
     pub election_timeout_max: Duration,
-    /// Build a snapshot every this many log entries.
+    /// Build a snapshot every this many log entries at least (see
+    /// `snapshot_log_ratio`).
     pub snapshot_every: u64,
+    /// A snapshot is also held back until the log appended since the last
+    /// one reaches this fraction of the last snapshot's size, so a large
+    /// state is not rewritten every `snapshot_every` entries; 0 snapshots
+    /// every `snapshot_every` entries whatever the sizes.
+    pub snapshot_log_ratio: f64,
     /// Log entries kept behind a snapshot (a follower further behind gets
     /// the snapshot).
     pub keep_logs: u64,
@@ -105,6 +111,12 @@ pub struct MetaConfig {
     pub gc_delay: Duration,
 }
 
+/// Default [`MetaConfig::snapshot_log_ratio`]: the log may grow to a
+/// quarter of the state before a snapshot, so snapshots cost at most 4
+/// bytes written per byte of log, and the log's disk at most a quarter of
+/// the state's.
+pub const DEFAULT_SNAPSHOT_LOG_RATIO: f64 = 0.25;
+
 /// Default [`MetaConfig::gc_delay`]: 10 minutes, as Garage.
 pub const DEFAULT_GC_DELAY: Duration = Duration::from_secs(600);
 
@@ -120,6 +132,7 @@ impl MetaConfig {
             election_timeout_min: Duration::from_millis(1000),
             election_timeout_max: Duration::from_millis(2000),
             snapshot_every: 10_000,
+            snapshot_log_ratio: DEFAULT_SNAPSHOT_LOG_RATIO,
             keep_logs: 1_000,
             suspect_after: Duration::from_secs(6),
             down_after: Duration::from_secs(30),
@@ -342,6 +355,84 @@ async fn batch_loop(
     }
 }
 
+/// Snapshot cadence by state size: every second, builds a snapshot once at
+/// least `every` entries were applied since the last one AND the log this
+/// process appended since the last trigger reaches `ratio` times the last
+/// snapshot file's size. The cost of snapshots then follows the writes,
+/// not the state: a state of S bytes is rewritten once per `ratio * S`
+/// bytes of log, instead of once per `every` entries. The byte count
+/// starts at 0 when the process starts (entries appended before a restart
+/// are not counted: at most one interval is stretched). Ends with Raft.
+async fn snapshot_cadence_loop(
+    raft: Raft,
+    appended: Arc<std::sync::atomic::AtomicU64>,
+    snapshot_file: PathBuf,
+    every: u64,
+    ratio: f64,
+) {
+    let mut bytes_at_last = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let m = raft.metrics().borrow().clone();
+        if m.running_state.is_err() {
+            return;
+        }
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        let snap = m.snapshot.map(|l| l.index).unwrap_or(0);
+        if applied.saturating_sub(snap) < every.max(1) {
+            continue;
+        }
+        let now = appended.load(std::sync::atomic::Ordering::Relaxed);
+        let state_bytes = tokio::fs::metadata(&snapshot_file)
+            .await
+            .map(|md| md.len())
+            .unwrap_or(0);
+        let log_bytes = now.saturating_sub(bytes_at_last);
+        if !snapshot_due(applied - snap, every, log_bytes, state_bytes, ratio) {
+            continue;
+        }
+        tracing::info!(
+            applied,
+            since = applied - snap,
+            log_bytes,
+            state_bytes,
+            "building a snapshot"
+        );
+        bytes_at_last = now;
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+        // One build at a time: wait until it covers `applied`.
+        let _ = raft
+            .wait(Some(Duration::from_secs(3600)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot built",
+            )
+            .await;
+    }
+}
+
+/// Whether a snapshot is due: at least `every` entries since the last one
+/// and a log of at least `ratio` times the last snapshot's bytes.
+fn snapshot_due(since: u64, every: u64, log_bytes: u64, state_bytes: u64, ratio: f64) -> bool {
+    since >= every.max(1) && log_bytes as f64 >= ratio * state_bytes as f64
+}
+
+#[cfg(test)]
+#[test]
+fn snapshot_cadence_follows_the_state_size() {
+    // A small state: every `every` entries, as before.
+    assert!(snapshot_due(10_000, 10_000, 1 << 20, 1 << 20, 0.25));
+    assert!(!snapshot_due(9_999, 10_000, 1 << 30, 1 << 20, 0.25));
+    // No snapshot yet: the count alone decides.
+    assert!(snapshot_due(10_000, 10_000, 0, 0, 0.25));
+    // A 40 GB state waits for 10 GB of log, however many entries.
+    let state = 40_000_000_000;
+    assert!(!snapshot_due(5_000_000, 10_000, 9_999_999_999, state, 0.25));
+    assert!(snapshot_due(5_000_000, 10_000, 10_000_000_000, state, 0.25));
+}
+
 impl MetaNode {
     /// Opens the stores and starts Raft (not yet serving).
     pub async fn start(cfg: MetaConfig) -> Result<Arc<MetaNode>, StartError> {
@@ -352,7 +443,12 @@ impl MetaNode {
             heartbeat_interval: cfg.heartbeat_interval.as_millis() as u64,
             election_timeout_min: cfg.election_timeout_min.as_millis() as u64,
             election_timeout_max: cfg.election_timeout_max.as_millis() as u64,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            // With a ratio, `snapshot_cadence_loop` decides; without, openraft.
+            snapshot_policy: if cfg.snapshot_log_ratio > 0.0 {
+                openraft::SnapshotPolicy::Never
+            } else {
+                openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every)
+            },
             max_in_snapshot_log_to_keep: cfg.keep_logs,
             ..Default::default()
         }
@@ -362,6 +458,7 @@ impl MetaNode {
             .await
             .map_err(|e| err("raft stores", &e))?;
         let sm = sm_store.db();
+        let appended = log_store.appended_bytes();
         let network =
             raft::network::NetworkFactory::new(cfg.id, HttpClient::default(), cfg.secret.clone());
         let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log_store, sm_store)
@@ -372,6 +469,15 @@ impl MetaNode {
         tokio::spawn(batch_loop(raft.clone(), rx, metrics.clone()));
         let (reads, rx) = tokio::sync::mpsc::channel(MAX_READ_BATCH * 4);
         tokio::spawn(read_barrier_loop(raft.clone(), rx));
+        if cfg.snapshot_log_ratio > 0.0 {
+            tokio::spawn(snapshot_cadence_loop(
+                raft.clone(),
+                appended,
+                cfg.data_dir.join(raft::snapshot::SNAPSHOT_FILE),
+                cfg.snapshot_every,
+                cfg.snapshot_log_ratio,
+            ));
+        }
         let repairs = Arc::new(Repairs::new(PlannerConfig {
             per_chunkserver: cfg.repair_per_chunkserver.max(1),
             task_timeout: cfg.repair_task_timeout,
