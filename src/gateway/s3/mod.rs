@@ -5,8 +5,9 @@
 //! # Layout
 //! - this file: [`CairnS3`], the `S3` trait impl (one line per operation,
 //!   delegating to the feature files) and the helpers they share.
-//! - `buckets`, `objects`, `listing`, `multipart`: the operations, one
-//!   feature per file.
+//! - `buckets` (incl. versioning status), `objects`, `listing`,
+//!   `multipart`, `tagging`, `attributes` (GetObjectAttributes): the
+//!   operations, one feature per file.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -27,10 +28,12 @@ use super::body::{SyncStream, Verdict, VerifyingReader, ALGORITHMS};
 use super::error::to_s3;
 use super::mpu_checksum;
 
+mod attributes;
 mod buckets;
 mod listing;
 mod multipart;
 mod objects;
+mod tagging;
 
 /// Header choosing a new bucket's erasure coding, e.g. `x-cairn-ec: 6+3`.
 pub const EC_HEADER: &str = "x-cairn-ec";
@@ -487,6 +490,48 @@ impl S3 for CairnS3 {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         self.list_multipart_uploads(req).await
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        self.put_object_tagging(req).await
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        self.get_object_tagging(req).await
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        self.delete_object_tagging(req).await
+    }
+
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        self.get_object_attributes(req).await
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        self.get_bucket_versioning(req).await
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        self.put_bucket_versioning(req).await
     }
 }
 

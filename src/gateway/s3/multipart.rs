@@ -25,6 +25,7 @@ impl CairnS3 {
                 i.expires,
             ),
             user_meta: user_meta(i.metadata),
+            tags: tagging::header_tags(i.tagging.as_deref())?,
             ..Default::default()
         };
         let algo = announced(i.checksum_algorithm.as_ref());

@@ -19,6 +19,7 @@ impl CairnS3 {
             ));
         }
         let cond = condition(i.if_match.as_ref(), i.if_none_match.as_ref())?;
+        let tags = tagging::header_tags(i.tagging.as_deref())?;
         let expected = header_checksums(
             i.checksum_crc32,
             i.checksum_crc32c,
@@ -48,6 +49,7 @@ impl CairnS3 {
             user_meta: user_meta(i.metadata),
             checksums: BTreeMap::new(),
             condition: cond.clone(),
+            tags,
             md5: true,
         };
         // The checksums are only known at the end of the body: the reader
@@ -155,6 +157,7 @@ impl CairnS3 {
             last_modified: Some(lm),
             metadata: metadata_of(&m),
             parts_count: (!m.parts.is_empty()).then_some(m.parts.len() as i32),
+            tag_count: (!m.tags.is_empty()).then_some(m.tags.len() as i32),
             checksum_crc32: ck("crc32"),
             checksum_crc32c: ck("crc32c"),
             checksum_crc64nvme: ck("crc64nvme"),
@@ -318,6 +321,21 @@ impl CairnS3 {
                 "copying an object onto itself needs the REPLACE metadata directive"
             ));
         }
+        let replace_tags = match i.tagging_directive.as_ref().map(|d| d.as_str()) {
+            None | Some(TaggingDirective::COPY) => false,
+            Some(TaggingDirective::REPLACE) => true,
+            Some(d) => {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "Unknown tagging directive {d:?}: COPY or REPLACE"
+                ))
+            }
+        };
+        let tags = if replace_tags {
+            tagging::header_tags(i.tagging.as_deref())?
+        } else {
+            src.tags.clone()
+        };
         let opts = if replace {
             PutOptions {
                 content_type: i.content_type,
@@ -331,6 +349,7 @@ impl CairnS3 {
                 user_meta: user_meta(i.metadata),
                 checksums: src.checksums.clone(),
                 condition: PutCondition::None,
+                tags: tags.clone(),
                 md5: true,
             }
         } else {
@@ -340,6 +359,7 @@ impl CairnS3 {
                 user_meta: src.user_meta.clone(),
                 checksums: src.checksums.clone(),
                 condition: PutCondition::None,
+                tags: tags.clone(),
                 md5: true,
             }
         };
