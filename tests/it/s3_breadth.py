@@ -65,7 +65,9 @@ v = s3.get_bucket_versioning(Bucket="breadth")
 eq(v.get("Status"), None, "versioning status")
 st, _, body = raw("get_bucket_versioning", {"Bucket": "breadth"})
 eq(st, 200, "GetBucketVersioning status")
-eq(body.replace(b'<?xml version="1.0" encoding="UTF-8"?>', b""),
+# S3 writes the empty element self-closed; s3s with an end tag: the same XML.
+eq(body.replace(b'<?xml version="1.0" encoding="UTF-8"?>', b"").replace(
+       b"></VersioningConfiguration>", b"/>"),
    b'<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>',
    "GetBucketVersioning body")
 for status in ("Enabled", "Suspended"):

@@ -78,13 +78,13 @@ mod tests {
     fn tags_of(db: &redb::Database) -> Option<BTreeMap<String, String>> {
         let txn = db.begin_read().expect("read");
         let t = txn.open_table(OBJECTS).expect("objects");
-        let row = t.get(object_key("b", "k").as_slice()).expect("get")?;
+        let row = t.get(object_key("bkt", "k").as_slice()).expect("get")?;
         Some(dec::<ObjectManifest>(row.value()).expect("decode").tags)
     }
 
     fn tag(version: u8, k: &str) -> Command {
         Command::PutObjectTags {
-            bucket: "b".into(),
+            bucket: "bkt".into(),
             key: "k".into(),
             version: StripeId([version; 16]),
             tags: BTreeMap::from([(k.to_string(), "v".to_string())]),
@@ -97,7 +97,7 @@ mod tests {
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .expect("in-memory redb");
         let bucket = BucketInfo {
-            name: "b".into(),
+            name: "bkt".into(),
             ec: EcParams { k: 1, m: 1 },
             shard_size: 4,
             created_ms: 0,
@@ -114,7 +114,7 @@ mod tests {
         ));
         assert_eq!(tags_of(&db), None);
         let put = |m: ObjectManifest| Command::PutObject {
-            bucket: "b".into(),
+            bucket: "bkt".into(),
             key: "k".into(),
             manifest: m,
             condition: PutCondition::None,
@@ -136,7 +136,7 @@ mod tests {
         let many: BTreeMap<String, String> =
             (0..11).map(|i| (format!("k{i}"), String::new())).collect();
         let cmd = Command::PutObjectTags {
-            bucket: "b".into(),
+            bucket: "bkt".into(),
             key: "k".into(),
             version: StripeId([2; 16]),
             tags: many.clone(),
@@ -151,7 +151,7 @@ mod tests {
         ));
         // Deleted meanwhile: NoSuchKey, nothing resurrected.
         let del = Command::DeleteObject {
-            bucket: "b".into(),
+            bucket: "bkt".into(),
             key: "k".into(),
             condition: PutCondition::None,
         };
