@@ -76,14 +76,21 @@ impl CairnS3 {
         check_key(&i.key)?;
         tagging::check_version_id(i.version_id.as_deref())?;
         let mut want = std::collections::BTreeSet::new();
-        for a in &i.object_attributes {
-            match a.as_str() {
+        // s3s hands over the header's value whole: it is comma-separated.
+        let names = i
+            .object_attributes
+            .iter()
+            .flat_map(|a| a.as_str().split(','))
+            .map(str::trim)
+            .filter(|a| !a.is_empty());
+        for a in names {
+            match a {
                 ObjectAttributes::CHECKSUM
                 | ObjectAttributes::ETAG
                 | ObjectAttributes::OBJECT_PARTS
                 | ObjectAttributes::OBJECT_SIZE
                 | ObjectAttributes::STORAGE_CLASS => {
-                    want.insert(a.as_str().to_string());
+                    want.insert(a.to_string());
                 }
                 other => {
                     return Err(s3_error!(
