@@ -685,7 +685,7 @@ async fn format_1_state_opens_and_builds_the_shard_index() {
                 bucket: "bkt".into(),
                 key: "k".into(),
                 manifest,
-                condition: crate::types::PutCondition::None,
+                condition: PutCondition::None,
             },
         ));
         let replies = sm.apply(entries).await.unwrap();
@@ -957,7 +957,7 @@ fn every_command() -> Vec<Command> {
             version: StripeId([6; 16]),
             checksums: BTreeMap::new(),
             now_ms: 9,
-            condition: crate::types::PutCondition::None,
+            condition: PutCondition::None,
         },
         Command::AbortUpload {
             bucket: "b".into(),
