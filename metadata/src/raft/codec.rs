@@ -47,6 +47,13 @@ pub const ENTRY_POSTCARD_V2: u8 = 0x02;
 /// entries would not decode the same).
 pub const WIRE_VERSION: u8 = 3;
 
+/// The previous wire version, still accepted on requests so a node of
+/// this build serves peers of the previous one during a rolling upgrade:
+/// its entries are decoded as log format 1 (no object tags) and the reply
+/// goes back as version 2 (replies carry no commands, so their encoding
+/// is the same in both versions).
+pub const WIRE_VERSION_V2: u8 = 2;
+
 thread_local! {
     /// Set while this thread encodes postcard (see the module docs).
     static BINARY: Cell<bool> = const { Cell::new(false) };
@@ -152,7 +159,13 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {
 
 /// Encodes an RPC body: [`WIRE_VERSION`], then postcard.
 pub fn encode_wire<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
-    let mut out = vec![WIRE_VERSION];
+    encode_wire_as(WIRE_VERSION, value)
+}
+
+/// Encodes an RPC body behind `version` (a reply to a peer that spoke
+/// [`WIRE_VERSION_V2`]).
+pub fn encode_wire_as<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = vec![version];
     postcard_into(value, &mut out)?;
     Ok(out)
 }
@@ -191,7 +204,9 @@ impl std::error::Error for WireError {}
 pub fn decode_wire<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
     match body.first() {
         None => Err(WireError::Empty),
-        Some(&WIRE_VERSION) => {
+        Some(&version @ (WIRE_VERSION | WIRE_VERSION_V2)) => {
+            let _guard = (version == WIRE_VERSION_V2)
+                .then(|| EntryV1Guard(ENTRY_V1.with(|b| b.replace(true))));
             let (v, rest) = postcard::take_from_bytes::<T>(&body[1..])
                 .map_err(|e| WireError::Decode(e.to_string()))?;
             if !rest.is_empty() {

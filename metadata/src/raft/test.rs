@@ -1020,6 +1020,13 @@ fn format_1_entries_decode_with_empty_tags() {
     buf[0] = codec::ENTRY_POSTCARD_V1;
     let back = codec::decode_entry(&buf).unwrap();
     assert!(matches!(&back.payload, EntryPayload::Normal(c) if *c == cmd));
+    // The same entry in an RPC body of wire version 2 (a peer of the
+    // previous build during a rolling upgrade).
+    let mut wire = codec::encode_wire(&entry).unwrap();
+    assert_eq!(wire.pop(), Some(0));
+    wire[0] = codec::WIRE_VERSION_V2;
+    let back: Entry = codec::decode_wire(&wire).unwrap();
+    assert!(matches!(&back.payload, EntryPayload::Normal(c) if *c == cmd));
     // The flag does not leak: a format-2 entry still reads its tags.
     let mut tagged = manifest(false);
     tagged.tags = BTreeMap::from([("t".into(), "v".into())]);
