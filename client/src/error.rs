@@ -76,6 +76,10 @@ pub enum ClientError {
     /// Anything else the metadata service said.
     #[error("metadata service error: {0}")]
     Meta(String),
+    /// A conditional update was planned against a version that has since
+    /// changed (e.g. tagging an object overwritten meanwhile).
+    #[error("stale: {0}")]
+    Stale(String),
 }
 
 impl From<MetaError> for ClientError {
@@ -90,9 +94,8 @@ impl From<MetaError> for ClientError {
             MetaError::Placement { need, why } => {
                 ClientError::Placement(format!("need {need} chunkservers: {why}"))
             }
-            e @ (MetaError::NoSuchChunkserver(_) | MetaError::Stale(_)) => {
-                ClientError::Meta(e.to_string())
-            }
+            e @ MetaError::NoSuchChunkserver(_) => ClientError::Meta(e.to_string()),
+            MetaError::Stale(m) => ClientError::Stale(m),
             MetaError::NoSuchUpload(u) => ClientError::NoSuchUpload(u),
             MetaError::InvalidPart(m) => ClientError::InvalidPart(m),
             MetaError::InvalidPartOrder(m) => ClientError::InvalidPartOrder(m),

@@ -17,7 +17,7 @@ pub mod multipart;
 pub mod read;
 pub mod write;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -297,6 +297,26 @@ impl Client {
                 bucket: bucket.to_string(),
                 key: key.to_string(),
                 condition: PutCondition::None,
+            })
+            .await
+    }
+
+    /// Replaces the tags of `bucket/key` if its live version is still
+    /// `version` (`MetaError::Stale` otherwise: it was overwritten since).
+    pub async fn put_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: StripeId,
+        tags: BTreeMap<String, String>,
+    ) -> Result<()> {
+        validate_key(key).map_err(|e| ClientError::Invalid(e.0))?;
+        self.inner
+            .write(Command::PutObjectTags {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                version,
+                tags,
             })
             .await
     }

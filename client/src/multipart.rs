@@ -62,6 +62,7 @@ impl Client {
             checksum_type,
             ec: b.ec,
             shard_size: b.shard_size,
+            tags: opts.tags.clone(),
         };
         self.inner
             .write(Command::CreateUpload {

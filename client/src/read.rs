@@ -467,6 +467,7 @@ mod tests {
                 checksums: Default::default(),
                 stripes: 0,
             }],
+            tags: Default::default(),
         }
     }
 

@@ -49,6 +49,8 @@ pub struct PutOptions {
     pub checksums: BTreeMap<String, String>,
     /// Condition on the current version.
     pub condition: PutCondition,
+    /// Object tags (checked by `apply` against `validate_tags`).
+    pub tags: BTreeMap<String, String>,
     /// Compute the MD5 of the body for the ETag (what S3 clients expect).
     /// Without it the ETag is derived from the shards' BLAKE3 hashes, which
     /// costs nothing extra.
@@ -193,6 +195,7 @@ impl Client {
             stripes,
             parts: Vec::new(),
             inline,
+            tags: opts.tags.clone(),
         };
         let put = Command::PutObject {
             bucket: bucket.to_string(),

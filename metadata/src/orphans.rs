@@ -391,6 +391,7 @@ mod tests {
                     checksum_type: None,
                     ec: EcParams::default(),
                     shard_size: 1 << 20,
+                    tags: Default::default(),
                 },
             },
         );

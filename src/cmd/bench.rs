@@ -424,6 +424,7 @@ async fn bench_meta(conn: &ConnArgs, a: MetaArgs, json: bool) -> anyhow::Result<
                                 stripes: Vec::new(),
                                 parts: Vec::new(),
                                 inline: None,
+                                tags: Default::default(),
                             },
                             condition: PutCondition::None,
                         })

@@ -38,6 +38,10 @@ pub fn to_s3(e: ClientError) -> S3Error {
             tracing::warn!(error = %e, "request failed: cluster degraded");
             s3_error!(ServiceUnavailable, "{e}")
         }
+        ClientError::Stale(m) => s3_error!(
+            OperationAborted,
+            "a conflicting operation changed the object meanwhile ({m}); try again"
+        ),
         e @ (ClientError::Io(_) | ClientError::Meta(_)) => {
             tracing::warn!(error = %e, "request failed");
             s3_error!(InternalError, "{e}")

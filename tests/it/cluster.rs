@@ -335,6 +335,7 @@ pub fn fake_manifest(tag: &str) -> ObjectManifest {
         stripes: Vec::new(),
         parts: Vec::new(),
         inline: None,
+        tags: Default::default(),
     }
 }
 

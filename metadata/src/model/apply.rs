@@ -148,6 +148,7 @@ pub(super) fn apply_inner(
             if let Err(e) = validate_key(key)
                 .and_then(|_| manifest.ec.validate())
                 .and_then(|_| validate_inline(manifest))
+                .and_then(|_| check_tags(&manifest.tags))
             {
                 return Ok(Err(e.into()));
             }
@@ -354,6 +355,12 @@ pub(super) fn apply_inner(
             txn, bucket, key, *version, *stripe, *index, shard, *from, *to, *reused, now,
         ),
         Command::RemoveChunkserver { id } => remove_chunkserver(txn, *id),
+        Command::PutObjectTags {
+            bucket,
+            key,
+            version,
+            tags,
+        } => put_object_tags(txn, bucket, key, version, tags),
         Command::GcDone {
             chunkserver,
             shards,
@@ -379,7 +386,10 @@ pub(super) fn apply_inner(
             Ok(Ok(CommandResult::Ok))
         }
         Command::CreateUpload { upload } => {
-            if let Err(e) = validate_key(&upload.key).and_then(|_| upload.ec.validate()) {
+            if let Err(e) = validate_key(&upload.key)
+                .and_then(|_| upload.ec.validate())
+                .and_then(|_| check_tags(&upload.tags))
+            {
                 return Ok(Err(e.into()));
             }
             if txn

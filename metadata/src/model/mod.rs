@@ -16,6 +16,7 @@
 //! - `gc`: the GC queue and the tombstones of deleted copies.
 //! - `intents`: write intents.
 //! - `migrate`: [`migrate`], upgrades of files written by older binaries.
+//! - `tagging`: object tags (`PutObjectTags`).
 //!
 //! # On-disk format (redb, format version 1)
 //! Every model table maps raw bytes to raw bytes, so snapshots can dump and
@@ -94,6 +95,7 @@ mod migrate;
 mod placement;
 mod query;
 mod repair;
+mod tagging;
 #[cfg(test)]
 mod tests;
 mod uploads;
@@ -108,6 +110,7 @@ pub use self::migrate::*;
 pub use self::placement::*;
 pub use self::query::*;
 pub use self::repair::*;
+use self::tagging::*;
 use self::uploads::*;
 
 /// Version of the model tables' encoding.

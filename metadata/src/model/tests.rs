@@ -222,6 +222,7 @@ fn one_stripe_object(db: &redb::Database, servers: u64) -> ObjectManifest {
         stripes: vec![stripe_on(&[1, 2], 0x10)],
         parts: Vec::new(),
         inline: None,
+        tags: Default::default(),
     }
 }
 
@@ -387,6 +388,7 @@ fn multipart_completion_over_5_tib_is_refused() {
         checksum_type: None,
         ec: EcParams::default(),
         shard_size: 1 << 20,
+        tags: Default::default(),
     };
     assert_eq!(
         run(&db, Command::CreateUpload { upload }),
@@ -444,6 +446,7 @@ fn multipart_lifecycle_and_gc() {
         checksum_type: None,
         ec: EcParams::default(),
         shard_size: 1 << 20,
+        tags: Default::default(),
     };
     assert_eq!(
         run(&db, Command::CreateUpload { upload }),
@@ -534,6 +537,7 @@ fn multipart_lifecycle_and_gc() {
         checksum_type: None,
         ec: EcParams::default(),
         shard_size: 1 << 20,
+        tags: Default::default(),
     };
     assert_eq!(
         run(&db, Command::CreateUpload { upload }),
@@ -614,6 +618,7 @@ fn manifest(version: u8, stripes: Vec<StripeManifest>) -> ObjectManifest {
         stripes,
         parts: Vec::new(),
         inline: None,
+        tags: Default::default(),
     }
 }
 
@@ -997,6 +1002,7 @@ fn manifest_on(servers: &[u64]) -> ObjectManifest {
         stripes: vec![stripe_on(servers, 0x10)],
         parts: Vec::new(),
         inline: None,
+        tags: Default::default(),
     }
 }
 

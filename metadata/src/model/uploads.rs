@@ -148,6 +148,7 @@ pub(super) fn complete_upload(
         stripes,
         parts: part_infos,
         inline: None,
+        tags: info.tags.clone(),
     };
     objects.insert(ok.as_slice(), enc(&manifest)?.as_slice())?;
     drop(objects);

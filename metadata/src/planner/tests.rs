@@ -93,6 +93,7 @@ fn manifest(i: u32, servers: [u64; 3]) -> ObjectManifest {
         }],
         parts: Vec::new(),
         inline: None,
+        tags: Default::default(),
     }
 }
 

@@ -2,8 +2,12 @@
 //! postcard, each behind a leading format byte.
 //!
 //! # Log entry values (table `raft_log`)
-//! - `0x01` ([`ENTRY_POSTCARD_V1`]) then postcard `openraft::Entry<TypeConfig>`:
-//!   what this build writes.
+//! - `0x02` ([`ENTRY_POSTCARD_V2`]) then postcard `openraft::Entry<TypeConfig>`:
+//!   what this build writes. Version 2 added `tags` to `ObjectManifest`
+//!   and `UploadInfo`.
+//! - `0x01` ([`ENTRY_POSTCARD_V1`]): the same without those fields; still
+//!   read: fields added in version 2 are decoded as empty without reading
+//!   a byte ([`added_in_entry_v2`]).
 //! - `{` (0x7B): a JSON entry written by log format 1 (before postcard);
 //!   still read, never written, so an existing data dir keeps working.
 //!
@@ -34,14 +38,57 @@ use super::{Entry, StoreError};
 /// First byte of a log entry encoded as postcard, version 1.
 pub const ENTRY_POSTCARD_V1: u8 = 0x01;
 
+/// First byte of a log entry encoded as postcard, version 2 (object tags).
+pub const ENTRY_POSTCARD_V2: u8 = 0x02;
+
 /// First byte of every Raft RPC body (request and reply): postcard, wire
-/// version 2 (version 1 was the JSON of older builds, which starts with
-/// `{` and carries no version byte).
-pub const WIRE_VERSION: u8 = 2;
+/// version 3 (version 1 was the JSON of older builds, which starts with
+/// `{` and carries no version byte; version 2 lacked object tags, so its
+/// entries would not decode the same).
+pub const WIRE_VERSION: u8 = 3;
+
+/// The previous wire version, still accepted on requests so a node of
+/// this build serves peers of the previous one during a rolling upgrade:
+/// its entries are decoded as log format 1 (no object tags) and the reply
+/// goes back as version 2 (replies carry no commands, so their encoding
+/// is the same in both versions).
+pub const WIRE_VERSION_V2: u8 = 2;
 
 thread_local! {
     /// Set while this thread encodes postcard (see the module docs).
     static BINARY: Cell<bool> = const { Cell::new(false) };
+    /// Set while this thread decodes a log entry of format 1.
+    static ENTRY_V1: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `skip_serializing_if` predicate for map fields reachable from a Raft
+/// entry: skips an empty map in JSON, never in postcard.
+pub fn skip_empty_in_json<K, V>(m: &std::collections::BTreeMap<K, V>) -> bool {
+    m.is_empty() && !BINARY.with(Cell::get)
+}
+
+/// `deserialize_with` of fields added in log entry format 2: while a
+/// format-1 entry is decoded the field was never written, so it is the
+/// default and no byte is read; otherwise it decodes as usual.
+pub fn added_in_entry_v2<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    if ENTRY_V1.with(Cell::get) {
+        Ok(T::default())
+    } else {
+        T::deserialize(d)
+    }
+}
+
+/// Restores the previous format-1 flag on drop.
+struct EntryV1Guard(bool);
+
+impl Drop for EntryV1Guard {
+    fn drop(&mut self) {
+        ENTRY_V1.with(|b| b.set(self.0));
+    }
 }
 
 /// `skip_serializing_if` predicate for `Option` fields reachable from a
@@ -89,14 +136,18 @@ pub fn postcard_exact<T: DeserializeOwned>(
 /// first.
 pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) -> Result<(), StoreError> {
     out.clear();
-    out.push(ENTRY_POSTCARD_V1);
+    out.push(ENTRY_POSTCARD_V2);
     postcard_into(entry, out).map_err(|e| StoreError::corrupt("log entry", e.to_string()))
 }
 
 /// Decodes a log entry in any format this build reads.
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {
     match bytes.first() {
-        Some(&ENTRY_POSTCARD_V1) => postcard_exact(&bytes[1..], "log entry"),
+        Some(&ENTRY_POSTCARD_V2) => postcard_exact(&bytes[1..], "log entry"),
+        Some(&ENTRY_POSTCARD_V1) => {
+            let _guard = EntryV1Guard(ENTRY_V1.with(|b| b.replace(true)));
+            postcard_exact(&bytes[1..], "log entry")
+        }
         Some(b'{') => Ok(serde_json::from_slice(bytes)?),
         Some(b) => Err(StoreError::corrupt(
             "log entry",
@@ -108,7 +159,13 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {
 
 /// Encodes an RPC body: [`WIRE_VERSION`], then postcard.
 pub fn encode_wire<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
-    let mut out = vec![WIRE_VERSION];
+    encode_wire_as(WIRE_VERSION, value)
+}
+
+/// Encodes an RPC body behind `version` (a reply to a peer that spoke
+/// [`WIRE_VERSION_V2`]).
+pub fn encode_wire_as<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = vec![version];
     postcard_into(value, &mut out)?;
     Ok(out)
 }
@@ -147,7 +204,9 @@ impl std::error::Error for WireError {}
 pub fn decode_wire<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
     match body.first() {
         None => Err(WireError::Empty),
-        Some(&WIRE_VERSION) => {
+        Some(&version @ (WIRE_VERSION | WIRE_VERSION_V2)) => {
+            let _guard = (version == WIRE_VERSION_V2)
+                .then(|| EntryV1Guard(ENTRY_V1.with(|b| b.replace(true))));
             let (v, rest) = postcard::take_from_bytes::<T>(&body[1..])
                 .map_err(|e| WireError::Decode(e.to_string()))?;
             if !rest.is_empty() {

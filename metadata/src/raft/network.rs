@@ -324,17 +324,22 @@ pub(crate) fn budget_hint(entries: usize, len: usize) -> u64 {
 /// unknown path 404. The caller has already checked the cluster secret and bounded
 /// the body (e.g. with [`net::read_body`] and [`MAX_JSON_BODY`]).
 pub async fn handle_raft_rpc(raft: &Raft, path: &str, body: Bytes) -> Response<net::Body> {
+    // A peer of the previous version gets its reply in its version.
+    let v = match body.first() {
+        Some(&codec::WIRE_VERSION_V2) => codec::WIRE_VERSION_V2,
+        _ => codec::WIRE_VERSION,
+    };
     match path {
         APPEND_PATH => match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
-            Ok(req) => wire_response(&raft.append_entries(req).await),
+            Ok(req) => wire_response(v, &raft.append_entries(req).await),
             Err(resp) => resp,
         },
         VOTE_PATH => match decode::<VoteRequest<NodeId>>(&body) {
-            Ok(req) => wire_response(&raft.vote(req).await),
+            Ok(req) => wire_response(v, &raft.vote(req).await),
             Err(resp) => resp,
         },
         SNAPSHOT_PATH => match decode::<InstallSnapshotRequest<TypeConfig>>(&body) {
-            Ok(req) => wire_response(&raft.install_snapshot(req).await),
+            Ok(req) => wire_response(v, &raft.install_snapshot(req).await),
             Err(resp) => resp,
         },
         other => net::error_response(
@@ -356,9 +361,9 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response<net::Body>> {
     })
 }
 
-/// A 200 reply carrying `value` in the wire encoding.
-fn wire_response<T: Serialize>(value: &T) -> Response<net::Body> {
-    match codec::encode_wire(value) {
+/// A 200 reply carrying `value` in the wire encoding of `version`.
+fn wire_response<T: Serialize>(version: u8, value: &T) -> Response<net::Body> {
+    match codec::encode_wire_as(version, value) {
         Ok(body) => {
             let mut resp = Response::new(net::full(body));
             resp.headers_mut().insert(

@@ -746,6 +746,7 @@ async fn format_1_state_opens_and_builds_the_shard_index() {
             }],
             parts: Vec::new(),
             inline: None,
+            tags: BTreeMap::new(),
         };
         entries.push(normal(
             4,
@@ -851,6 +852,7 @@ fn manifest(inline: bool) -> crate::types::ObjectManifest {
             stripes: 1,
         }],
         inline: inline.then(|| InlineData::new(Bytes::from_static(b"data"))),
+        tags: Default::default(),
     }
 }
 
@@ -889,9 +891,10 @@ fn every_command() -> Vec<Command> {
             Command::CommitRepair { .. } => 23,
             Command::QueueGc { .. } => 24,
             Command::RemoveChunkserver { .. } => 25,
+            Command::PutObjectTags { .. } => 26,
         }
     }
-    const VARIANTS: u32 = 26;
+    const VARIANTS: u32 = 27;
     let s = |b: u8| ShardId([b; 16]);
     let put = |inline: bool, condition: PutCondition| Command::PutObject {
         bucket: "b".into(),
@@ -997,6 +1000,7 @@ fn every_command() -> Vec<Command> {
                 checksum_type: None,
                 ec: EcParams::default(),
                 shard_size: 4,
+                tags: Default::default(),
             },
         },
         Command::PutPart {
@@ -1053,10 +1057,57 @@ fn every_command() -> Vec<Command> {
             shards: vec![s(7), s(8)],
         },
         Command::RemoveChunkserver { id: 3 },
+        Command::PutObjectTags {
+            bucket: "b".into(),
+            key: "k".into(),
+            version: StripeId([1; 16]),
+            tags: BTreeMap::from([("a".into(), "b".into())]),
+        },
     ];
     let seen: BTreeSet<u32> = cmds.iter().map(covered).collect();
     assert_eq!(seen.len() as u32, VARIANTS, "a Command variant is missing");
     cmds
+}
+
+/// A format-1 entry (written before object tags existed) still decodes,
+/// with empty tags: a PutObject without tags encodes its manifest's `tags`
+/// as one 0x00 length byte just before the condition's 0x00, which are
+/// the entry's last two bytes; format 1 lacks the first of them.
+#[test]
+fn format_1_entries_decode_with_empty_tags() {
+    let cmd = Command::PutObject {
+        bucket: "b".into(),
+        key: "k".into(),
+        manifest: manifest(false),
+        condition: crate::types::PutCondition::None,
+    };
+    let entry = normal(1, cmd.clone());
+    let mut buf = Vec::new();
+    codec::encode_entry(&entry, &mut buf).unwrap();
+    assert_eq!(&buf[buf.len() - 2..], &[0, 0]);
+    buf.pop();
+    buf[0] = codec::ENTRY_POSTCARD_V1;
+    let back = codec::decode_entry(&buf).unwrap();
+    assert!(matches!(&back.payload, EntryPayload::Normal(c) if *c == cmd));
+    // The same entry in an RPC body of wire version 2 (a peer of the
+    // previous build during a rolling upgrade).
+    let mut wire = codec::encode_wire(&entry).unwrap();
+    assert_eq!(wire.pop(), Some(0));
+    wire[0] = codec::WIRE_VERSION_V2;
+    let back: Entry = codec::decode_wire(&wire).unwrap();
+    assert!(matches!(&back.payload, EntryPayload::Normal(c) if *c == cmd));
+    // The flag does not leak: a format-2 entry still reads its tags.
+    let mut tagged = manifest(false);
+    tagged.tags = BTreeMap::from([("t".into(), "v".into())]);
+    let cmd = Command::PutObject {
+        bucket: "b".into(),
+        key: "k".into(),
+        manifest: tagged,
+        condition: crate::types::PutCondition::None,
+    };
+    codec::encode_entry(&normal(2, cmd.clone()), &mut buf).unwrap();
+    let back = codec::decode_entry(&buf).unwrap();
+    assert!(matches!(&back.payload, EntryPayload::Normal(c) if *c == cmd));
 }
 
 #[test]
@@ -1065,7 +1116,7 @@ fn every_command_round_trips_through_the_entry_encoding() {
     for (i, cmd) in every_command().into_iter().enumerate() {
         let entry = normal(i as u64 + 1, cmd.clone());
         codec::encode_entry(&entry, &mut buf).unwrap();
-        assert_eq!(buf[0], codec::ENTRY_POSTCARD_V1);
+        assert_eq!(buf[0], codec::ENTRY_POSTCARD_V2);
         let back = codec::decode_entry(&buf).unwrap();
         assert_eq!(back.log_id, entry.log_id);
         assert!(
@@ -1169,7 +1220,7 @@ async fn json_log_of_format_1_reads_back_and_upgrades() {
         .open_table(redb::TableDefinition::<&[u8], &[u8]>::new("raft_log"))
         .unwrap();
     let v = log.get(5u64.to_be_bytes().as_slice()).unwrap().unwrap();
-    assert_eq!(v.value()[0], codec::ENTRY_POSTCARD_V1);
+    assert_eq!(v.value()[0], codec::ENTRY_POSTCARD_V2);
 }
 
 #[test]

@@ -287,6 +287,21 @@ pub enum Command {
         /// Which.
         id: ChunkserverId,
     },
+    /// Replace the tags of an object (S3 object tagging; empty tags delete
+    /// them), only if the key's live version is still `version`: a tagging
+    /// planned against a version that was overwritten or deleted since is
+    /// refused with [`MetaError::Stale`] (or `NoSuchKey`), never applied to
+    /// the newer write. Nothing but the tags changes.
+    PutObjectTags {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The version the tags are for.
+        version: StripeId,
+        /// The new tag set (see [`validate_tags`]).
+        tags: BTreeMap<String, String>,
+    },
 }
 
 /// The outcome of applying a [`Command`]: the `R` of the Raft log.
@@ -357,6 +372,7 @@ impl Command {
             | Command::CommitRepair { .. }
             | Command::QueueGc { .. } => CommandRole::Internal,
             Command::RemoveChunkserver { .. } => CommandRole::Admin,
+            Command::PutObjectTags { .. } => CommandRole::User,
         }
     }
 }

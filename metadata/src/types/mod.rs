@@ -17,6 +17,7 @@
 //! - `query`: [`Query`], listings, the placement audit, [`QueryResult`].
 //! - `chunkserver`: what chunkservers exchange with the service
 //!   (heartbeats, chunkserver commands, repair tasks, inventories, scrub).
+//! - `tagging`: S3 object tag limits ([`validate_tags`]).
 //! - `admin`: cluster status and the other admin-facing reports.
 
 mod admin;
@@ -27,6 +28,7 @@ mod ids;
 mod keys;
 mod objects;
 mod query;
+mod tagging;
 
 pub use self::admin::*;
 pub use self::chunkserver::*;
@@ -36,6 +38,7 @@ pub use self::ids::*;
 pub use self::keys::*;
 pub use self::objects::*;
 pub use self::query::*;
+pub use self::tagging::*;
 
 #[cfg(test)]
 mod wire_tests;

@@ -102,6 +102,16 @@ pub struct ObjectManifest {
     /// see [`MAX_INLINE`].
     #[serde(default, skip_serializing_if = "crate::raft::codec::skip_none_in_json")]
     pub inline: Option<InlineData>,
+    /// Object tags (S3 object tagging), by key: at most [`MAX_TAGS`],
+    /// checked by [`validate_tags`]. Absent in JSON when empty; in Raft
+    /// entries of log format 1 it did not exist (see
+    /// `raft::codec::added_in_entry_v2`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::raft::codec::skip_empty_in_json",
+        deserialize_with = "crate::raft::codec::added_in_entry_v2"
+    )]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// Largest object (S3's limit, reached with multipart uploads).
@@ -234,6 +244,16 @@ pub struct UploadInfo {
     pub ec: EcParams,
     /// Shard size of the parts' full stripes.
     pub shard_size: u32,
+    /// Tags of the object to be (`x-amz-tagging`), by key: at most [`MAX_TAGS`],
+    /// checked by [`validate_tags`]. Absent in JSON when empty; in Raft
+    /// entries of log format 1 it did not exist (see
+    /// `raft::codec::added_in_entry_v2`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::raft::codec::skip_empty_in_json",
+        deserialize_with = "crate::raft::codec::added_in_entry_v2"
+    )]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// One uploaded part of a multipart upload.

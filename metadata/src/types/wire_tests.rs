@@ -64,6 +64,7 @@ fn manifest() -> ObjectManifest {
         stripes: vec![stripe(3)],
         parts: vec![part_info()],
         inline: None,
+        tags: Default::default(),
     }
 }
 
@@ -85,6 +86,7 @@ fn inline_manifest() -> ObjectManifest {
             data: bytes::Bytes::from_static(b"abc"),
             blake3: Hash32([9; 32]),
         }),
+        tags: Default::default(),
     }
 }
 
@@ -232,6 +234,7 @@ fn commands() -> Vec<Command> {
                 checksum_type: Some("COMPOSITE".into()),
                 ec: EcParams { k: 4, m: 2 },
                 shard_size: 4096,
+                tags: Default::default(),
             },
         },
         Command::PutPart {
@@ -288,6 +291,21 @@ fn commands() -> Vec<Command> {
             shards: vec![shid(11)],
         },
         Command::RemoveChunkserver { id: 6 },
+        Command::PutObjectTags {
+            bucket: "b".into(),
+            key: "k".into(),
+            version: sid(2),
+            tags: map("project", "cairn"),
+        },
+        Command::PutObject {
+            bucket: "b".into(),
+            key: "small".into(),
+            manifest: ObjectManifest {
+                tags: map("t", "v"),
+                ..inline_manifest()
+            },
+            condition: PutCondition::None,
+        },
     ]
 }
 
@@ -341,6 +359,9 @@ const COMMAND_GOLDEN: &[&str] = &[
     r#"{"commit_repair":{"bucket":"b","key":"k","version":"02020202020202020202020202020202","stripe":0,"index":1,"shard":"04040404040404040404040404040404","from":null,"to":5,"reused":true}}"#,
     r#"{"queue_gc":{"chunkserver":2,"shards":["0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b"]}}"#,
     r#"{"remove_chunkserver":{"id":6}}"#,
+    // Added with object tagging (issue 13).
+    r#"{"put_object_tags":{"bucket":"b","key":"k","version":"02020202020202020202020202020202","tags":{"project":"cairn"}}}"#,
+    r#"{"put_object":{"bucket":"b","key":"small","manifest":{"version":"04040404040404040404040404040404","size":3,"etag":"small","content_type":null,"headers":{},"user_meta":{},"checksums":{},"created_ms":6,"ec":{"k":4,"m":2},"shard_size":1024,"stripes":[],"parts":[],"inline":{"data":"YWJj","blake3":"0909090909090909090909090909090909090909090909090909090909090909"},"tags":{"t":"v"}},"condition":"None"}}"#,
 ];
 
 /// Captured from the code before the split, one line per value of
