@@ -432,6 +432,7 @@ fn synthetic(
         stripes: out,
         parts: Vec::new(),
         inline: None,
+        tags: Default::default(),
     }
 }
 
