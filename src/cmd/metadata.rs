@@ -78,6 +78,12 @@ pub struct Args {
     /// the last wins.
     #[arg(long, default_value_t = 600, overrides_with = "gc_delay_secs")]
     pub gc_delay_secs: u64,
+    /// Free space (MiB) kept on the data dir's file system: below it the
+    /// node refuses writes (507 StorageFull; S3 writes get 503) instead of
+    /// letting the Raft stores hit ENOSPC. Reads keep working; writes
+    /// resume by themselves once space is freed.
+    #[arg(long, default_value_t = cairn_metadata::disk::DEFAULT_RESERVE_MIB)]
+    pub disk_reserve_mib: u64,
 }
 
 /// Parses `1=ADDR,2=ADDR`.
@@ -131,11 +137,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     cfg.repair_per_chunkserver = args.repair_per_chunkserver.max(1);
     cfg.repair_task_timeout = Duration::from_secs(args.repair_task_timeout_secs.max(1));
     cfg.gc_delay = Duration::from_secs(args.gc_delay_secs);
+    cfg.disk_reserve = args.disk_reserve_mib.saturating_mul(1 << 20);
     cfg.orphans = cairn_metadata::orphans::OrphanConfig {
         grace: Duration::from_secs(args.orphan_grace_secs),
         inventory_every: Duration::from_secs(args.inventory_every_secs.max(1)),
     };
-    let node = MetaNode::start(cfg).await?;
+    let node = match MetaNode::start(cfg).await {
+        Ok(n) => n,
+        Err(e) => {
+            // A corrupted store names its file and the reseed command.
+            tracing::error!(id = args.id, data = %args.data.display(), error = %e, "metadata node cannot start");
+            return Err(e.into());
+        }
+    };
     tracing::info!(id = args.id, addr = %bound, "metadata node listening");
     if let Some(p) = &args.addr_file {
         cairn_metadata::net::write_addr_file(p, &bound)?;

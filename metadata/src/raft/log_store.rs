@@ -135,7 +135,7 @@ impl LogStore {
     /// checking the format version. Blocking: call it from a blocking
     /// context (as [`super::open_stores`] does).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(dir.join(LOG_FILE))?;
+        let db = super::open_checked(Database::builder(), &dir.join(LOG_FILE))?;
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {

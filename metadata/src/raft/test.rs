@@ -459,7 +459,7 @@ async fn serve_raft(raft: Raft, req: Request<Incoming>) -> Response<net::Body> {
     }
     let path = req.uri().path().to_string();
     match net::read_body(req.into_body(), net::MAX_JSON_BODY).await {
-        Ok(body) => handle_raft_rpc(&raft, &path, body).await,
+        Ok(body) => handle_raft_rpc(&raft, &path, body, None).await,
         Err(e) => net::error_response(StatusCode::PAYLOAD_TOO_LARGE, "TooLarge", &e.to_string()),
     }
 }
@@ -590,7 +590,7 @@ async fn three_node_cluster_replicates_and_ships_snapshots() {
     // Server side: malformed and unknown RPCs.
     // An older build's JSON: refused with both versions named.
     let json = serde_json::to_vec(&vote_req()).unwrap();
-    let r = handle_raft_rpc(&n1.raft, network::VOTE_PATH, Bytes::from(json)).await;
+    let r = handle_raft_rpc(&n1.raft, network::VOTE_PATH, Bytes::from(json), None).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body = http_body_util::BodyExt::collect(r.into_body())
         .await
@@ -605,9 +605,9 @@ async fn three_node_cluster_replicates_and_ships_snapshots() {
     );
     let mut garbage = vec![codec::WIRE_VERSION];
     garbage.extend_from_slice(b"\xff\xff\xff");
-    let r = handle_raft_rpc(&n1.raft, network::APPEND_PATH, Bytes::from(garbage)).await;
+    let r = handle_raft_rpc(&n1.raft, network::APPEND_PATH, Bytes::from(garbage), None).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = handle_raft_rpc(&n1.raft, "/raft/nope", Bytes::new()).await;
+    let r = handle_raft_rpc(&n1.raft, "/raft/nope", Bytes::new(), None).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // A wrong secret is refused by the peer: unreachable, not a Raft error.
