@@ -11,8 +11,10 @@
 //!   507; the leader's openraft sees an `Unreachable` peer, backs off and
 //!   retries later, so replication resumes by itself once space is freed.
 //!   Empty appends (heartbeats, commit index) and votes are still served:
-//!   they write a few bytes at most, and keep the follower from calling
-//!   elections.
+//!   they write a few bytes at most. A refused append is first served as
+//!   a heartbeat (its entries dropped, its answer discarded), because
+//!   openraft sends no separate heartbeat while entries wait for a
+//!   follower; so the follower keeps its leader and calls no elections.
 //!
 //! The reserve is that margin: what is already accepted (log entries being
 //! applied, the vote, snapshots being built) still has room to land.

@@ -116,6 +116,19 @@ pub fn parse_peers(
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.id >= 1, "--id must be at least 1");
     let secret = args.secret.require()?;
+    // A reseed (`cairn admin metadata reseed`) left a marker: start from
+    // empty stores and ask the cluster to take this node back.
+    let rejoin = crate::cmd::reseed::read_marker(&args.data)?;
+    if let Some(m) = &rejoin {
+        anyhow::ensure!(
+            m.id == args.id,
+            "{} was reseeded for node {}, not --id {}",
+            args.data.display(),
+            m.id,
+            args.id
+        );
+        tracing::info!(id = args.id, peers = ?m.peers, "reseeded: rejoining the cluster");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -154,7 +167,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(p) = &args.addr_file {
         cairn_metadata::net::write_addr_file(p, &bound)?;
     }
-    if args.init {
+    if args.init && rejoin.is_some() {
+        tracing::warn!("--init ignored: this node was reseeded and rejoins the cluster");
+    } else if args.init {
         let peers = args.peers.as_deref().unwrap_or("self");
         let members = if peers == "self" {
             BTreeMap::from([(args.id, advertise.clone())])
@@ -163,12 +178,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         node.initialize(members).await?;
     }
-    if let Some(seed) = args.join.clone() {
+    let seeds = match (&rejoin, &args.join) {
+        (Some(m), _) => Some(m.peers.clone()),
+        (None, Some(seed)) => Some(vec![seed.clone()]),
+        (None, None) => None,
+    };
+    if let Some(seeds) = seeds {
         let id = args.id;
         let addr = advertise.clone();
+        let data = args.data.clone();
+        let reseeded = rejoin.is_some();
         tokio::spawn(async move {
             let c = MetaClient::new(
-                vec![seed],
+                seeds,
                 secret,
                 MetaClientOptions {
                     retry_deadline: Duration::from_secs(120),
@@ -177,7 +199,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             );
             let req = cairn_metadata::node::AddNodeRequest { id, addr };
             match c.call::<_, RaftStatus>("/v1/admin/add-node", &req).await {
-                Ok(_) => tracing::info!("joined the cluster"),
+                Ok(_) => {
+                    tracing::info!("joined the cluster");
+                    if reseeded {
+                        if let Err(e) = crate::cmd::reseed::remove_marker(&data) {
+                            tracing::warn!(error = %e, "cannot remove the rejoin marker");
+                        }
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "could not join the cluster"),
             }
         });

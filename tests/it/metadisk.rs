@@ -22,11 +22,15 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use hyper::StatusCode;
 
+use std::time::Duration;
+
 use crate::cluster::{assert_placement_clean, wait_for, Cluster, Opts};
 use crate::common::{data, Proc, SECRET};
 use crate::disk::Mounts;
 use crate::netns::S3;
 
+/// The test bucket.
+const BUCKET: &str = "metadisk";
 /// Size of each metadata node's tmpfs.
 const TMPFS_MIB: u64 = 64;
 /// The nodes' reserve (`--disk-reserve-mib`).
@@ -58,7 +62,7 @@ async fn put(
     key: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<StatusCode> {
-    let r = s3.put("b", key, Bytes::from(body.clone())).await?;
+    let r = s3.put(BUCKET, key, Bytes::from(body.clone())).await?;
     if r.status == StatusCode::OK {
         acked.push((key.to_string(), body));
     }
@@ -68,7 +72,7 @@ async fn put(
 /// Every acknowledged object reads back identical.
 async fn read_back(s3: &S3, acked: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
     for (key, body) in acked {
-        let r = s3.get("b", key).await?;
+        let r = s3.get(BUCKET, key).await?;
         if r.status != StatusCode::OK || r.body != *body {
             bail!(
                 "{key}: {} ({} bytes, want {}) {:?}",
@@ -150,7 +154,7 @@ async fn metadata_disk_full_refuses_writes_then_resumes() -> anyhow::Result<()> 
         &[("CAIRN_SECRET", SECRET)],
     )?;
     let s3 = S3::new(&gw.addr_str(), &key, &secret);
-    s3.create_bucket("b", "2+1").await?;
+    s3.create_bucket(BUCKET, "2+1").await?;
     let mut acked = Vec::new();
     // Small (inline in the metadata) and one-stripe (erasure coded) objects.
     for i in 0..10u64 {
@@ -184,7 +188,9 @@ async fn metadata_disk_full_refuses_writes_then_resumes() -> anyhow::Result<()> 
     wait_for("writes resume after freeing the leader's disk", 30, || {
         let s3 = &s3;
         async move {
-            let r = s3.put("b", "resumed", Bytes::from(data(1000, 7))).await?;
+            let r = s3
+                .put(BUCKET, "resumed", Bytes::from(data(1000, 7)))
+                .await?;
             Ok((r.status == StatusCode::OK).then_some(()))
         }
     })
@@ -199,6 +205,8 @@ async fn metadata_disk_full_refuses_writes_then_resumes() -> anyhow::Result<()> 
     // Case 2: one follower's disk is full.
     let follower = (leader + 1) % 3;
     let filler = fill(&data_dir(&c, follower))?;
+    // Appends already past the check land; later ones are refused.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let before = c.meta_at(follower).status().await?;
     for i in 0..10u64 {
         let len = if i % 2 == 0 { 1000 } else { 300_000 };
@@ -230,5 +238,134 @@ async fn metadata_disk_full_refuses_writes_then_resumes() -> anyhow::Result<()> 
     drop(gw);
     drop(c);
     drop(mounts);
+    Ok(())
+}
+
+/// Flips one byte in every 4 KiB page after the first (the header), so a
+/// page of every committed tree is hit.
+fn flip_pages(path: &Path) -> anyhow::Result<()> {
+    let mut b = std::fs::read(path)?;
+    let mut off = 4096 + 100;
+    while off < b.len() {
+        b[off] ^= 0xFF;
+        off += 4096;
+    }
+    std::fs::write(path, b)?;
+    Ok(())
+}
+
+/// Cuts the file to half its length (a torn write at the end).
+fn truncate_half(path: &Path) -> anyhow::Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    let len = f.metadata()?.len();
+    f.set_len(len / 2)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_corrupt_store_refuses_to_start_then_reseeds() -> anyhow::Result<()> {
+    let mut c = Cluster::start(Opts::default())?;
+    let meta = c.meta();
+    for i in 0..30 {
+        crate::cluster::create_bucket(&meta, &format!("b{i}")).await?;
+    }
+    let leader = c.leader().await?;
+    // A follower other than node 1 (started with --init).
+    let f = (1..3).find(|i| *i != leader).context("no follower")?;
+    let id = (f + 1).to_string();
+    let dir = data_dir(&c, f);
+    let dir_s = dir.to_string_lossy().to_string();
+
+    // A live node is never reseeded.
+    let out = c.cli(&["admin", "metadata", "reseed", "--id", &id, "--data", &dir_s])?;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    anyhow::ensure!(
+        !out.status.success() && err.contains("still answers"),
+        "reseed of a live node: {out:?}"
+    );
+
+    type Corrupt = fn(&Path) -> anyhow::Result<()>;
+    let cases: [(&str, Corrupt); 2] = [
+        ("raft-sm.redb", flip_pages),
+        ("raft-log.redb", truncate_half),
+    ];
+    for (n, (file, corrupt)) in cases.into_iter().enumerate() {
+        c.metas[f].terminate(Duration::from_secs(10))?;
+        corrupt(&dir.join(file))?;
+        let started = std::time::Instant::now();
+        let e = match c.metas[f].restart() {
+            Ok(()) => bail!("node {id} started on a corrupted {file}"),
+            Err(e) => e.to_string(),
+        };
+        for want in ["is corrupted", file, "cairn admin metadata reseed", "ERROR"] {
+            anyhow::ensure!(
+                e.contains(want),
+                "start on a corrupted {file}: no {want:?} in:\n{e}"
+            );
+        }
+        anyhow::ensure!(!e.contains("panicked"), "{e}");
+        eprintln!(
+            "metadisk: corrupted {file} refused in {:?}",
+            started.elapsed()
+        );
+        // The cluster kept serving.
+        crate::cluster::create_bucket(&meta, &format!("during{n}")).await?;
+
+        let out = c.cli(&["admin", "metadata", "reseed", "--id", &id, "--data", &dir_s])?;
+        anyhow::ensure!(out.status.success(), "reseed: {out:?}");
+        let l = c.leader().await?;
+        let st = c.meta_at(l).status().await?;
+        anyhow::ensure!(
+            !st.voters.contains_key(&(f as u64 + 1)),
+            "still a voter after reseed: {st:?}"
+        );
+        anyhow::ensure!(dir.join("rejoin.json").exists(), "no rejoin marker");
+        crate::cluster::create_bucket(&meta, &format!("removed{n}")).await?;
+
+        c.metas[f].restart()?;
+        let rejoined = std::time::Instant::now();
+        wait_for("the reseeded node is a voter again", 60, || {
+            let c = &c;
+            async move {
+                let l = c.leader().await?;
+                let st = c.meta_at(l).status().await?;
+                Ok(st.voters.contains_key(&(f as u64 + 1)).then_some(st))
+            }
+        })
+        .await?;
+        let target = c
+            .meta_at(c.leader().await?)
+            .status()
+            .await?
+            .last_applied
+            .unwrap_or(0);
+        c.wait_applied(f, target).await?;
+        wait_for("the rejoin marker is removed", 20, || {
+            let p = dir.join("rejoin.json");
+            async move { Ok((!p.exists()).then_some(())) }
+        })
+        .await?;
+        eprintln!(
+            "metadisk: reseeded after corrupt {file}: voter and caught up to {target} in {:?}",
+            rejoined.elapsed()
+        );
+        // Its state is the cluster's: a stale read there sees every bucket.
+        let q = cairn_metadata::types::Query::GetBucket {
+            name: format!("removed{n}"),
+        };
+        let r = c
+            .meta_at(f)
+            .query(&q, cairn_metadata::client::Consistency::Stale)
+            .await?;
+        anyhow::ensure!(
+            matches!(r, cairn_metadata::types::QueryResult::Bucket(_)),
+            "reseeded node lacks a bucket: {r:?}"
+        );
+    }
+    let procs: Vec<&Proc> = c.metas.iter().collect();
+    for p in procs {
+        let log = std::fs::read_to_string(p.log_path()).unwrap_or_default();
+        anyhow::ensure!(!log.contains("panicked"), "{}", p.log_tail(60));
+    }
     Ok(())
 }

@@ -298,7 +298,8 @@ impl RaftNetwork<TypeConfig> for NetworkConnection {
 /// reserve, see [`crate::disk`]) an append carrying entries and every
 /// snapshot chunk are refused with 507 `StorageFull` before Raft sees
 /// them: the sender maps that to `Unreachable` and retries after its
-/// backoff; empty appends (heartbeats) and votes are still served. The caller has already checked the cluster secret and bounded
+/// backoff; empty appends (heartbeats) and votes are still served, and a
+/// refused append is served as a heartbeat first (its answer dropped). The caller has already checked the cluster secret and bounded
 /// the body (e.g. with [`net::read_body`] and [`MAX_JSON_BODY`]).
 pub async fn handle_raft_rpc(
     raft: &Raft,
@@ -315,8 +316,18 @@ pub async fn handle_raft_rpc(
     };
     match path {
         APPEND_PATH => match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
-            Ok(req) => match disk_full {
-                Some(m) if !req.entries.is_empty() => refuse(m),
+            Ok(mut req) => match disk_full {
+                Some(m) if !req.entries.is_empty() => {
+                    // While entries wait, openraft sends no separate
+                    // heartbeat: serve this one as a heartbeat (same vote,
+                    // previous log id and commit index, no entries), so
+                    // this node keeps its leader and calls no elections.
+                    // Its answer is dropped: the leader sees only the 507
+                    // and never counts the entries as held here.
+                    req.entries.clear();
+                    let _ = raft.append_entries(req).await;
+                    refuse(m)
+                }
                 _ => wire_response(&raft.append_entries(req).await),
             },
             Err(resp) => resp,
