@@ -267,7 +267,7 @@ async fn metadata_corrupt_store_refuses_to_start_then_reseeds() -> anyhow::Resul
     let mut c = Cluster::start(Opts::default())?;
     let meta = c.meta();
     for i in 0..30 {
-        crate::cluster::create_bucket(&meta, &format!("b{i}")).await?;
+        crate::cluster::create_bucket(&meta, &format!("bucket{i}")).await?;
     }
     let leader = c.leader().await?;
     // A follower other than node 1 (started with --init).
