@@ -176,7 +176,11 @@ async fn metadata_disk_full_refuses_writes_then_resumes() -> anyhow::Result<()> 
     anyhow::ensure!(storage_full_gauge(&c.metas[leader]).await? == 1);
     for i in 0..5u64 {
         let r = s3
-            .put(BUCKET, &format!("full{i}"), Bytes::from(data(1000, 100 + i)))
+            .put(
+                BUCKET,
+                &format!("full{i}"),
+                Bytes::from(data(1000, 100 + i)),
+            )
             .await?;
         let msg = r.message().unwrap_or_default();
         if r.status != StatusCode::SERVICE_UNAVAILABLE || !msg.contains("storage is full") {
