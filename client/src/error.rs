@@ -73,6 +73,9 @@ pub enum ClientError {
     /// No such access key.
     #[error("no such access key: {0}")]
     NoSuchAccessKey(String),
+    /// The metadata service's disk is full: writes are refused, reads work.
+    #[error("metadata storage full: {0}")]
+    StorageFull(String),
     /// Anything else the metadata service said.
     #[error("metadata service error: {0}")]
     Meta(String),
@@ -113,6 +116,7 @@ impl From<MetaClientError> for ClientError {
         match e {
             MetaClientError::Unavailable(m) => ClientError::Unavailable(m),
             MetaClientError::Refused(e) => ClientError::Meta(e.to_string()),
+            MetaClientError::StorageFull(m) => ClientError::StorageFull(m),
         }
     }
 }

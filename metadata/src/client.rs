@@ -49,6 +49,11 @@ pub enum MetaClientError {
     /// The service refused the request (bad input, auth).
     #[error("metadata service refused the request: {0}")]
     Refused(NetError),
+    /// The leader's metadata disk is below its free-space reserve (507
+    /// `StorageFull`): writes are refused until space is freed; reads
+    /// still work. Not retried: it does not clear in a retry's time.
+    #[error("metadata storage full: {0}")]
+    StorageFull(String),
 }
 
 /// How fresh a read must be.
@@ -160,6 +165,14 @@ impl MetaClient {
                     self.set_leader(Some(l.clone()));
                     target = l;
                     continue;
+                }
+                Err(NetError::Status {
+                    status: 507,
+                    message,
+                    ..
+                }) => {
+                    self.set_leader(Some(target));
+                    return Err(MetaClientError::StorageFull(message));
                 }
                 Err(e @ NetError::Status { status, .. }) if status != 421 && status != 503 => {
                     return Err(MetaClientError::Refused(e));

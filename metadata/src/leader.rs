@@ -34,6 +34,11 @@ pub enum ApiError {
     /// Storage failure.
     #[error("internal error: {0}")]
     Internal(String),
+    /// This node's data dir is below its free-space reserve
+    /// ([`crate::disk`]): the write is refused before it reaches the
+    /// stores. 507 `StorageFull`.
+    #[error("storage full: {0}")]
+    StorageFull(String),
 }
 
 impl ApiError {
@@ -55,9 +60,16 @@ impl ApiError {
             ApiError::Internal(m) => {
                 net::error_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal", &m)
             }
+            ApiError::StorageFull(m) => {
+                net::error_response(StatusCode::INSUFFICIENT_STORAGE, STORAGE_FULL_CODE, &m)
+            }
         }
     }
 }
+
+/// Error code of a 507 answer: a node's metadata disk is below its
+/// reserve.
+pub const STORAGE_FULL_CODE: &str = "StorageFull";
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before
 /// it).

@@ -6,6 +6,8 @@
 //!   places on a chunkserver that it no longer holds).
 //! - [`client`]: `MetaClient`, leader-following client of the metadata API.
 //! - [`dashboard`]: the operator dashboard's static page on `/dashboard`.
+//! - [`disk`]: the free-space reserve of a node's data dir (writes are
+//!   refused before the disk fills, never with ENOSPC inside redb).
 //! - [`leader`]: `LeaderCtx`, what leader-only jobs (the planner) need
 //!   from a metadata node; `ApiError`.
 //! - [`metrics`]: `/metrics` (Prometheus) and `/health/live|ready`, shared
@@ -29,6 +31,7 @@
 pub mod absent;
 pub mod client;
 pub mod dashboard;
+pub mod disk;
 pub mod leader;
 pub mod metrics;
 pub mod model;

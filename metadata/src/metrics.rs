@@ -241,6 +241,15 @@ pub struct MetaMetrics {
     pub gc_pending: Gauge,
     /// Orphans in their grace period (leader only).
     pub orphans_pending: Gauge,
+    /// The data dir's file system size (label `dir`), named as the
+    /// chunkserver's so one alert covers both roles.
+    pub disk_capacity: prometheus_client::metrics::family::Family<Labels, Gauge>,
+    /// The data dir's free bytes (label `dir`).
+    pub disk_free: prometheus_client::metrics::family::Family<Labels, Gauge>,
+    /// The data dir's reserve (label `dir`).
+    pub disk_reserve: prometheus_client::metrics::family::Family<Labels, Gauge>,
+    /// 1 while the data dir is below its reserve and writes are refused.
+    pub storage_full: Gauge,
 }
 
 impl Default for MetaMetrics {
@@ -277,6 +286,10 @@ impl MetaMetrics {
             repairs_done: Gauge::default(),
             gc_pending: Gauge::default(),
             orphans_pending: Gauge::default(),
+            disk_capacity: Default::default(),
+            disk_free: Default::default(),
+            disk_reserve: Default::default(),
+            storage_full: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut reg;
@@ -379,7 +392,48 @@ impl MetaMetrics {
             "Orphan shards in their grace period (leader only)",
             m.orphans_pending.clone(),
         );
+        r.register_with_unit(
+            "cairn_disk_capacity",
+            "Size of the file system of the metadata data dir",
+            Unit::Bytes,
+            m.disk_capacity.clone(),
+        );
+        r.register_with_unit(
+            "cairn_disk_free",
+            "Free bytes of the file system of the metadata data dir",
+            Unit::Bytes,
+            m.disk_free.clone(),
+        );
+        r.register_with_unit(
+            "cairn_disk_reserve",
+            "Free bytes the metadata node keeps: below them writes are refused",
+            Unit::Bytes,
+            m.disk_reserve.clone(),
+        );
+        r.register(
+            "cairn_metadata_storage_full",
+            "1 while the metadata data dir is below its reserve (writes refused with 507)",
+            m.storage_full.clone(),
+        );
         MetaMetrics { registry: reg, ..m }
+    }
+
+    /// Sets the data dir's space gauges (`None`: statvfs failed, they are
+    /// cleared).
+    pub fn set_disk(&self, dir: &str, st: Option<crate::types::DiskStatus>) {
+        self.disk_capacity.clear();
+        self.disk_free.clear();
+        self.disk_reserve.clear();
+        let Some(st) = st else {
+            self.storage_full.set(0);
+            return;
+        };
+        let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let l = labels([("dir", dir)]);
+        self.disk_capacity.get_or_create(&l).set(i(st.capacity));
+        self.disk_free.get_or_create(&l).set(i(st.free));
+        self.disk_reserve.get_or_create(&l).set(i(st.reserve));
+        self.storage_full.set(i64::from(st.full));
     }
 
     /// Sets the leader-only cluster values from `st`, or clears them

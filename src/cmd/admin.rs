@@ -390,6 +390,20 @@ pub enum MetadataCmd {
         #[arg(long)]
         id: NodeId,
     },
+    /// Replace a stopped node's stores (corrupted or lost) by a fresh copy
+    /// from the cluster: refuses while the node answers or if removing it
+    /// would lose quorum; removes it from the voters; with --data (on the
+    /// node's host) moves its stores to DIR/quarantine-<ms>/ and writes the
+    /// rejoin marker, so its next start rejoins as a learner, then voter.
+    Reseed {
+        /// Its Raft id.
+        #[arg(long)]
+        id: NodeId,
+        /// Its data dir (run on its host); without it the command prints
+        /// what to do there.
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Serialize)]
@@ -419,6 +433,9 @@ pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<(
                 .await?;
             outln!("voters: {:?}", s.voters);
             Ok(())
+        }
+        AdminCmd::Metadata(MetadataCmd::Reseed { id, data }) => {
+            super::reseed::run(&meta, &addrs, &secret, id, data.as_deref()).await
         }
         AdminCmd::Key(c) => key_cmd(&meta, c, json).await,
         AdminCmd::Scrub(a) => scrub_cmd(&meta, &secret, a, json).await,

@@ -83,6 +83,12 @@ pub struct Args {
     /// the last wins.
     #[arg(long, default_value_t = 600, overrides_with = "gc_delay_secs")]
     pub gc_delay_secs: u64,
+    /// Free space (MiB) kept on the data dir's file system: below it the
+    /// node refuses writes (507 StorageFull; S3 writes get 503) instead of
+    /// letting the Raft stores hit ENOSPC. Reads keep working; writes
+    /// resume by themselves once space is freed.
+    #[arg(long, default_value_t = cairn_metadata::disk::DEFAULT_RESERVE_MIB)]
+    pub disk_reserve_mib: u64,
 }
 
 /// Parses `1=ADDR,2=ADDR`.
@@ -115,6 +121,19 @@ pub fn parse_peers(
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.id >= 1, "--id must be at least 1");
     let secret = args.secret.require()?;
+    // A reseed (`cairn admin metadata reseed`) left a marker: start from
+    // empty stores and ask the cluster to take this node back.
+    let rejoin = crate::cmd::reseed::read_marker(&args.data)?;
+    if let Some(m) = &rejoin {
+        anyhow::ensure!(
+            m.id == args.id,
+            "{} was reseeded for node {}, not --id {}",
+            args.data.display(),
+            m.id,
+            args.id
+        );
+        tracing::info!(id = args.id, peers = ?m.peers, "reseeded: rejoining the cluster");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -141,16 +160,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     cfg.repair_per_chunkserver = args.repair_per_chunkserver.max(1);
     cfg.repair_task_timeout = Duration::from_secs(args.repair_task_timeout_secs.max(1));
     cfg.gc_delay = Duration::from_secs(args.gc_delay_secs);
+    cfg.disk_reserve = args.disk_reserve_mib.saturating_mul(1 << 20);
     cfg.orphans = cairn_metadata::orphans::OrphanConfig {
         grace: Duration::from_secs(args.orphan_grace_secs),
         inventory_every: Duration::from_secs(args.inventory_every_secs.max(1)),
     };
-    let node = MetaNode::start(cfg).await?;
+    let node = match MetaNode::start(cfg).await {
+        Ok(n) => n,
+        Err(e) => {
+            // A corrupted store names its file and the reseed command.
+            tracing::error!(id = args.id, data = %args.data.display(), error = %e, "metadata node cannot start");
+            return Err(e.into());
+        }
+    };
     tracing::info!(id = args.id, addr = %bound, "metadata node listening");
     if let Some(p) = &args.addr_file {
         cairn_metadata::net::write_addr_file(p, &bound)?;
     }
-    if args.init {
+    if args.init && rejoin.is_some() {
+        tracing::warn!("--init ignored: this node was reseeded and rejoins the cluster");
+    } else if args.init {
         let peers = args.peers.as_deref().unwrap_or("self");
         let members = if peers == "self" {
             BTreeMap::from([(args.id, advertise.clone())])
@@ -159,12 +188,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         node.initialize(members).await?;
     }
-    if let Some(seed) = args.join.clone() {
+    let seeds = match (&rejoin, &args.join) {
+        (Some(m), _) => Some(m.peers.clone()),
+        (None, Some(seed)) => Some(vec![seed.clone()]),
+        (None, None) => None,
+    };
+    if let Some(seeds) = seeds {
         let id = args.id;
         let addr = advertise.clone();
+        let data = args.data.clone();
+        let reseeded = rejoin.is_some();
         tokio::spawn(async move {
             let c = MetaClient::new(
-                vec![seed],
+                seeds,
                 secret,
                 MetaClientOptions {
                     retry_deadline: Duration::from_secs(120),
@@ -173,7 +209,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             );
             let req = cairn_metadata::node::AddNodeRequest { id, addr };
             match c.call::<_, RaftStatus>("/v1/admin/add-node", &req).await {
-                Ok(_) => tracing::info!("joined the cluster"),
+                Ok(_) => {
+                    tracing::info!("joined the cluster");
+                    if reseeded {
+                        if let Err(e) = crate::cmd::reseed::remove_marker(&data) {
+                            tracing::warn!(error = %e, "cannot remove the rejoin marker");
+                        }
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "could not join the cluster"),
             }
         });

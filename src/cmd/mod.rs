@@ -6,7 +6,9 @@ pub mod cli;
 pub mod dev;
 pub mod durability;
 pub mod metadata;
+pub mod reseed;
 pub mod secret;
+pub mod url;
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

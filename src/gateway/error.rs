@@ -42,6 +42,15 @@ pub fn to_s3(e: ClientError) -> S3Error {
             OperationAborted,
             "a conflicting operation changed the object meanwhile ({m}); try again"
         ),
+        ClientError::StorageFull(m) => {
+            // 503: S3 SDKs retry it with backoff; writes resume once the
+            // operator frees space on the metadata disk.
+            tracing::warn!(error = %m, "write refused: metadata storage full");
+            s3_error!(
+                ServiceUnavailable,
+                "metadata storage is full, writes are refused until space is freed ({m}); reads still work"
+            )
+        }
         e @ (ClientError::Io(_) | ClientError::Meta(_)) => {
             tracing::warn!(error = %e, "request failed");
             s3_error!(InternalError, "{e}")

@@ -88,7 +88,16 @@ impl Cluster {
     /// As `start`, with metadata node i and chunkserver i on `hosts`
     /// (each in its own network namespace, as on separate machines).
     pub fn start_on(opts: Opts, hosts: Option<crate::netns::Hosts>) -> anyhow::Result<Cluster> {
-        let dir = tempfile::tempdir()?;
+        Cluster::start_in(tempfile::tempdir()?, opts, hosts)
+    }
+
+    /// As `start_on`, in `dir` (which a test may have prepared, e.g. with
+    /// a small file system mounted at `meta{id}/data`).
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        opts: Opts,
+        hosts: Option<crate::netns::Hosts>,
+    ) -> anyhow::Result<Cluster> {
         let meta_addrs: Vec<String> = match &hosts {
             Some(h) => (0..opts.metas)
                 .map(|i| {

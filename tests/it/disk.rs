@@ -32,7 +32,7 @@ const OBJECT: usize = 4 * SHARD as usize;
 /// Full redundancy of a 4+2 stripe.
 const FULL: i32 = 2;
 
-fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -50,7 +50,7 @@ fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
 /// Mounts and loop devices made by a test, undone in reverse on drop
 /// (declare it before the cluster, so the processes die first).
 #[derive(Default)]
-struct Mounts {
+pub(crate) struct Mounts {
     /// Mount points, in mount order.
     points: Vec<PathBuf>,
     /// Loop devices, in setup order.
@@ -60,7 +60,7 @@ struct Mounts {
 impl Mounts {
     /// Whether this machine lets the test mount file systems; `Ok(false)`
     /// means skip (locally only).
-    fn available() -> anyhow::Result<bool> {
+    pub(crate) fn available() -> anyhow::Result<bool> {
         let root = rustix::process::geteuid().is_root();
         let tools = ["mount", "losetup", "mkfs.ext4"].iter().all(|t| {
             Command::new("sh")
@@ -78,7 +78,7 @@ impl Mounts {
         Ok(false)
     }
 
-    fn tmpfs(&mut self, at: &Path, size_mib: u64) -> anyhow::Result<()> {
+    pub(crate) fn tmpfs(&mut self, at: &Path, size_mib: u64) -> anyhow::Result<()> {
         std::fs::create_dir_all(at)?;
         let dir = at.to_string_lossy();
         run(

@@ -19,6 +19,7 @@ mod faults;
 mod linearizability;
 mod lost;
 mod metadata;
+mod metadisk;
 mod netns;
 mod ops;
 mod partition;

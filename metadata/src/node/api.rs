@@ -44,6 +44,7 @@ impl MetaNode {
             purged: m.purged.map(|x| x.index),
             voters: v,
             learners: l,
+            disk: self.disk_status(),
         }
     }
 
@@ -72,6 +73,17 @@ impl MetaNode {
             .await
             .map_err(|e| ApiError::Unavailable(format!("snapshot not built: {e}")))?;
         Ok(())
+    }
+
+    /// The data dir's space against its reserve (`None` if statvfs fails).
+    pub(super) fn disk_status(&self) -> Option<DiskStatus> {
+        let s = self.disk.space().ok()?;
+        Some(DiskStatus {
+            free: s.free,
+            capacity: s.capacity,
+            reserve: self.disk.reserve(),
+            full: s.free < self.disk.reserve(),
+        })
     }
 
     async fn add_node(&self, req: AddNodeRequest) -> Result<(), ApiError> {
@@ -151,6 +163,7 @@ impl MetaNode {
         mm.entries_since_snapshot
             .set(i(applied.saturating_sub(snap)));
         mm.voters.set(voters.len() as i64);
+        mm.set_disk(&self.disk.dir().display().to_string(), self.disk_status());
         if let (true, Some(rep)) = (leading, &m.replication) {
             // The quorum-th highest index held by the voters (the leader
             // holds its whole log).
@@ -233,7 +246,8 @@ impl MetaNode {
             }
         };
         if path.starts_with(raft::network::RAFT_PATH_PREFIX) {
-            return raft::network::handle_raft_rpc(&self.raft, &path, body).await;
+            let full = self.disk.check().err();
+            return raft::network::handle_raft_rpc(&self.raft, &path, body, full).await;
         }
         fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
             serde_json::from_slice(b).map_err(|e| ApiError::BadRequest(format!("bad JSON: {e}")))

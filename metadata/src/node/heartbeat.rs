@@ -81,7 +81,10 @@ impl MetaNode {
             })
             .await?;
         }
-        if write_stats {
+        // Stats are telemetry: while the disk is below its reserve they are
+        // skipped, so heartbeats keep being answered (GC and repair
+        // commands still ride on them).
+        if write_stats && self.disk.check().is_ok() {
             self.write(Command::ChunkserverStats {
                 id,
                 addr: hb.addr.clone(),

@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::absent::Absent;
+use crate::disk::DiskGuard;
 use crate::leader::{read_db, LeaderCtx};
 use crate::metrics::MetaMetrics;
 use crate::model;
@@ -109,6 +110,9 @@ pub struct MetaConfig {
     /// long after it was queued, so reads and copies already streaming the
     /// old version finish (Garage waits 10 min; Ceph 2 h).
     pub gc_delay: Duration,
+    /// Free bytes kept on the data dir's file system: below them the node
+    /// refuses writes that would grow its stores ([`crate::disk`]).
+    pub disk_reserve: u64,
 }
 
 /// Default [`MetaConfig::snapshot_log_ratio`]: the log may grow to a
@@ -141,6 +145,7 @@ impl MetaConfig {
             repair_per_chunkserver: 4,
             repair_task_timeout: Duration::from_secs(120),
             gc_delay: DEFAULT_GC_DELAY,
+            disk_reserve: crate::disk::DEFAULT_RESERVE_MIB << 20,
         }
     }
 }
@@ -202,6 +207,8 @@ pub struct MetaNode {
     repairs: Arc<Repairs>,
     /// What `/metrics` exports.
     metrics: Arc<MetaMetrics>,
+    /// The data dir's free-space reserve.
+    disk: DiskGuard,
 }
 
 /// A linearizable read waiting for a leadership check.
@@ -483,7 +490,9 @@ impl MetaNode {
             task_timeout: cfg.repair_task_timeout,
             silent_after: cfg.down_after + cfg.stats_every,
         }));
+        let disk = DiskGuard::new(&cfg.data_dir, cfg.disk_reserve);
         Ok(Arc::new(MetaNode {
+            disk,
             repairs,
             metrics,
             raft,
@@ -569,7 +578,10 @@ impl MetaNode {
     }
 
     /// Proposes `cmd` and waits until it is committed and applied.
+    /// Refused with [`ApiError::StorageFull`] while the data dir is below
+    /// its reserve.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, ApiError> {
+        self.disk.check().map_err(ApiError::StorageFull)?;
         propose(&self.raft, cmd).await
     }
 
@@ -578,6 +590,7 @@ impl MetaNode {
         if !self.is_leader() {
             return Err(ApiError::NotLeader(self.leader_addr()));
         }
+        self.disk.check().map_err(ApiError::StorageFull)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.batcher
             .send((cmd, bytes, tx))

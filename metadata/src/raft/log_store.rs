@@ -150,9 +150,9 @@ impl LogStore {
     /// checking the format version. Blocking: call it from a blocking
     /// context (as [`super::open_stores`] does).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = Database::builder()
-            .set_cache_size(LOG_CACHE_BYTES)
-            .create(dir.join(LOG_FILE))?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(LOG_CACHE_BYTES);
+        let db = super::open_checked(builder, &dir.join(LOG_FILE))?;
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {

@@ -22,7 +22,7 @@
 //! let net = raft::NetworkFactory::new(id, http_client, secret);
 //! let raft = raft::Raft::new(id, config, net, log, sm).await?;
 //! // HTTP server: after the secret check and a body limit,
-//! // `/raft/*` -> raft::handle_raft_rpc(&raft, path, body)
+//! // `/raft/*` -> raft::handle_raft_rpc(&raft, path, body, disk_full)
 //! ```
 //!
 //! Both stores run every redb operation on tokio's blocking pool
@@ -116,6 +116,49 @@ pub enum StoreError {
     /// A blocking task panicked or was cancelled.
     #[error("storage task failed: {0}")]
     Task(String),
+    /// A store file failed redb's integrity check on open (torn write,
+    /// bit rot, truncation): the node must not serve from it.
+    #[error(
+        "metadata store {} is corrupted ({why}); this node must not serve from it. \
+         Reseed it from the cluster: `cairn admin metadata reseed --id <this node's id> \
+         --data {}` (see ARCHITECTURE.md, \"Reseeding a metadata node\"), then start it again",
+        file.display(),
+        file.parent().map(|p| p.display().to_string()).unwrap_or_default()
+    )]
+    CorruptFile {
+        /// The redb file.
+        file: std::path::PathBuf,
+        /// redb's finding.
+        why: String,
+    },
+}
+
+/// Opens (or creates) the redb file at `path` with every page checksum
+/// verified first (`Builder::set_check_integrity_on_open`): a file altered
+/// outside redb is refused with [`StoreError::CorruptFile`] instead of
+/// being trusted. The check reads the whole file once per start.
+pub(crate) fn open_checked(
+    mut builder: redb::Builder,
+    path: &std::path::Path,
+) -> Result<redb::Database, StoreError> {
+    builder.set_check_integrity_on_open(true);
+    builder.create(path).map_err(|e| match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => {
+            StoreError::CorruptFile {
+                file: path.to_path_buf(),
+                why,
+            }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            StoreError::CorruptFile {
+                file: path.to_path_buf(),
+                why: format!("truncated: {io}"),
+            }
+        }
+        other => StoreError::Db(other.into()),
+    })
 }
 
 macro_rules! from_redb {

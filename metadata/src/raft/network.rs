@@ -18,7 +18,8 @@
 //!
 //! Error mapping on the client side:
 //! - connection refused / connect failure, or a peer that answers but
-//!   cannot serve Raft (401, 404, 5xx...): [`RPCError::Unreachable`], so
+//!   cannot serve Raft (401, 404, 5xx..., and 507 `StorageFull` from a
+//!   follower whose disk is below its reserve): [`RPCError::Unreachable`], so
 //!   openraft backs off before retrying that peer;
 //! - no reply within the RPC's hard TTL: [`RPCError::Timeout`];
 //! - 413 on append: [`RPCError::PayloadTooLarge`] with half the entries as
@@ -321,26 +322,60 @@ pub(crate) fn budget_hint(entries: usize, len: usize) -> u64 {
 /// [`VOTE_PATH`], [`SNAPSHOT_PATH`]), hands it to `raft`, and replies 200
 /// with the postcard `Result` of the call. A body of another wire version
 /// is 400 `RaftWireVersion`, an undecodable one 400 `BadRequest`, an
-/// unknown path 404. The caller has already checked the cluster secret and bounded
+/// unknown path 404. With `disk_full` (the node's data dir is below its
+/// reserve, see [`crate::disk`]) an append carrying entries and every
+/// snapshot chunk are refused with 507 `StorageFull` before Raft sees
+/// them: the sender maps that to `Unreachable` and retries after its
+/// backoff; empty appends (heartbeats) and votes are still served, and a
+/// refused append is served as a heartbeat first (its answer dropped). The caller has already checked the cluster secret and bounded
 /// the body (e.g. with [`net::read_body`] and [`MAX_JSON_BODY`]).
-pub async fn handle_raft_rpc(raft: &Raft, path: &str, body: Bytes) -> Response<net::Body> {
+pub async fn handle_raft_rpc(
+    raft: &Raft,
+    path: &str,
+    body: Bytes,
+    disk_full: Option<String>,
+) -> Response<net::Body> {
     // A peer of the previous version gets its reply in its version.
     let v = match body.first() {
         Some(&codec::WIRE_VERSION_V2) => codec::WIRE_VERSION_V2,
         _ => codec::WIRE_VERSION,
     };
+    let refuse = |m: String| {
+        net::error_response(
+            StatusCode::INSUFFICIENT_STORAGE,
+            crate::leader::STORAGE_FULL_CODE,
+            &m,
+        )
+    };
     match path {
         APPEND_PATH => match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
-            Ok(req) => wire_response(v, &raft.append_entries(req).await),
+            Ok(mut req) => match disk_full {
+                Some(m) if !req.entries.is_empty() => {
+                    // While entries wait, openraft sends no separate
+                    // heartbeat: serve this one as a heartbeat (same vote,
+                    // previous log id and commit index, no entries), so
+                    // this node keeps its leader and calls no elections.
+                    // Its answer is dropped: the leader sees only the 507
+                    // and never counts the entries as held here.
+                    req.entries.clear();
+                    let _ = raft.append_entries(req).await;
+                    refuse(m)
+                }
+                _ => wire_response(v, &raft.append_entries(req).await),
+            },
             Err(resp) => resp,
         },
         VOTE_PATH => match decode::<VoteRequest<NodeId>>(&body) {
             Ok(req) => wire_response(v, &raft.vote(req).await),
             Err(resp) => resp,
         },
-        SNAPSHOT_PATH => match decode::<InstallSnapshotRequest<TypeConfig>>(&body) {
-            Ok(req) => wire_response(v, &raft.install_snapshot(req).await),
-            Err(resp) => resp,
+        SNAPSHOT_PATH => match (
+            disk_full,
+            decode::<InstallSnapshotRequest<TypeConfig>>(&body),
+        ) {
+            (Some(m), Ok(_)) => refuse(m),
+            (None, Ok(req)) => wire_response(v, &raft.install_snapshot(req).await),
+            (_, Err(resp)) => resp,
         },
         other => net::error_response(
             StatusCode::NOT_FOUND,

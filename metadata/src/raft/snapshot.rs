@@ -471,6 +471,22 @@ pub(crate) fn stage_stream<R: Read, W: Write>(
     Ok(meta)
 }
 
+/// Fuzzing entry point (`fuzz/fuzz_targets/snapshot_stream.rs`): loads
+/// `bytes` as a snapshot stream received from a peer into the staging
+/// tables of an in-memory database, re-encoding it as [`stage_stream`]
+/// does for an install; returns the re-encoded stream, or the error as
+/// text. Not part of the API.
+#[doc(hidden)]
+pub fn fuzz_stage(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let db = Database::builder()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    stage_stream(&db, bytes, bytes.len() as u64, None, Some(&mut out))
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
 /// Drops every staging table inside `txn` (leftovers of a failed or
 /// interrupted load).
 pub(crate) fn clear_staging_in(txn: &WriteTransaction) -> Result<(), StoreError> {

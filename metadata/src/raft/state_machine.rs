@@ -209,9 +209,9 @@ impl StateMachineStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
         snapshot::remove_temp_files(dir)?;
-        let db = Database::builder()
-            .set_cache_size(SM_CACHE_BYTES)
-            .create(dir.join(SM_FILE))?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(SM_CACHE_BYTES);
+        let db = super::open_checked(builder, &dir.join(SM_FILE))?;
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {

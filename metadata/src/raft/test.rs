@@ -459,7 +459,7 @@ async fn serve_raft(raft: Raft, req: Request<Incoming>) -> Response<net::Body> {
     }
     let path = req.uri().path().to_string();
     match net::read_body(req.into_body(), net::MAX_JSON_BODY).await {
-        Ok(body) => handle_raft_rpc(&raft, &path, body).await,
+        Ok(body) => handle_raft_rpc(&raft, &path, body, None).await,
         Err(e) => net::error_response(StatusCode::PAYLOAD_TOO_LARGE, "TooLarge", &e.to_string()),
     }
 }
@@ -590,7 +590,7 @@ async fn three_node_cluster_replicates_and_ships_snapshots() {
     // Server side: malformed and unknown RPCs.
     // An older build's JSON: refused with both versions named.
     let json = serde_json::to_vec(&vote_req()).unwrap();
-    let r = handle_raft_rpc(&n1.raft, network::VOTE_PATH, Bytes::from(json)).await;
+    let r = handle_raft_rpc(&n1.raft, network::VOTE_PATH, Bytes::from(json), None).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body = http_body_util::BodyExt::collect(r.into_body())
         .await
@@ -605,9 +605,9 @@ async fn three_node_cluster_replicates_and_ships_snapshots() {
     );
     let mut garbage = vec![codec::WIRE_VERSION];
     garbage.extend_from_slice(b"\xff\xff\xff");
-    let r = handle_raft_rpc(&n1.raft, network::APPEND_PATH, Bytes::from(garbage)).await;
+    let r = handle_raft_rpc(&n1.raft, network::APPEND_PATH, Bytes::from(garbage), None).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = handle_raft_rpc(&n1.raft, "/raft/nope", Bytes::new()).await;
+    let r = handle_raft_rpc(&n1.raft, "/raft/nope", Bytes::new(), None).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // A wrong secret is refused by the peer: unreachable, not a Raft error.
@@ -1289,4 +1289,26 @@ async fn legacy_snapshot_file_upgrades_on_open() {
     let rx = received(&mut d, &data).await;
     d.install_snapshot(&meta, rx).await.unwrap();
     assert_eq!(dump_model(&d), dump_model(&a));
+}
+
+/// A real snapshot stream passes the fuzz target's entry point, and its
+/// re-encoding is a fixed point. With `CAIRN_FUZZ_SEED_DIR` set the stream
+/// is written there (how `fuzz/seeds/snapshot_stream` was made).
+#[tokio::test]
+async fn fuzz_stage_accepts_a_real_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = populated_sm(&dir).await;
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let data = snapshot_bytes(snap).await;
+    let out = snapshot::fuzz_stage(&data).unwrap();
+    assert_eq!(snapshot::fuzz_stage(&out).unwrap(), out);
+    assert!(snapshot::fuzz_stage(&data[..data.len() - 1]).is_err());
+    if let Some(d) = std::env::var_os("CAIRN_FUZZ_SEED_DIR") {
+        std::fs::write(std::path::Path::new(&d).join("populated.snap"), &data).unwrap();
+    }
 }

@@ -111,4 +111,21 @@ pub struct RaftStatus {
     pub voters: BTreeMap<NodeId, String>,
     /// Learners, with addresses.
     pub learners: BTreeMap<NodeId, String>,
+    /// This node's data dir space (absent from older nodes, or when
+    /// statvfs failed).
+    #[serde(default)]
+    pub disk: Option<DiskStatus>,
+}
+
+/// A metadata node's data dir space against its reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    /// Bytes available.
+    pub free: u64,
+    /// Size of the file system.
+    pub capacity: u64,
+    /// The reserve: below it writes are refused.
+    pub reserve: u64,
+    /// `free < reserve`: the node refuses writes (507 `StorageFull`).
+    pub full: bool,
 }
