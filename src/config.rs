@@ -67,6 +67,29 @@ impl ConnArgs {
         self.config.clone().unwrap_or_else(default_config_path)
     }
 
+    /// The credential (cluster secret or role token): flags and
+    /// environment, then the config file.
+    pub fn credential(&self) -> anyhow::Result<String> {
+        let file = load(&self.config_path()).ok();
+        self.credential_with(file.as_ref())
+    }
+
+    fn credential_with(&self, file: Option<&FileConfig>) -> anyhow::Result<String> {
+        let given =
+            crate::cmd::secret::resolve_secret(self.secret.as_ref(), self.secret_file.as_deref())?;
+        Ok(match (given, file) {
+            (Some(s), _) => s,
+            (None, Some(f)) => crate::cmd::secret::checked(
+                f.secret.clone(),
+                &self.config_path().display().to_string(),
+            )?,
+            _ => anyhow::bail!(
+                "no cluster secret: pass --secret-file PATH (or set CAIRN_SECRET_FILE), \
+                 or set CAIRN_SECRET"
+            ),
+        })
+    }
+
     /// Resolves metadata addresses and secret.
     pub fn resolve(&self) -> anyhow::Result<(Vec<String>, String)> {
         let file = load(&self.config_path()).ok();
@@ -79,16 +102,7 @@ impl ConnArgs {
                 self.config_path().display()
             ),
         };
-        let given =
-            crate::cmd::secret::resolve_secret(self.secret.as_ref(), self.secret_file.as_deref())?;
-        let secret = match (given, &file) {
-            (Some(s), _) => s,
-            (None, Some(f)) => f.secret.clone(),
-            _ => anyhow::bail!(
-                "no cluster secret: pass --secret-file PATH (or set CAIRN_SECRET_FILE), \
-                 or set CAIRN_SECRET"
-            ),
-        };
+        let secret = self.credential_with(file.as_ref())?;
         Ok((metadata, secret))
     }
 }

@@ -50,12 +50,14 @@ fn result_label<T>(r: &Result<T>) -> &'static str {
 }
 
 impl ShardClient {
-    /// A client sending `secret` on every request, with a 30 s timeout per
-    /// call and the default maximum shard size.
-    pub fn new(http: HttpClient, secret: impl Into<String>) -> Self {
+    /// A client sending the data-plane key of `credential` (the cluster
+    /// secret or a role token, see [`cairn_metadata::auth::data_key`]) on
+    /// every request, with a 30 s timeout per call and the default maximum
+    /// shard size.
+    pub fn new(http: HttpClient, credential: impl Into<String>) -> Self {
         ShardClient {
             http,
-            secret: Arc::from(secret.into()),
+            secret: Arc::from(cairn_metadata::auth::data_key(&credential.into())),
             timeout: Duration::from_secs(30),
             max_shard_size: DEFAULT_MAX_SHARD_SIZE,
             metrics: None,

@@ -38,8 +38,9 @@ use cairn_metadata::worker::WorkerRunner;
 /// Granularity of the read memory budget.
 const BUDGET_UNIT: u64 = 1 << 20;
 
-/// Everything a chunkserver needs to start.
-#[derive(Debug, Clone)]
+/// Everything a chunkserver needs to start. Its `Debug` leaves the secret
+/// out.
+#[derive(Clone)]
 pub struct ChunkserverConfig {
     /// The shard store's data directories and limits.
     pub store: StoreConfig,
@@ -59,6 +60,21 @@ pub struct ChunkserverConfig {
     pub server: ServerOptions,
     /// The scrubber's pass period and throttle.
     pub scrub: ScrubConfig,
+}
+
+impl std::fmt::Debug for ChunkserverConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkserverConfig")
+            .field("store", &self.store)
+            .field("zone", &self.zone)
+            .field("secret", &"<redacted>")
+            .field("request_timeout", &self.request_timeout)
+            .field("max_inflight_requests", &self.max_inflight_requests)
+            .field("read_budget", &self.read_budget)
+            .field("server", &self.server)
+            .field("scrub", &self.scrub)
+            .finish()
+    }
 }
 
 impl ChunkserverConfig {
@@ -128,7 +144,9 @@ impl Chunkserver {
         Ok(Arc::new(Chunkserver {
             store,
             zone: cfg.zone,
-            secret: cfg.secret,
+            // Callers present the data-plane key, never a credential that
+            // would open the metadata API (see cairn_metadata::auth).
+            secret: cairn_metadata::auth::data_key(&cfg.secret),
             request_timeout: cfg.request_timeout,
             inflight: Arc::new(Semaphore::new(cfg.max_inflight_requests.max(1))),
             read_budget: Arc::new(Semaphore::new(units as usize)),
@@ -673,7 +691,7 @@ mod tests {
         Request::builder()
             .method(method)
             .uri(uri)
-            .header(SECRET_HEADER, "s3cret")
+            .header(SECRET_HEADER, cairn_metadata::auth::data_key("s3cret"))
     }
 
     fn empty(method: Method, uri: &str) -> Request<Full<Bytes>> {

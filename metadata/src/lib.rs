@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`absent`]: the leader's named-but-absent check (shards the state
 //!   places on a chunkserver that it no longer holds).
+//! - [`auth`]: cluster secret, role tokens and the authorization matrix of
+//!   the internal APIs.
 //! - [`client`]: `MetaClient`, leader-following client of the metadata API.
 //! - [`dashboard`]: the operator dashboard's static page on `/dashboard`.
 //! - [`disk`]: the free-space reserve of a node's data dir (writes are
@@ -29,6 +31,7 @@
 //!   snapshot format and the HTTP transport.
 //! - [`worker`]: the background-worker runtime every role uses.
 pub mod absent;
+pub mod auth;
 pub mod client;
 pub mod dashboard;
 pub mod disk;

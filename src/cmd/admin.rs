@@ -30,6 +30,9 @@ pub enum AdminCmd {
     /// S3 access keys.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Role tokens (least privilege between roles).
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Chunkserver scrubbing: start a pass, pause, resume, or show
     /// progress; every chunkserver unless `--chunkserver`.
     Scrub(ScrubArgs),
@@ -231,6 +234,55 @@ async fn status_cmd(
     Ok(())
 }
 
+/// `cairn admin token ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Issue a role token from the cluster secret: what a gateway,
+    /// chunkserver or operator runs with instead of the secret (it opens
+    /// only what its role needs; see ARCHITECTURE.md, "Threat model").
+    Issue {
+        /// admin, gateway or chunkserver.
+        #[arg(long)]
+        role: cairn_metadata::auth::Role,
+        /// Who holds it (shown in logs and refusals): A-Z a-z 0-9 _ -.
+        #[arg(long)]
+        name: String,
+        /// Write it to this file (created with mode 0600) instead of
+        /// printing it.
+        #[arg(long, value_name = "PATH")]
+        out: Option<std::path::PathBuf>,
+    },
+}
+
+fn issue_token_cmd(
+    secret: &str,
+    role: &cairn_metadata::auth::Role,
+    name: &str,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use cairn_metadata::auth::{self, Role};
+    anyhow::ensure!(
+        *role != Role::Metadata,
+        "metadata nodes run with the cluster secret itself, not a token"
+    );
+    anyhow::ensure!(
+        !auth::is_token(secret),
+        "issuing a token needs the cluster secret, not a role token"
+    );
+    let token = auth::issue_token(secret, *role, name)?;
+    match out {
+        Some(p) => {
+            super::secret::write_private_file(p, token.as_bytes())?;
+            outln!(
+                "{role} token for {name} written to {} (mode 0600)",
+                p.display()
+            );
+        }
+        None => outln!("{token}"),
+    }
+    Ok(())
+}
+
 /// `cairn admin key ...`
 #[derive(clap::Subcommand, Debug)]
 pub enum KeyCmd {
@@ -415,6 +467,9 @@ struct NodeView {
 
 /// Runs an admin command.
 pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<()> {
+    if let AdminCmd::Token(TokenCmd::Issue { role, name, out }) = &cmd {
+        return issue_token_cmd(&conn.credential()?, role, name, out.as_deref());
+    }
     let (addrs, secret) = conn.resolve()?;
     let meta = MetaClient::new(addrs.clone(), secret.clone(), MetaClientOptions::default());
     match cmd {
@@ -438,6 +493,9 @@ pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<(
             super::reseed::run(&meta, &addrs, &secret, id, data.as_deref()).await
         }
         AdminCmd::Key(c) => key_cmd(&meta, c, json).await,
+        AdminCmd::Token(TokenCmd::Issue { role, name, out }) => {
+            issue_token_cmd(&secret, &role, &name, out.as_deref())
+        }
         AdminCmd::Scrub(a) => scrub_cmd(&meta, &secret, a, json).await,
         AdminCmd::Workers => workers_cmd(&meta, &addrs, &secret, json).await,
         AdminCmd::AuditPlacement => audit_cmd(&meta, json).await,
@@ -586,11 +644,13 @@ async fn scrub_cmd(
         tranquility: a.tranquility,
     };
     let http = HttpClient::default();
+    // Chunkservers take the data-plane key, never the credential itself.
+    let key = cairn_metadata::auth::data_key(secret);
     let calls = targets.iter().map(|c| {
         let url = format!("http://{}/v1/admin/scrub", c.addr);
-        let (http, ctl) = (&http, &ctl);
+        let (http, ctl, key) = (&http, &ctl, &key);
         async move {
-            http.post_json::<_, ScrubProgress>(&url, secret, ctl, ADMIN_CALL_TIMEOUT)
+            http.post_json::<_, ScrubProgress>(&url, key, ctl, ADMIN_CALL_TIMEOUT)
                 .await
         }
     });
@@ -675,11 +735,19 @@ async fn workers_cmd(
             .map(|c| ("chunkserver", Some(c.id), c.addr)),
     );
     let http = HttpClient::default();
-    let calls = targets.iter().map(|(_, _, addr)| {
+    let key = cairn_metadata::auth::data_key(secret);
+    let calls = targets.iter().map(|(role, _, addr)| {
         let url = format!("http://{addr}/v1/admin/workers");
         let http = &http;
+        // Metadata nodes verify the credential; chunkservers take the
+        // data-plane key.
+        let cred = if *role == "chunkserver" {
+            key.as_str()
+        } else {
+            secret
+        };
         async move {
-            http.post_json::<_, Vec<WorkerInfo>>(&url, secret, &(), ADMIN_CALL_TIMEOUT)
+            http.post_json::<_, Vec<WorkerInfo>>(&url, cred, &(), ADMIN_CALL_TIMEOUT)
                 .await
         }
     });

@@ -77,7 +77,9 @@ pub struct Args {
 
 /// Runs a chunkserver until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let secret = args.secret.require()?;
+    let secret = args
+        .secret
+        .require_for(cairn_metadata::auth::Role::Chunkserver)?;
     let mut store = StoreConfig::new(args.data);
     store.reserve = args.reserve;
     store.max_shard_size = args.max_shard_size;

@@ -78,6 +78,41 @@ fn load_or_make_secret(data: &Path) -> anyhow::Result<(String, PathBuf)> {
     Ok((s, p))
 }
 
+/// Where `cairn dev` keeps its role tokens: `<data>/tokens`, mode 0700.
+pub const TOKEN_DIR: &str = "tokens";
+
+/// The token file of `role` under `<data>/tokens` (`gateway.token`, ...),
+/// mode 0600: kept when it still verifies against `secret`, else issued
+/// again. Each child runs with its own role's token, so a chunkserver's
+/// credential cannot create keys and a gateway's cannot change membership.
+fn load_or_make_token(
+    data: &Path,
+    secret: &str,
+    role: cairn_metadata::auth::Role,
+) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::path::absolute(data.join(TOKEN_DIR))
+        .with_context(|| format!("bad data directory {}", data.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let p = dir.join(format!("{role}.token"));
+    if p.exists() {
+        fix_mode(&p)?;
+        if let Ok(t) = secret::read_secret_file(&p) {
+            let auth = cairn_metadata::auth::Authority::new(secret);
+            if auth.verify(t.as_bytes()).is_some_and(|c| c.role == role) {
+                return Ok(p);
+            }
+        }
+    }
+    let t = cairn_metadata::auth::issue_token(secret, role, "dev")?;
+    secret::write_private_file(&p, t.as_bytes())?;
+    Ok(p)
+}
+
 /// The dev S3 key, created on first run and kept in `<data>/dev-s3-key.json`
 /// (mode 0600 from creation) so endpoints and credentials survive restarts.
 fn load_or_make_s3_key(data: &Path) -> anyhow::Result<AccessKey> {
@@ -180,6 +215,10 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs)?;
     let (secret, secret_file) = load_or_make_secret(&data)?;
+    use cairn_metadata::auth::Role as R;
+    let cs_token = load_or_make_token(&data, &secret, R::Chunkserver)?;
+    let gw_token = load_or_make_token(&data, &secret, R::Gateway)?;
+    let admin_token = load_or_make_token(&data, &secret, R::Admin)?;
     let port = |off: u16| -> anyhow::Result<u16> {
         a.base_port.checked_add(off).context("--base-port too high")
     };
@@ -238,7 +277,7 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
             &format!("cs{j}"),
             &args,
             &logs,
-            &secret_file,
+            &cs_token,
             json_logs,
         )?);
         cs_addrs.push(addr);
@@ -255,7 +294,7 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
             meta_addrs.join(","),
         ],
         &logs,
-        &secret_file,
+        &gw_token,
         json_logs,
     )?);
     let s3_endpoint = format!("http://{s3_addr}");
@@ -265,7 +304,9 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
         &cfg_path,
         &FileConfig {
             metadata: meta_addrs.clone(),
-            secret: secret.clone(),
+            // The CLI runs as an operator: the admin token, not the
+            // cluster secret.
+            secret: secret::read_secret_file(&admin_token)?,
             s3_endpoint: Some(s3_endpoint.clone()),
         },
     )?;
@@ -329,7 +370,15 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
         a.zones.min(a.chunkservers),
         cs_addrs.join(",")
     );
-    outln!("  secret:       {secret}");
+    outln!(
+        "  secret file:  {}  (the cluster secret; roles run with their tokens in {})",
+        secret_file.display(),
+        data.join(TOKEN_DIR).display()
+    );
+    outln!(
+        "  admin token:  {}  (the CLI's, and the dashboard login)",
+        admin_token.display()
+    );
     outln!("  S3 endpoint:  {s3_endpoint}");
     outln!("  S3 key id:    {}", s3_key.id);
     outln!("  S3 secret:    {}", s3_key.secret);

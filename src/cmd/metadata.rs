@@ -120,7 +120,9 @@ pub fn parse_peers(
 /// Runs a metadata node until Ctrl-C / SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.id >= 1, "--id must be at least 1");
-    let secret = args.secret.require()?;
+    let secret = args
+        .secret
+        .require_for(cairn_metadata::auth::Role::Metadata)?;
     // A reseed (`cairn admin metadata reseed`) left a marker: start from
     // empty stores and ask the cluster to take this node back.
     let rejoin = crate::cmd::reseed::read_marker(&args.data)?;

@@ -76,7 +76,15 @@ impl SecretArgs {
         resolve_secret(self.secret.as_ref(), self.secret_file.as_deref())
     }
 
-    /// The secret; none given is an error.
+    /// The credential a `role` process runs with, checked by
+    /// [`check_role_credential`].
+    pub fn require_for(&self, role: cairn_metadata::auth::Role) -> anyhow::Result<String> {
+        let cred = self.require()?;
+        check_role_credential(&cred, role)?;
+        Ok(cred)
+    }
+
+    /// The secret (or role token); none given is an error.
     pub fn require(&self) -> anyhow::Result<String> {
         match self.resolve()? {
             Some(s) => Ok(s),
@@ -102,9 +110,45 @@ pub fn resolve_secret(
         (Some(s), None) if s.expose().is_empty() => {
             bail!("the cluster secret (--secret or CAIRN_SECRET) is empty")
         }
-        (Some(s), None) => Ok(Some(s.expose().to_string())),
-        (None, Some(f)) => read_secret_file(f).map(Some),
+        (Some(s), None) => checked(s.expose().to_string(), "--secret (or CAIRN_SECRET)").map(Some),
+        (None, Some(f)) => checked(read_secret_file(f)?, &f.display().to_string()).map(Some),
         (None, None) => Ok(None),
+    }
+}
+
+/// Refuses a credential that is neither a cluster secret of at least
+/// [`cairn_metadata::auth::MIN_SECRET_LEN`] bytes nor a well-formed role
+/// token, naming where it came from.
+pub fn checked(cred: String, from: &str) -> anyhow::Result<String> {
+    match cairn_metadata::auth::check_credential(&cred) {
+        Ok(()) => Ok(cred),
+        Err(e) => bail!("{from}: {e}"),
+    }
+}
+
+/// What a role process checks about the credential it was started with:
+/// a metadata node needs the cluster secret (it verifies tokens with it);
+/// any other role takes its own role's token, and warns when given the
+/// cluster secret, which opens every API.
+pub fn check_role_credential(cred: &str, role: cairn_metadata::auth::Role) -> anyhow::Result<()> {
+    use cairn_metadata::auth::{self, Role};
+    let claimed = auth::claimed_role(cred);
+    match (role, claimed) {
+        (Role::Metadata, Role::Metadata) => Ok(()),
+        (Role::Metadata, other) => bail!(
+            "a metadata node needs the cluster secret, not a {other} token: it verifies \
+             every role's token with it"
+        ),
+        (_, Role::Metadata) => {
+            tracing::warn!(
+                role = %role,
+                "started with the cluster secret, which opens every API; give this process \
+                 its own token (`cairn admin token issue --role {role} --name NAME`)"
+            );
+            Ok(())
+        }
+        (want, got) if want == got => Ok(()),
+        (want, got) => bail!("a {want} needs a {want} token, not a {got} token"),
     }
 }
 
@@ -285,12 +329,25 @@ mod tests {
         let missing = dir.path().join("missing");
         assert!(read_secret_file(&missing).is_err());
         // Both sources at once, or an empty flag, are refused.
-        std::fs::write(&p, "x")?;
-        let s = Secret("y".into());
+        std::fs::write(&p, "x-secret-of-16-bytes")?;
+        let s = Secret("y-secret-of-16-bytes".into());
         assert!(resolve_secret(Some(&s), Some(&p)).is_err());
         assert!(resolve_secret(Some(&Secret(String::new())), None).is_err());
-        assert_eq!(resolve_secret(None, Some(&p))?.as_deref(), Some("x"));
-        assert_eq!(resolve_secret(Some(&s), None)?.as_deref(), Some("y"));
+        assert_eq!(
+            resolve_secret(None, Some(&p))?.as_deref(),
+            Some("x-secret-of-16-bytes")
+        );
+        assert_eq!(
+            resolve_secret(Some(&s), None)?.as_deref(),
+            Some("y-secret-of-16-bytes")
+        );
+        // Short secrets are refused wherever they come from.
+        let e = resolve_secret(Some(&Secret("short".into())), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 16 bytes"), "{e}");
+        std::fs::write(&p, "x")?;
+        assert!(resolve_secret(None, Some(&p)).is_err());
         Ok(())
     }
 

@@ -235,7 +235,9 @@ pub fn limit_malloc_arenas() {
 
 /// Runs a gateway until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let secret = args.secret.require()?;
+    let secret = args
+        .secret
+        .require_for(cairn_metadata::auth::Role::Gateway)?;
     let metrics = Arc::new(ops::GatewayMetrics::new());
     let probe = ops::ReadyProbe::new(args.metadata.clone(), secret.clone());
     let mut cfg = ClientConfig::new(args.metadata.clone(), secret);

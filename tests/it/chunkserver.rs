@@ -182,7 +182,7 @@ async fn round_trips_secret_and_malformed_requests() {
         let r = http(
             Method::GET,
             &format!("{base}/v1/shards/{bad_id}"),
-            Some(SECRET),
+            Some(crate::common::cs_key()),
             &[],
             Bytes::new(),
         )
@@ -246,7 +246,7 @@ async fn round_trips_secret_and_malformed_requests() {
         let r = http(
             Method::PUT,
             &put_url,
-            Some(SECRET),
+            Some(crate::common::cs_key()),
             &headers,
             payload.clone(),
         )
@@ -261,7 +261,7 @@ async fn round_trips_secret_and_malformed_requests() {
     let r = http(
         Method::GET,
         &shard_url,
-        Some(SECRET),
+        Some(crate::common::cs_key()),
         &[("range", "bytes=999999999-".to_string())],
         Bytes::new(),
     )
@@ -271,7 +271,7 @@ async fn round_trips_secret_and_malformed_requests() {
     let r = http(
         Method::GET,
         &format!("{base}/v1/nope"),
-        Some(SECRET),
+        Some(crate::common::cs_key()),
         &[],
         Bytes::new(),
     )
@@ -281,7 +281,7 @@ async fn round_trips_secret_and_malformed_requests() {
     let r = http(
         Method::GET,
         &format!("{base}/v1/shards?limit=abc"),
-        Some(SECRET),
+        Some(crate::common::cs_key()),
         &[],
         Bytes::new(),
     )
@@ -293,7 +293,12 @@ async fn round_trips_secret_and_malformed_requests() {
     // body; chunked (no length) -> 411; a body shorter than declared never
     // gets a 2xx and leaves nothing behind.
     let head = |len: Option<u64>, extra: &str| {
-        let mut s = format!("PUT /v1/shards/{} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{SECRET_H}: {SECRET}\r\n", meta.id, SECRET_H = "x-cairn-secret");
+        let mut s = format!(
+            "PUT /v1/shards/{} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{SECRET_H}: {}\r\n",
+            meta.id,
+            crate::common::cs_key(),
+            SECRET_H = "x-cairn-secret"
+        );
         for (k, v) in put_headers(&meta, &[]) {
             s.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -360,9 +365,15 @@ async fn flipped_byte_is_detected_and_quarantined() {
     std::fs::write(&file, &bytes).unwrap();
 
     let url = format!("http://{addr}/v1/shards/{}", meta.id);
-    let r = http(Method::GET, &url, Some(SECRET), &[], Bytes::new())
-        .await
-        .unwrap();
+    let r = http(
+        Method::GET,
+        &url,
+        Some(crate::common::cs_key()),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(r.error_code().as_deref(), Some("CorruptShard"));
     let body = String::from_utf8_lossy(&r.body);
@@ -497,7 +508,7 @@ async fn reserve_refuses_writes_and_sigterm_stops_cleanly() {
     let r = http(
         Method::PUT,
         &format!("http://{addr}/v1/shards/{}", meta.id),
-        Some(SECRET),
+        Some(crate::common::cs_key()),
         &put_headers(&meta, &[]),
         payload,
     )

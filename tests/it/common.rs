@@ -18,7 +18,15 @@ use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 
 /// The cluster secret every test process is started with.
-pub const SECRET: &str = "it-secret";
+pub const SECRET: &str = "it-secret-0123456789abcdef";
+
+/// What a test presents to a chunkserver's API: the data-plane key derived
+/// from [`SECRET`] (chunkservers never see a credential that opens the
+/// metadata API).
+pub fn cs_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| cairn_metadata::auth::data_key(SECRET))
+}
 
 /// How long a process may take to bind and write its address file.
 const START_TIMEOUT: Duration = Duration::from_secs(15);

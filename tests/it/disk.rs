@@ -233,7 +233,14 @@ async fn named_but_absent(
                 .map(|i| i.addr.clone())
                 .context("placed on an unknown chunkserver")?;
             let url = format!("http://{addr}/v1/shards/{}", loc.shard);
-            let r = http(Method::HEAD, &url, Some(SECRET), &[], Bytes::new()).await?;
+            let r = http(
+                Method::HEAD,
+                &url,
+                Some(crate::common::cs_key()),
+                &[],
+                Bytes::new(),
+            )
+            .await?;
             if r.status.as_u16() != 200 {
                 missing += 1;
             }

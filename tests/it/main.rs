@@ -26,6 +26,7 @@ mod partition;
 mod partition_cs;
 mod placement;
 mod repair;
+mod roles;
 mod s3;
 mod scrub_gc;
 mod snapshot;

@@ -641,7 +641,7 @@ async fn secret_files_must_be_private() -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("secret");
-    std::fs::write(&file, "file-secret\n")?;
+    std::fs::write(&file, "file-secret-0123456789\n")?;
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
     let data = dir.path().join("data");
     let role = |extra: &[&str]| {
@@ -672,7 +672,7 @@ async fn secret_files_must_be_private() -> anyhow::Result<()> {
             stderr.contains(&file.display().to_string()) && stderr.contains("chmod 600"),
             "{stderr}"
         );
-        assert!(!stderr.contains("file-secret"), "{stderr}");
+        assert!(!stderr.contains("file-secret-0123456789"), "{stderr}");
     }
     // Both a secret and a file: refused, not silently resolved.
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
@@ -701,8 +701,13 @@ async fn secret_files_must_be_private() -> anyhow::Result<()> {
         &[],
     )?;
     let url = format!("http://{}/v1/admin/workers", cs.addr_str());
+    // Chunkservers take the data-plane key derived from the secret, never
+    // the secret itself (which would open the metadata API to whoever
+    // reads a chunkserver's traffic).
+    let data_key = cairn_metadata::auth::data_key("file-secret-0123456789");
     for (secret, want) in [
-        ("file-secret", StatusCode::OK),
+        (data_key.as_str(), StatusCode::OK),
+        ("file-secret-0123456789", StatusCode::UNAUTHORIZED),
         (SECRET, StatusCode::UNAUTHORIZED),
     ] {
         let r = http(Method::POST, &url, Some(secret), &[], Bytes::new()).await?;

@@ -10,6 +10,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
 
 use super::{AddNodeRequest, InitRequest, MetaNode, RemoveNodeRequest};
+use crate::auth::{self, Endpoint};
 use crate::leader::ApiError;
 use crate::metrics::{self as ops, OpsEndpoint};
 use crate::net::{self, Body};
@@ -209,9 +210,15 @@ impl MetaNode {
     }
 
     async fn handle_api(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        if !net::has_secret(req.headers(), &self.cfg.secret) {
-            return net::unauthorized();
-        }
+        let caller = match req
+            .headers()
+            .get(net::SECRET_HEADER)
+            .and_then(|v| self.authority.verify(v.as_bytes()))
+        {
+            Some(c) => c,
+            None => return net::unauthorized(),
+        };
+        let role = caller.role;
         if req.method() != Method::POST {
             return net::error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -220,6 +227,17 @@ impl MetaNode {
             );
         }
         let path = req.uri().path().to_string();
+        let endpoint = match path.as_str() {
+            p if p.starts_with(raft::network::RAFT_PATH_PREFIX) => Endpoint::Raft,
+            "/v1/write" => Endpoint::Write,
+            "/v1/read" => Endpoint::Read,
+            "/v1/heartbeat" | "/v1/inventory" => Endpoint::Chunkserver,
+            "/v1/status" => Endpoint::Status,
+            _ => Endpoint::Admin,
+        };
+        if !auth::allowed_endpoint(role, endpoint) {
+            return forbidden(&caller, &path);
+        }
         let stale = req
             .uri()
             .query()
@@ -256,10 +274,19 @@ impl MetaNode {
             Ok(match path.as_str() {
                 "/v1/write" => {
                     let cmd: Command = parse(&body)?;
+                    if !auth::allowed_command(role, &cmd) {
+                        return Ok(forbidden(
+                            &caller,
+                            &format!("{path} {}", auth::kind_of(&cmd)),
+                        ));
+                    }
                     net::json_response(StatusCode::OK, &self.client_write(cmd, body.len()).await?)
                 }
                 "/v1/read" => {
                     let q: Query = parse(&body)?;
+                    if !auth::allowed_query(role, &q) {
+                        return Ok(forbidden(&caller, &format!("{path} {}", auth::kind_of(&q))));
+                    }
                     net::json_response(StatusCode::OK, &self.query(q, stale).await?)
                 }
                 "/v1/heartbeat" => {
@@ -303,6 +330,17 @@ impl MetaNode {
         .await;
         res.unwrap_or_else(ApiError::into_response)
     }
+}
+
+/// 403 for a verified caller whose role may not do `what`; logged (the
+/// token's name, never the token) so an operator sees a misused credential.
+fn forbidden(caller: &auth::Caller, what: &str) -> Response<Body> {
+    tracing::warn!(role = %caller.role, name = %caller.name, what, "refused: not allowed for this role");
+    net::error_response(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        &format!("a {} credential may not do {what}", caller.role),
+    )
 }
 
 pub(super) fn map_write_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ApiError {

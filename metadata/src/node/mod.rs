@@ -10,7 +10,10 @@
 //! - `heartbeat`: heartbeats, inventories, the cluster status;
 //! - `workers`: the failure detector and the write-intent reaper.
 //!
-//! # HTTP API (all `POST`, JSON, cluster secret required)
+//! # HTTP API (all `POST`, JSON, a credential required)
+//! Every call carries the cluster secret or a role token
+//! ([`crate::auth`]); each endpoint, command and query is authorized by the
+//! caller's verified role (403 `Forbidden` otherwise, nothing changed).
 //! - `/v1/write`: a [`Command`] through Raft -> [`CommandResult`]
 //! - `/v1/read[?stale=1]`: a [`Query`] -> [`QueryResult`], linearizable
 //!   unless `stale=1`
@@ -66,8 +69,8 @@ mod workers;
 pub(crate) use crate::leader::now_ms;
 pub use crate::leader::ApiError;
 
-/// Settings of a metadata node.
-#[derive(Debug, Clone)]
+/// Settings of a metadata node. Its `Debug` leaves the secret out.
+#[derive(Clone)]
 pub struct MetaConfig {
     /// This node's Raft id (>= 1).
     pub id: NodeId,
@@ -123,6 +126,31 @@ pub const DEFAULT_SNAPSHOT_LOG_RATIO: f64 = 0.25;
 
 /// Default [`MetaConfig::gc_delay`]: 10 minutes, as Garage.
 pub const DEFAULT_GC_DELAY: Duration = Duration::from_secs(600);
+
+impl std::fmt::Debug for MetaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaConfig")
+            .field("id", &self.id)
+            .field("data_dir", &self.data_dir)
+            .field("advertise", &self.advertise)
+            .field("secret", &"<redacted>")
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("election_timeout_min", &self.election_timeout_min)
+            .field("election_timeout_max", &self.election_timeout_max)
+            .field("snapshot_every", &self.snapshot_every)
+            .field("snapshot_log_ratio", &self.snapshot_log_ratio)
+            .field("keep_logs", &self.keep_logs)
+            .field("suspect_after", &self.suspect_after)
+            .field("down_after", &self.down_after)
+            .field("stats_every", &self.stats_every)
+            .field("orphans", &self.orphans)
+            .field("repair_per_chunkserver", &self.repair_per_chunkserver)
+            .field("repair_task_timeout", &self.repair_task_timeout)
+            .field("gc_delay", &self.gc_delay)
+            .field("disk_reserve", &self.disk_reserve)
+            .finish()
+    }
+}
 
 impl MetaConfig {
     /// Defaults suited to a LAN.
@@ -209,6 +237,8 @@ pub struct MetaNode {
     metrics: Arc<MetaMetrics>,
     /// The data dir's free-space reserve.
     disk: DiskGuard,
+    /// Verifies callers' credentials (the cluster secret or role tokens).
+    authority: crate::auth::Authority,
 }
 
 /// A linearizable read waiting for a leadership check.
@@ -492,6 +522,7 @@ impl MetaNode {
         }));
         let disk = DiskGuard::new(&cfg.data_dir, cfg.disk_reserve);
         Ok(Arc::new(MetaNode {
+            authority: crate::auth::Authority::new(&cfg.secret),
             disk,
             repairs,
             metrics,

@@ -350,7 +350,10 @@ impl Command {
         match self {
             Command::Once { inner, .. } => inner.role(),
             Command::Batch { .. } | Command::At { .. } => CommandRole::Internal,
-            Command::RegisterIntent { .. } | Command::WithIntent { .. } => CommandRole::User,
+            Command::RegisterIntent { .. } => CommandRole::User,
+            // The wrapped command decides: an intent does not launder an
+            // admin command into a user's.
+            Command::WithIntent { inner, .. } => inner.role(),
             Command::ExpireIntents { .. } => CommandRole::Internal,
             Command::CreateBucket { .. }
             | Command::DeleteBucket { .. }

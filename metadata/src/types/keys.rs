@@ -18,8 +18,9 @@ pub struct BucketGrant {
     pub owner: bool,
 }
 
-/// An S3 access key: SigV4 credentials and what they may touch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An S3 access key: SigV4 credentials and what they may touch. Its
+/// `Debug` leaves the secret out (commands carrying keys get logged).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessKey {
     /// Access key id (public, e.g. `GK...`).
     pub id: String,
@@ -36,4 +37,17 @@ pub struct AccessKey {
     /// `BucketInfo::owner` is its id) without a grant here.
     #[serde(default)]
     pub buckets: BTreeMap<String, BucketGrant>,
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .field("name", &self.name)
+            .field("created_ms", &self.created_ms)
+            .field("admin", &self.admin)
+            .field("buckets", &self.buckets)
+            .finish()
+    }
 }
