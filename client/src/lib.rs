@@ -30,6 +30,31 @@ pub use error::{ClientError, Result};
 pub use read::{GetStream, StreamReader};
 pub use write::PutOptions;
 
+tokio::task_local! {
+    /// The caller's share of [`ClientConfig::stripe_budget`], set around a
+    /// request (the gateway: one semaphore per access key, filled in once
+    /// the key is verified): every stripe of a `put` in that task takes a
+    /// permit from it before the global one, so one caller cannot hold the
+    /// whole budget.
+    pub static STRIPE_SHARE: ShareSlot;
+}
+
+/// A slot for a [`STRIPE_SHARE`] semaphore, filled at most once.
+#[derive(Clone, Default, Debug)]
+pub struct ShareSlot(Arc<std::sync::OnceLock<Arc<tokio::sync::Semaphore>>>);
+
+impl ShareSlot {
+    /// Fills the slot (a second call is ignored).
+    pub fn set(&self, s: Arc<tokio::sync::Semaphore>) {
+        let _ = self.0.set(s);
+    }
+
+    /// The semaphore, if set.
+    pub fn get(&self) -> Option<Arc<tokio::sync::Semaphore>> {
+        self.0.get().cloned()
+    }
+}
+
 /// How the client reaches and uses the cluster. Its `Debug` never shows
 /// the secret.
 #[derive(Clone)]

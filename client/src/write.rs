@@ -85,9 +85,21 @@ struct Encoded {
 /// Progress callback: called with the number of input bytes consumed.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
-/// A stripe's share of `ClientConfig::stripe_budget`, held by everything
-/// that still references its bytes.
-type Permit = Arc<tokio::sync::OwnedSemaphorePermit>;
+/// A stripe's share of `ClientConfig::stripe_budget` (and of the caller's
+/// [`crate::STRIPE_SHARE`]), held by everything that still references its
+/// bytes.
+type Permit = Arc<StripePermit>;
+
+/// The permits one stripe holds; released together when dropped.
+pub(crate) struct StripePermit {
+    _share: Option<tokio::sync::OwnedSemaphorePermit>,
+    _global: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Bytes of a stripe read before it asks for a stripe permit: a body that
+/// sends nothing (or only a little) holds no permit, and what it can pin
+/// outside the budget is this much per request.
+pub const STRIPE_HEAD: usize = 64 << 10;
 
 /// Checksums computed while the body was read, asked for before commit.
 pub(crate) type LateChecksums = Box<dyn FnOnce() -> BTreeMap<String, String> + Send>;
@@ -243,27 +255,49 @@ impl Client {
             let mut pending = FuturesOrdered::new();
             let mut stripes = Vec::new();
             let mut total = 0u64;
+            let share = crate::STRIPE_SHARE.try_with(|s| s.get()).ok().flatten();
             loop {
-                // A process-wide budget (the gateway's) bounds the stripes
-                // in memory over all requests. Pending stripes keep being
-                // driven while waiting, so their permits always come back.
-                let permit = match &self.inner.cfg.stripe_budget {
-                    None => None,
-                    Some(sem) => loop {
-                        tokio::select! {
-                            p = sem.clone().acquire_owned() => {
-                                break Some(Arc::new(p.map_err(|_| {
-                                    ClientError::Io(std::io::Error::other("stripe budget closed"))
-                                })?));
-                            }
-                            Some(s) = pending.next(), if !pending.is_empty() => stripes.push(s?),
-                        }
-                    },
-                };
-                let buf = read_up_to(&mut reader, stripe_cap).await?;
+                // The first bytes of the stripe come before any permit, so
+                // a stalled body holds none (bounded: STRIPE_HEAD).
+                let mut buf = BytesMut::with_capacity(stripe_cap);
+                read_into(&mut reader, &mut buf, STRIPE_HEAD.min(stripe_cap)).await?;
                 if buf.is_empty() {
                     break;
                 }
+                // A process-wide budget (the gateway's) bounds the stripes
+                // in memory over all requests, and the caller's share (one
+                // access key's) bounds what one of them may hold. Pending
+                // stripes keep being driven while waiting, so their
+                // permits always come back.
+                let permit = match &self.inner.cfg.stripe_budget {
+                    None => None,
+                    Some(sem) => {
+                        let closed =
+                            |_| ClientError::Io(std::io::Error::other("stripe budget closed"));
+                        let mine = match &share {
+                            None => None,
+                            Some(share) => loop {
+                                tokio::select! {
+                                    p = share.clone().acquire_owned() => break Some(p.map_err(closed)?),
+                                    Some(s) = pending.next(), if !pending.is_empty() => stripes.push(s?),
+                                }
+                            },
+                        };
+                        loop {
+                            tokio::select! {
+                                p = sem.clone().acquire_owned() => {
+                                    break Some(Arc::new(StripePermit {
+                                        _share: mine,
+                                        _global: p.map_err(closed)?,
+                                    }));
+                                }
+                                Some(s) = pending.next(), if !pending.is_empty() => stripes.push(s?),
+                            }
+                        }
+                    }
+                };
+                read_into(&mut reader, &mut buf, stripe_cap).await?;
+                let buf = buf.freeze();
                 total += buf.len() as u64;
                 if let Some(p) = &progress {
                     p(buf.len() as u64);
@@ -344,15 +378,25 @@ impl Written {
 }
 
 /// Reads until `cap` bytes or EOF.
+/// Reads up to `cap` bytes (fewer only at the end of the reader).
 async fn read_up_to<R: AsyncRead + Unpin>(r: &mut R, cap: usize) -> Result<Bytes> {
     let mut buf = BytesMut::with_capacity(cap);
+    read_into(r, &mut buf, cap).await?;
+    Ok(buf.freeze())
+}
+
+/// Reads into `buf` until it holds `cap` bytes or the reader ends.
+async fn read_into<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, cap: usize) -> Result<()> {
     while buf.len() < cap {
-        let n = r.read_buf(&mut buf).await?;
+        let n = (&mut *r)
+            .take((cap - buf.len()) as u64)
+            .read_buf(buf)
+            .await?;
         if n == 0 {
             break;
         }
     }
-    Ok(buf.freeze())
+    Ok(())
 }
 
 /// The ETag of an object written without MD5: 16 bytes of BLAKE3 over the

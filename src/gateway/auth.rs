@@ -4,7 +4,11 @@
 //! s3s verifies signatures (headers, presigned URLs, streaming chunks) with
 //! the secret [`KeyStore::secret`] returns; [`KeyStore::allowed`] decides
 //! what a verified key may do. Keys and bucket owners are cached for
-//! [`CACHE_TTL`], so a revoked key stops working within that time.
+//! [`CACHE_TTL`], so a revoked key stops working within that time; ids the
+//! metadata service does not know are remembered apart for [`NEGATIVE_TTL`]
+//! (so a repeated unknown id costs one metadata read, not one per request,
+//! and random ids cannot evict the keys in use), and an id that cannot be a
+//! key id costs none.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,6 +29,28 @@ use super::error::to_s3;
 /// per request, and revocation still takes effect quickly.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// How long an unknown key id is answered InvalidAccessKeyId without asking
+/// the metadata service again: a key created meanwhile works after this.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+/// Entries per cache (known keys, unknown ids, bucket owners): bounds the
+/// gateway's memory whatever ids clients send.
+const MAX_CACHED: usize = 10_000;
+
+/// Longest access key id looked up. Cairn's are 20 characters (AWS's up to
+/// 128); anything longer, or with characters no key id has, is unknown
+/// without a metadata read.
+const MAX_KEY_ID_LEN: usize = 128;
+
+/// Whether `id` could be an access key id at all.
+fn plausible_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_KEY_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
 /// What an operation needs on its bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -39,7 +65,11 @@ pub enum Need {
 /// The access-key store shared by the auth and access checks.
 pub struct KeyStore {
     client: Client,
-    keys: Mutex<HashMap<String, (Instant, Option<AccessKey>)>>,
+    keys: Mutex<HashMap<String, (Instant, AccessKey)>>,
+    /// Key ids the metadata service said do not exist, kept apart so a
+    /// flood of random ids neither costs a metadata read per request for a
+    /// repeated id nor evicts the keys in use.
+    unknown: Mutex<HashMap<String, Instant>>,
     owners: Mutex<HashMap<String, (Instant, String)>>,
 }
 
@@ -49,17 +79,26 @@ impl KeyStore {
         KeyStore {
             client,
             keys: Mutex::default(),
+            unknown: Mutex::default(),
             owners: Mutex::default(),
         }
     }
 
     /// The key `id`, or `None` if there is no such key.
     pub async fn key(&self, id: &str) -> Result<Option<AccessKey>, ClientError> {
+        if !plausible_key_id(id) {
+            return Ok(None);
+        }
         if let Ok(g) = self.keys.lock() {
             if let Some((t, k)) = g.get(id) {
                 if t.elapsed() < CACHE_TTL {
-                    return Ok(k.clone());
+                    return Ok(Some(k.clone()));
                 }
+            }
+        }
+        if let Ok(g) = self.unknown.lock() {
+            if g.get(id).is_some_and(|t| t.elapsed() < NEGATIVE_TTL) {
+                return Ok(None);
             }
         }
         let r = self
@@ -76,11 +115,32 @@ impl KeyStore {
             QueryResult::Err(e) => return Err(e.into()),
             other => return Err(ClientError::Meta(format!("unexpected reply {other:?}"))),
         };
-        if let Ok(mut g) = self.keys.lock() {
-            if g.len() > 10_000 {
-                g.clear();
+        match &k {
+            Some(k) => {
+                if let Ok(mut g) = self.keys.lock() {
+                    if g.len() >= MAX_CACHED && !g.contains_key(id) {
+                        g.retain(|_, (t, _)| t.elapsed() < CACHE_TTL);
+                        if g.len() >= MAX_CACHED {
+                            g.clear();
+                        }
+                    }
+                    g.insert(id.to_string(), (Instant::now(), k.clone()));
+                }
+                if let Ok(mut g) = self.unknown.lock() {
+                    g.remove(id);
+                }
             }
-            g.insert(id.to_string(), (Instant::now(), k.clone()));
+            None => {
+                if let Ok(mut g) = self.unknown.lock() {
+                    if g.len() >= MAX_CACHED && !g.contains_key(id) {
+                        g.retain(|_, t| t.elapsed() < NEGATIVE_TTL);
+                        if g.len() >= MAX_CACHED {
+                            g.clear();
+                        }
+                    }
+                    g.insert(id.to_string(), Instant::now());
+                }
+            }
         }
         Ok(k)
     }
@@ -158,8 +218,12 @@ impl S3Auth for Auth {
 }
 
 /// s3s access control: every request must be signed by a known key with a
-/// grant (or ownership) covering the bucket.
-pub struct Access(pub std::sync::Arc<KeyStore>);
+/// grant (or ownership) covering the bucket, within that key's request
+/// rate; it also hands the key's stripe share to the write path.
+pub struct Access(
+    pub std::sync::Arc<KeyStore>,
+    pub std::sync::Arc<super::hygiene::KeyLimits>,
+);
 
 #[async_trait::async_trait]
 impl S3Access for Access {
@@ -174,6 +238,18 @@ impl S3Access for Access {
         let Some(key) = self.0.key(&cred.access_key).await.map_err(to_s3)? else {
             return Err(s3_error!(InvalidAccessKeyId));
         };
+        // Before s3s reads any input: SSE is refused, never ignored.
+        super::s3::encryption::refuse_sse(cx.headers(), cx.uri())?;
+        let Some(share) = self.1.admit(&key.id) else {
+            return Err(s3_error!(
+                SlowDown,
+                "access key {} is over its request rate (--key-rate-limit); slow down",
+                key.id
+            ));
+        };
+        if let Some(slot) = cx.extensions_mut().get::<cairn_client::ShareSlot>() {
+            slot.set(share);
+        }
         let Some(need) = need_of(cx.s3_op().name()) else {
             return Ok(());
         };

@@ -9,6 +9,8 @@
 //! - [`auth`]: SigV4 secrets and per-bucket grants from the `keys` table.
 //! - [`body`]: streaming bodies, checksum verification before commit.
 //! - [`error`]: client errors -> S3 error codes.
+//! - [`hygiene`]: refusals before s3s (SigV2, presigned lifetime), body
+//!   read timeout, per-key stripe share and request rate.
 //! - [`ops`]: metrics, readiness, request ids (`/metrics`, `/health/*`).
 //!
 //! Memory is bounded: bodies stream through the client's stripe pipeline
@@ -17,6 +19,7 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod hygiene;
 pub mod mpu_checksum;
 pub mod ops;
 pub mod s3;
@@ -68,6 +71,24 @@ pub struct Args {
     /// buffers however many clients upload in parallel.
     #[arg(long, default_value_t = 12)]
     pub max_stripes_in_flight: usize,
+    /// Fraction of --max-stripes-in-flight one access key may hold at once
+    /// (at least one stripe), so one key's uploads, slow or not, cannot
+    /// take every stripe permit.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.5)]
+    pub key_stripe_share: f64,
+    /// Requests per second one access key may make (token bucket, burst
+    /// of as many); over it: 503 SlowDown. 0: unlimited.
+    #[arg(long, value_name = "PER_SEC", default_value_t = 0.0)]
+    pub key_rate_limit: f64,
+    /// A request body that sends nothing for this long is cut with 400
+    /// RequestTimeout (e.g. `30s`).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::cmd::bench::parse_duration)]
+    pub body_read_timeout: std::time::Duration,
+    /// Accept requests signed with AWS Signature Version 2 (deprecated;
+    /// no clock-skew check on signed headers, replayable). Refused by
+    /// default with 403 AccessDenied.
+    #[arg(long)]
+    pub allow_sigv2: bool,
     /// Also serve `/metrics`, `/health/live` and `/health/ready` on this
     /// address (they are always on --listen for unsigned GETs).
     #[arg(long, value_name = "ADDR")]
@@ -103,6 +124,7 @@ impl S3Host for Hosts {
 /// The gateway's composition root.
 pub struct Gateway {
     service: s3s::service::S3Service,
+    policy: Arc<hygiene::Policy>,
     metrics: Arc<ops::GatewayMetrics>,
     probe: Arc<ops::ReadyProbe>,
 }
@@ -136,17 +158,20 @@ impl Gateway {
         domain: Option<String>,
         metrics: Arc<ops::GatewayMetrics>,
         probe: ops::ReadyProbe,
+        policy: hygiene::Policy,
+        limits: hygiene::KeyLimits,
     ) -> Gateway {
         let keys = Arc::new(auth::KeyStore::new(client.clone()));
         let shard_size = cairn_chunkserver::codec::DEFAULT_SHARD_SIZE as u32;
         let mut b = S3ServiceBuilder::new(s3::CairnS3::new(client, keys.clone(), shard_size));
         b.set_auth(auth::Auth(keys.clone()));
-        b.set_access(auth::Access(keys));
+        b.set_access(auth::Access(keys, Arc::new(limits)));
         b.set_host(Hosts {
             domain: domain.map(|d| d.trim_matches('.').to_ascii_lowercase()),
         });
         Gateway {
             service: b.build(),
+            policy: Arc::new(policy),
             metrics,
             probe: Arc::new(probe),
         }
@@ -170,28 +195,59 @@ impl Gateway {
         let ops_handle = self.ops();
         let service = self.service;
         let metrics = self.metrics;
+        let policy = self.policy;
         net::serve(
             listener,
             move |req, _peer| {
                 let service = service.clone();
                 let metrics = metrics.clone();
                 let ops_handle = ops_handle.clone();
+                let policy = policy.clone();
                 async move {
                     if let Some(ep) = ops_endpoint(&req).filter(|_| ops::is_unsigned(&req)) {
                         return ops_handle.reply(ep).await;
                     }
                     let started = std::time::Instant::now();
+                    if let Some(resp) = hygiene::precheck(&req, &policy) {
+                        metrics.record("", resp.status(), started);
+                        return resp.map(net::full);
+                    }
                     let request_id = ops::new_request_id();
                     let op = ops::OpSlot::default();
+                    let share = cairn_client::ShareSlot::default();
+                    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let span = tracing::info_span!("s3", request_id = %request_id);
                     let mut req = req.map(|b| {
-                        s3s::Body::http_body_unsync(ops::Counted::new(b, metrics.received.clone()))
+                        s3s::Body::http_body_unsync(hygiene::IdleBody::new(
+                            ops::Counted::new(b, metrics.received.clone()),
+                            policy.body_read_timeout,
+                            cut.clone(),
+                        ))
                     });
                     req.extensions_mut().insert(op.clone());
+                    req.extensions_mut().insert(share.clone());
                     metrics.in_flight.inc();
                     let call = net::with_request_id(Some(request_id.clone()), service.call(req));
+                    let call = cairn_client::STRIPE_SHARE.scope(share, call);
                     let res = tracing::Instrument::instrument(call, span.clone()).await;
                     metrics.in_flight.dec();
+                    let res = if cut.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Whatever the operation made of its failed read,
+                        // the client is told its body stalled.
+                        span.in_scope(|| tracing::info!("request body idle: cut"));
+                        let mut r = hygiene::s3_error_response(
+                            http::StatusCode::BAD_REQUEST,
+                            "RequestTimeout",
+                            "Your socket connection to the server was not read from or written to within the timeout period (--body-read-timeout); nothing was stored",
+                        );
+                        r.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                        Ok(r.map(s3s::Body::from))
+                    } else {
+                        res
+                    };
                     let mut resp = match res {
                         Ok(resp) => {
                             let sent = metrics.sent.clone();
@@ -261,7 +317,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_connections: args.max_connections.max(1),
         ..ServerOptions::default()
     };
-    let gw = Gateway::new(client, args.domain, metrics, probe);
+    anyhow::ensure!(
+        args.key_stripe_share > 0.0 && args.key_stripe_share <= 1.0,
+        "--key-stripe-share must be in (0, 1]"
+    );
+    anyhow::ensure!(
+        args.key_rate_limit >= 0.0 && args.key_rate_limit.is_finite(),
+        "--key-rate-limit must be 0 (off) or a positive rate"
+    );
+    let limits = hygiene::KeyLimits::new(
+        args.max_stripes_in_flight.max(1),
+        args.key_stripe_share,
+        args.key_rate_limit,
+    );
+    tracing::info!(
+        stripes = args.max_stripes_in_flight.max(1),
+        per_key = limits.share(),
+        rate = args.key_rate_limit,
+        body_read_timeout = ?args.body_read_timeout,
+        allow_sigv2 = args.allow_sigv2,
+        "request hygiene"
+    );
+    let policy = hygiene::Policy {
+        allow_sigv2: args.allow_sigv2,
+        body_read_timeout: args.body_read_timeout,
+    };
+    let gw = Gateway::new(client, args.domain, metrics, probe, policy, limits);
     if let Some(m) = &args.metrics_listen {
         let l = TcpListener::bind(m)
             .await

@@ -498,6 +498,38 @@ async fn s3_breadth_with_boto3() -> anyhow::Result<()> {
 /// The boto3 script of [`s3_breadth_with_boto3`].
 const BREADTH_SCRIPT: &str = include_str!("s3_breadth.py");
 
+/// Issue 14's request hygiene through boto3 (`s3_security.py`): every
+/// server-side-encryption request refused with 501 and nothing stored,
+/// bucket encryption answers, SigV2 refused, SigV4 clock skew (botocore
+/// signing with a clock 20 minutes off), presigned lifetime and expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_security_with_boto3() -> anyhow::Result<()> {
+    if !have("python3", &["-c", "import boto3"]) {
+        if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
+            bail!("boto3 is not installed (python3 -m pip install boto3)");
+        }
+        return Ok(());
+    }
+    let env = S3Env::start().await?;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(SECURITY_SCRIPT)
+        .env("S3_ENDPOINT", env.endpoint())
+        .env("S3_KEY", &env.key)
+        .env("S3_SECRET", &env.secret)
+        .env("AWS_CONFIG_FILE", env.work.join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            env.work.join("no-aws-config"),
+        );
+    let out = run(cmd, "boto3 security script")?;
+    assert!(stdout(&out).contains("ALL OK"), "{}", stdout(&out));
+    Ok(())
+}
+
+/// The boto3 script of [`s3_security_with_boto3`].
+const SECURITY_SCRIPT: &str = include_str!("s3_security.py");
+
 /// A minimal S3 client for raw-HTTP checks: path-style requests signed with
 /// the `aws-sigv4` crate (UNSIGNED-PAYLOAD), over a pooled hyper client, so
 /// a test sees exactly what an SDK would: status line, headers, and how the

@@ -6,8 +6,9 @@
 //! - this file: [`CairnS3`], the `S3` trait impl (one line per operation,
 //!   delegating to the feature files) and the helpers they share.
 //! - `buckets` (incl. versioning status), `objects`, `listing`,
-//!   `multipart`, `tagging`, `attributes` (GetObjectAttributes): the
-//!   operations, one feature per file.
+//!   `multipart`, `tagging`, `attributes` (GetObjectAttributes),
+//!   `encryption` (SSE refused until implemented): the operations, one
+//!   feature per file.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -30,6 +31,7 @@ use super::mpu_checksum;
 
 mod attributes;
 mod buckets;
+pub mod encryption;
 mod listing;
 mod multipart;
 mod objects;
@@ -532,6 +534,26 @@ impl S3 for CairnS3 {
         req: S3Request<PutBucketVersioningInput>,
     ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
         self.put_bucket_versioning(req).await
+    }
+    async fn get_bucket_encryption(
+        &self,
+        req: S3Request<GetBucketEncryptionInput>,
+    ) -> S3Result<S3Response<GetBucketEncryptionOutput>> {
+        self.get_bucket_encryption(req).await
+    }
+
+    async fn put_bucket_encryption(
+        &self,
+        req: S3Request<PutBucketEncryptionInput>,
+    ) -> S3Result<S3Response<PutBucketEncryptionOutput>> {
+        self.put_bucket_encryption(req).await
+    }
+
+    async fn delete_bucket_encryption(
+        &self,
+        req: S3Request<DeleteBucketEncryptionInput>,
+    ) -> S3Result<S3Response<DeleteBucketEncryptionOutput>> {
+        self.delete_bucket_encryption(req).await
     }
 }
 
