@@ -7,6 +7,48 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 
+/// Deepest nesting of commands in commands (`Once`, `Batch`, `At`,
+/// `WithIntent`) a decoder accepts. Real entries nest at most four deep
+/// (`At` > `Batch` > `Once` > `WithIntent`); postcard has no depth limit of
+/// its own, so without this a few kilobytes of nested variant tags in a Raft
+/// RPC or a corrupt log entry overflowed the stack (found by the
+/// `raft_entry` fuzz target).
+pub const MAX_COMMAND_NESTING: u32 = 16;
+
+std::thread_local! {
+    static NESTING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Leaves one nesting level on drop.
+struct NestingGuard;
+
+impl Drop for NestingGuard {
+    fn drop(&mut self) {
+        NESTING.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// `deserialize_with` of the fields that hold commands: counts the nesting
+/// depth (per thread, as decoding is synchronous) and refuses it past
+/// [`MAX_COMMAND_NESTING`].
+fn nested<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let depth = NESTING.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    let _guard = NestingGuard;
+    if depth > MAX_COMMAND_NESTING {
+        return Err(serde::de::Error::custom(format!(
+            "commands nested more than {MAX_COMMAND_NESTING} deep"
+        )));
+    }
+    T::deserialize(d)
+}
+
 /// A state-machine command: the `D` of the Raft log. Time is always a field
 /// stamped by the proposer: `apply` never reads a clock or a random source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,12 +61,14 @@ pub enum Command {
         /// Random id chosen by the client, reused across its retries.
         id: StripeId,
         /// The command.
+        #[serde(deserialize_with = "nested")]
         inner: Box<Command>,
     },
     /// Several commands applied in order in one log entry (group commit by
     /// the leader's API); each has its own result.
     Batch {
         /// The commands.
+        #[serde(deserialize_with = "nested")]
         cmds: Vec<Command>,
     },
     /// `inner` (usually a `Batch`) stamped with the leader's clock when it
@@ -36,6 +80,7 @@ pub enum Command {
         /// Leader's clock, ms since the epoch.
         now_ms: u64,
         /// The command.
+        #[serde(deserialize_with = "nested")]
         inner: Box<Command>,
     },
     /// Register (or renew) a write intent: the shards a writer is about to
@@ -62,6 +107,7 @@ pub enum Command {
         /// The writer's intent.
         intent: StripeId,
         /// The commit.
+        #[serde(deserialize_with = "nested")]
         inner: Box<Command>,
     },
     /// Drop write intents whose lease ended before the entry's time (the
@@ -383,6 +429,42 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deeply_nested_commands_are_refused_not_a_stack_overflow() {
+        // postcard: variant 1 (`Batch`), a one-element vector, again and
+        // again: 2 bytes per level, 200,000 levels.
+        let mut bytes = Vec::new();
+        for _ in 0..200_000 {
+            bytes.extend_from_slice(&[1, 1]);
+        }
+        let e = postcard::from_bytes::<Command>(&bytes);
+        assert!(e.is_err());
+        // JSON has its own limit; the nesting limit holds there too.
+        let mut json = String::new();
+        for _ in 0..20 {
+            json.push_str(r#"{"batch":{"cmds":["#);
+        }
+        json.push_str(r#"{"delete_bucket":{"name":"b"}}"#);
+        for _ in 0..20 {
+            json.push_str("]}}");
+        }
+        assert!(serde_json::from_str::<Command>(&json).is_err());
+        // Real nesting decodes, and the counter is back at zero after
+        // both refusals.
+        let real = Command::At {
+            now_ms: 1,
+            inner: Box::new(Command::Batch {
+                cmds: vec![Command::Once {
+                    id: StripeId([1; 16]),
+                    inner: Box::new(Command::DeleteBucket { name: "b".into() }),
+                }],
+            }),
+        };
+        let b = postcard::to_allocvec(&real).unwrap();
+        assert_eq!(postcard::from_bytes::<Command>(&b).unwrap(), real);
+        NESTING.with(|n| assert_eq!(n.get(), 0));
+    }
 
     #[test]
     fn commands_are_classified_by_role() {
