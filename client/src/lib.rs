@@ -309,7 +309,10 @@ impl Client {
         expect_result!(r, QueryResult::Buckets(b) => b)
     }
 
-    /// An object's manifest (linearizable).
+    /// An object's manifest (linearizable). Its `stripes` hold at most
+    /// [`STRIPE_PAGE_MAX`] of the object's stripes, the first ones;
+    /// [`read::stripe_count`] gives the total and [`Client::stripes`]
+    /// pages through the rest.
     pub async fn head(&self, bucket: &str, key: &str) -> Result<ObjectManifest> {
         self.inner.manifest(bucket, key).await
     }
@@ -383,13 +386,17 @@ impl Inner {
         }
     }
 
+    /// The manifest of `bucket/key` with at most [`STRIPE_PAGE_MAX`] of its
+    /// stripes: the reply does not grow with the object. A read pages
+    /// through the rest ([`crate::read`]).
     pub(crate) async fn manifest(&self, bucket: &str, key: &str) -> Result<ObjectManifest> {
         let r = self
             .meta
             .query(
-                &Query::GetObject {
+                &Query::GetObjectPage {
                     bucket: bucket.to_string(),
                     key: key.to_string(),
+                    stripes: STRIPE_PAGE_MAX,
                 },
                 Consistency::Linearizable,
             )

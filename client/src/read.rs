@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_chunkserver::codec::{shard_len_for, Codec, Layout, StripeSpan};
+use cairn_metadata::client::Consistency;
 use cairn_metadata::types::*;
 use futures::stream::{self, Stream, StreamExt};
 
@@ -117,36 +118,232 @@ impl Client {
             };
             return Ok(Box::pin(stream::iter(out)));
         }
-        let spans: Vec<StripeSpan> = if m.parts.is_empty() {
-            let layout = Layout::new(m.size, m.ec.k, m.shard_size as usize)
+        let total = stripe_count(m)?;
+        let k = m.ec.k;
+        let paged = (m.stripes.len() as u64) < total;
+        // The spans the range touches, lazily: a 5 TiB object has more than
+        // a million stripes, and none of them is held longer than its read.
+        let spans: SpanIter = if m.parts.is_empty() {
+            let layout = Layout::new(m.size, k, m.shard_size as usize)
                 .map_err(|e| ClientError::Invalid(e.to_string()))?;
-            layout
-                .spans(range)
-                .map_err(|e| ClientError::InvalidRange(e.to_string()))?
-                .collect()
+            Box::new(
+                layout
+                    .spans(range)
+                    .map_err(|e| ClientError::InvalidRange(e.to_string()))?
+                    .map(Ok),
+            )
+        } else if paged {
+            part_spans(m, range)?
         } else {
-            walk_spans(m, range)?
+            Box::new(walk_spans(m, range)?.into_iter().map(Ok))
         };
         let codec = Arc::new(Codec::new(m.ec).map_err(|e| ClientError::Invalid(e.to_string()))?);
-        let m = Arc::new(m.clone());
+        let mut first = m.clone();
+        let rows = Arc::new(std::mem::take(&mut first.stripes));
+        let m = Arc::new(first);
         let ctx = Arc::new((bucket.to_string(), key.to_string()));
         let inner = self.inner.clone();
+        let pager = Pager {
+            inner: inner.clone(),
+            ctx: ctx.clone(),
+            version: m.version,
+            paged,
+            rows,
+            rows_from: 0,
+            spans,
+            done: false,
+        };
         let ahead = self.inner.cfg.stripes_in_flight.max(1);
-        let s = stream::iter(spans)
-            .map(move |span| {
-                let inner = inner.clone();
-                let m = m.clone();
-                let codec = codec.clone();
-                let ctx = ctx.clone();
-                async move { inner.read_span(&ctx.0, &ctx.1, &m, &codec, span).await }
-            })
-            .buffered(ahead)
-            .flat_map(|r: Result<Vec<Bytes>>| match r {
-                Ok(v) => stream::iter(v.into_iter().map(Ok).collect::<Vec<_>>()),
-                Err(e) => stream::iter(vec![Err(e)]),
-            });
+        let s = stream::unfold(pager, |mut p| async move {
+            let item = p.next().await?;
+            Some((item, p))
+        })
+        .map(move |item: Result<(StripeSpan, StripeManifest)>| {
+            let inner = inner.clone();
+            let m = m.clone();
+            let codec = codec.clone();
+            let ctx = ctx.clone();
+            async move {
+                let (span, stripe) = item?;
+                inner
+                    .read_span(&ctx.0, &ctx.1, &m, &stripe, &codec, span)
+                    .await
+            }
+        })
+        .buffered(ahead)
+        .flat_map(|r: Result<Vec<Bytes>>| match r {
+            Ok(v) => stream::iter(v.into_iter().map(Ok).collect::<Vec<_>>()),
+            Err(e) => stream::iter(vec![Err(e)]),
+        });
         Ok(Box::pin(s))
     }
+
+    /// Up to `limit` (at most [`STRIPE_PAGE_MAX`]) stripe rows of version
+    /// `version` of `bucket/key`, from stripe `from` (linearizable). Fails
+    /// with a stale-version error once that version is no longer current.
+    pub async fn stripes(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: StripeId,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<StripeManifest>> {
+        self.inner
+            .stripe_page(bucket, key, version, from, limit)
+            .await
+    }
+}
+
+/// Number of stripes of the object `m` describes (all of them, whatever
+/// number its `stripes` holds): from its layout for a single PUT, the sum
+/// of its parts' for a multipart object, zero for inline data.
+pub fn stripe_count(m: &ObjectManifest) -> Result<u64> {
+    if m.inline.is_some() {
+        return Ok(0);
+    }
+    if m.parts.is_empty() {
+        let layout = Layout::new(m.size, m.ec.k, m.shard_size as usize)
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        Ok(layout.stripe_count())
+    } else {
+        Ok(m.parts.iter().map(|p| u64::from(p.stripes)).sum())
+    }
+}
+
+type SpanIter = Box<dyn Iterator<Item = Result<StripeSpan>> + Send>;
+
+/// Pairs each span of a read with its stripe row: from the manifest's
+/// rows, then (an object of more than [`STRIPE_PAGE_MAX`] stripes) from
+/// pages of [`STRIPE_PAGE_MAX`] rows fetched as the read reaches them, so
+/// a read holds one page of rows, never the whole object's.
+struct Pager {
+    inner: Arc<Inner>,
+    ctx: Arc<(String, String)>,
+    version: StripeId,
+    paged: bool,
+    /// Rows of stripes `rows_from..rows_from + rows.len()`.
+    rows: Arc<Vec<StripeManifest>>,
+    rows_from: u64,
+    spans: SpanIter,
+    done: bool,
+}
+
+impl Pager {
+    async fn next(&mut self) -> Option<Result<(StripeSpan, StripeManifest)>> {
+        if self.done {
+            return None;
+        }
+        let r = self.step().await;
+        match r {
+            Some(Err(_)) | None => self.done = true,
+            Some(Ok(_)) => {}
+        }
+        r
+    }
+
+    async fn step(&mut self) -> Option<Result<(StripeSpan, StripeManifest)>> {
+        let span = match self.spans.next()? {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let in_rows = |p: &Pager| {
+            span.stripe >= p.rows_from && span.stripe - p.rows_from < p.rows.len() as u64
+        };
+        if !in_rows(self) && self.paged {
+            let page = self
+                .inner
+                .stripe_page(
+                    &self.ctx.0,
+                    &self.ctx.1,
+                    self.version,
+                    span.stripe,
+                    STRIPE_PAGE_MAX,
+                )
+                .await;
+            match page {
+                Ok(rows) => {
+                    self.rows = Arc::new(rows);
+                    self.rows_from = span.stripe;
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        if !in_rows(self) {
+            return Some(Err(ClientError::Meta(format!(
+                "manifest lacks stripe {}",
+                span.stripe
+            ))));
+        }
+        // In range: checked just above.
+        let stripe = self.rows[(span.stripe - self.rows_from) as usize].clone();
+        if stripe.len != span.stripe_len as u64 {
+            return Some(Err(ClientError::Meta(format!(
+                "stripe {} holds {} bytes, its layout says {}",
+                span.stripe, stripe.len, span.stripe_len
+            ))));
+        }
+        Some(Ok((span, stripe)))
+    }
+}
+
+/// The spans of `range` of a multipart object, lazily, part by part: each
+/// part is cut like a single PUT of its size (its last stripe short), and
+/// its stripes follow the previous parts'. Used when the manifest holds
+/// only the first page of stripes, so their lengths cannot be walked.
+fn part_spans(m: &ObjectManifest, range: Range<u64>) -> Result<SpanIter> {
+    let k = m.ec.k;
+    let shard_size = m.shard_size as usize;
+    let mut parts = Vec::with_capacity(m.parts.len());
+    let (mut offset, mut first) = (0u64, 0u64);
+    for p in &m.parts {
+        let layout =
+            Layout::new(p.size, k, shard_size).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        if layout.stripe_count() != u64::from(p.stripes) {
+            return Err(ClientError::Meta(format!(
+                "part {} of {} bytes records {} stripes, its layout has {}",
+                p.number,
+                p.size,
+                p.stripes,
+                layout.stripe_count()
+            )));
+        }
+        parts.push((offset, first, layout));
+        offset += p.size;
+        first += u64::from(p.stripes);
+    }
+    if range.start > range.end || range.end > offset {
+        return Err(ClientError::InvalidRange(format!(
+            "{}..{} of parts holding {offset} bytes",
+            range.start, range.end
+        )));
+    }
+    let start = range.start;
+    let it = parts
+        .into_iter()
+        .filter(move |(off, _, l)| *off < range.end && off + l.object_len() > range.start)
+        .flat_map(move |(off, first, l)| {
+            let a = range.start.max(off) - off;
+            let b = range.end.min(off + l.object_len()) - off;
+            let spans = l
+                .spans(a..b)
+                .map_err(|e| ClientError::InvalidRange(e.to_string()));
+            let out: SpanIter = match spans {
+                Ok(spans) => Box::new(spans.map(move |s| {
+                    Ok(StripeSpan::new(
+                        first + s.stripe,
+                        off + s.stripe_offset,
+                        s.stripe_len,
+                        k,
+                        s.in_stripe,
+                        start,
+                    ))
+                })),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            };
+            out
+        });
+    Ok(Box::new(it))
 }
 
 /// Waits for the first item of `s`: an error is returned as is, a first
@@ -253,6 +450,31 @@ where
 }
 
 impl Inner {
+    /// A page of stripe rows of one object version.
+    pub(crate) async fn stripe_page(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: StripeId,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<StripeManifest>> {
+        let r = self
+            .meta
+            .query(
+                &Query::ObjectStripes {
+                    bucket: bucket.to_string(),
+                    key: key.to_string(),
+                    version,
+                    from,
+                    limit,
+                },
+                Consistency::Linearizable,
+            )
+            .await?;
+        crate::expect_result!(r, QueryResult::Stripes(s) => s)
+    }
+
     /// Fetches shard `index` of `stripe` and verifies it against the
     /// manifest (length and BLAKE3).
     async fn fetch_shard(&self, loc: &ShardLoc, shard_len: usize) -> Result<Bytes, ShardFail> {
@@ -295,13 +517,10 @@ impl Inner {
         bucket: &str,
         key: &str,
         m: &ObjectManifest,
+        stripe: &StripeManifest,
         codec: &Arc<Codec>,
         span: StripeSpan,
     ) -> Result<Vec<Bytes>> {
-        let stripe = m
-            .stripes
-            .get(span.stripe as usize)
-            .ok_or_else(|| ClientError::Meta(format!("manifest lacks stripe {}", span.stripe)))?;
         let n = m.ec.total();
         let k = usize::from(m.ec.k);
         if stripe.shards.len() != n {

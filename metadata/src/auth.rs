@@ -369,6 +369,8 @@ pub fn allowed_query(role: Role, q: &Query) -> bool {
             Query::GetBucket { .. }
             | Query::ListBuckets
             | Query::GetObject { .. }
+            | Query::GetObjectPage { .. }
+            | Query::ObjectStripes { .. }
             | Query::ListObjects(_)
             | Query::ListChunkservers
             | Query::Allocate { .. }

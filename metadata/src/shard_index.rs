@@ -41,6 +41,90 @@ pub const SHARD_OWNERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sh
 /// Format byte of every value.
 pub const FORMAT: u8 = 1;
 
+/// Per-chunkserver counters of the committed object shards placed on it:
+/// chunkserver id (u64 BE) -> [`FORMAT`] ++ postcard [`Placed`]. Kept in
+/// step with the index rows by [`add`], [`remove`] and [`relocate`], so
+/// "how much does this chunkserver hold" is one row read (the rebalancer
+/// compares fullness with it; heartbeat `used` lags a move by the GC
+/// delay, this does not). Shards of uploads in progress are not counted.
+pub const PLACED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("placed_per_chunkserver");
+
+/// What committed object versions place on one chunkserver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    /// Shards.
+    pub shards: u64,
+    /// Shard bytes (each shard `ceil(stripe length / k)`).
+    pub bytes: u64,
+}
+
+fn adjust(
+    txn: &redb::WriteTransaction,
+    cs: ChunkserverId,
+    add: bool,
+    bytes: u64,
+) -> StoreResult<()> {
+    let mut t = txn.open_table(PLACED)?;
+    let k = cs.to_be_bytes();
+    let mut p = match t.get(k.as_slice())? {
+        Some(v) => decode_placed(v.value())?,
+        None => Placed::default(),
+    };
+    if add {
+        p.shards = p.shards.saturating_add(1);
+        p.bytes = p.bytes.saturating_add(bytes);
+    } else {
+        p.shards = p.shards.saturating_sub(1);
+        p.bytes = p.bytes.saturating_sub(bytes);
+    }
+    if p == Placed::default() {
+        t.remove(k.as_slice())?;
+    } else {
+        let mut v = vec![FORMAT];
+        postcard::to_io(&p, &mut v)
+            .map_err(|e| redb::Error::Corrupted(format!("encode placed counters: {e}")))?;
+        t.insert(k.as_slice(), v.as_slice())?;
+    }
+    Ok(())
+}
+
+fn decode_placed(v: &[u8]) -> StoreResult<Placed> {
+    match v.split_first() {
+        Some((&FORMAT, rest)) => postcard::from_bytes(rest)
+            .map_err(|e| redb::Error::Corrupted(format!("decode placed counters: {e}"))),
+        Some((f, _)) => Err(redb::Error::Corrupted(format!(
+            "placed counters row has format {f}; this binary reads format {FORMAT}"
+        ))),
+        None => Err(redb::Error::Corrupted("empty placed counters row".into())),
+    }
+}
+
+/// Every chunkserver's [`Placed`] counters (one row per chunkserver that
+/// holds committed shards).
+pub fn placed(
+    txn: &redb::ReadTransaction,
+) -> StoreResult<std::collections::BTreeMap<ChunkserverId, Placed>> {
+    let t = match txn.open_table(PLACED) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for r in t.iter()? {
+        let (k, v) = r?;
+        let id = <[u8; 8]>::try_from(k.value())
+            .map(u64::from_be_bytes)
+            .map_err(|_| redb::Error::Corrupted("placed counters key of bad length".into()))?;
+        out.insert(id, decode_placed(v.value())?);
+    }
+    Ok(out)
+}
+
+/// Shard length of a stripe of `len` bytes over `k` data shards.
+pub fn shard_len(len: u64, k: u8) -> u64 {
+    len.div_ceil(u64::from(k.max(1)))
+}
+
 /// Which row names a shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OwnerRow {
@@ -105,15 +189,19 @@ pub fn decode(v: &[u8]) -> StoreResult<Owner> {
 }
 
 /// Indexes every placed shard of `stripes` (numbered from `first`) as owned
-/// by `row`, version `version`.
+/// by `row`, version `version`; `k` is the coding's data shard count (for
+/// the [`Placed`] counters of object rows).
 pub fn add(
     txn: &redb::WriteTransaction,
     row: &OwnerRow,
     version: StripeId,
     first: u64,
     stripes: &[StripeManifest],
+    k: u8,
 ) -> StoreResult<()> {
     let mut t = txn.open_table(SHARD_OWNERS)?;
+    let object = matches!(row, OwnerRow::Object(_));
+    let mut counted = Vec::new();
     for (i, s) in stripes.iter().enumerate() {
         for (idx, l) in s.shards.iter().enumerate() {
             let Some(cs) = l.chunkserver else { continue };
@@ -123,43 +211,70 @@ pub fn add(
                 stripe: first + i as u64,
                 index: idx as u8,
             };
-            t.insert(key(cs, &l.shard).as_slice(), encode(&owner)?.as_slice())?;
+            let old = t
+                .insert(key(cs, &l.shard).as_slice(), encode(&owner)?.as_slice())?
+                .map(|v| decode(v.value()))
+                .transpose()?;
+            let was_object = old.is_some_and(|o| matches!(o.row, OwnerRow::Object(_)));
+            if object && !was_object {
+                counted.push((cs, true, shard_len(s.len, k)));
+            }
         }
+    }
+    drop(t);
+    for (cs, add, bytes) in counted {
+        adjust(txn, cs, add, bytes)?;
     }
     Ok(())
 }
 
-/// Drops the index rows of every placed shard of `stripes` that `row` owns.
+/// Drops the index rows of every placed shard of `stripes` that `row` owns
+/// (`k` as for [`add`]).
 pub fn remove(
     txn: &redb::WriteTransaction,
     row: &OwnerRow,
     stripes: &[StripeManifest],
+    k: u8,
 ) -> StoreResult<()> {
     let mut t = txn.open_table(SHARD_OWNERS)?;
-    for l in stripes.iter().flat_map(|s| s.shards.iter()) {
-        let Some(cs) = l.chunkserver else { continue };
-        let k = key(cs, &l.shard);
-        let owned = match t.get(k.as_slice())? {
-            Some(v) => decode(v.value())?.row == *row,
-            None => false,
-        };
-        if owned {
-            t.remove(k.as_slice())?;
+    let object = matches!(row, OwnerRow::Object(_));
+    let mut counted = Vec::new();
+    for s in stripes {
+        for l in &s.shards {
+            let Some(cs) = l.chunkserver else { continue };
+            let key = key(cs, &l.shard);
+            let owned = match t.get(key.as_slice())? {
+                Some(v) => decode(v.value())?.row == *row,
+                None => false,
+            };
+            if owned {
+                t.remove(key.as_slice())?;
+                if object {
+                    counted.push((cs, false, shard_len(s.len, k)));
+                }
+            }
         }
+    }
+    drop(t);
+    for (cs, add, bytes) in counted {
+        adjust(txn, cs, add, bytes)?;
     }
     Ok(())
 }
 
-/// Moves one indexed shard from `from` to `to` (a committed repair or move),
-/// keeping its owner.
+/// Moves one indexed shard of `bytes` from `from` to `to` (a committed
+/// repair or move), keeping its owner.
 pub fn relocate(
     txn: &redb::WriteTransaction,
     owner: &Owner,
     shard: &ShardId,
     from: Option<ChunkserverId>,
     to: ChunkserverId,
+    bytes: u64,
 ) -> StoreResult<()> {
     let mut t = txn.open_table(SHARD_OWNERS)?;
+    let object = matches!(owner.row, OwnerRow::Object(_));
+    let mut counted = Vec::new();
     if let Some(f) = from {
         let k = key(f, shard);
         let owned = match t.get(k.as_slice())? {
@@ -168,9 +283,22 @@ pub fn relocate(
         };
         if owned {
             t.remove(k.as_slice())?;
+            if object {
+                counted.push((f, false));
+            }
         }
     }
-    t.insert(key(to, shard).as_slice(), encode(owner)?.as_slice())?;
+    let old = t
+        .insert(key(to, shard).as_slice(), encode(owner)?.as_slice())?
+        .map(|v| decode(v.value()))
+        .transpose()?;
+    if object && !old.is_some_and(|o| matches!(o.row, OwnerRow::Object(_))) {
+        counted.push((to, true));
+    }
+    drop(t);
+    for (cs, add) in counted {
+        adjust(txn, cs, add, bytes)?;
+    }
     Ok(())
 }
 

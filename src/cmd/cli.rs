@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use cairn_client::{Client, ClientConfig, PutOptions};
-use cairn_metadata::types::{EcParams, ListRequest, ObjectManifest};
+use cairn_metadata::types::{
+    EcParams, ListRequest, ObjectManifest, StripeManifest, STRIPE_PAGE_MAX,
+};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncWriteExt;
@@ -445,8 +447,21 @@ pub async fn rm(conn: &ConnArgs, a: RmArgs) -> anyhow::Result<()> {
 pub async fn stat(conn: &ConnArgs, a: UrlArgs, out: &OutArgs) -> anyhow::Result<()> {
     let c = client(conn).await?;
     let m = c.head(&a.url.bucket, &a.url.key).await?;
+    let total = cairn_client::read::stripe_count(&m)?;
     if out.json {
-        outln!("{}", serde_json::to_string_pretty(&m)?);
+        // The manifest with its first page of stripes (all of them for an
+        // object of up to STRIPE_PAGE_MAX stripes), the total, and whether
+        // the list was cut: a 5 TiB object's million stripe rows are not
+        // gathered into one document.
+        let mut v = serde_json::to_value(&m)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("stripe_count".into(), total.into());
+            o.insert(
+                "stripes_truncated".into(),
+                ((m.stripes.len() as u64) < total).into(),
+            );
+        }
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let servers = c.chunkservers().await.unwrap_or_default();
@@ -467,15 +482,34 @@ pub async fn stat(conn: &ConnArgs, a: UrlArgs, out: &OutArgs) -> anyhow::Result<
     if let Some(ct) = &m.content_type {
         outln!("  type:     {ct}");
     }
-    outln!("  stripes:  {}", m.stripes.len());
-    for (i, s) in m.stripes.iter().enumerate() {
+    outln!("  stripes:  {total}");
+    // Page through the stripe rows: one page in memory at a time.
+    let mut page = m.stripes.clone();
+    let mut from = 0u64;
+    loop {
+        print_stripes(&page, from, m.ec.k, &addr);
+        from += page.len() as u64;
+        if from >= total || page.is_empty() {
+            break;
+        }
+        page = c
+            .stripes(&a.url.bucket, &a.url.key, m.version, from, STRIPE_PAGE_MAX)
+            .await?;
+    }
+    Ok(())
+}
+
+fn print_stripes(
+    stripes: &[StripeManifest],
+    from: u64,
+    k: u8,
+    addr: &dyn Fn(Option<u64>) -> String,
+) {
+    for (i, s) in stripes.iter().enumerate() {
+        let i = from + i as u64;
         outln!("  stripe {i} ({} bytes) {}", s.len, s.id);
         for (j, l) in s.shards.iter().enumerate() {
-            let kind = if j < usize::from(m.ec.k) {
-                "data"
-            } else {
-                "parity"
-            };
+            let kind = if j < usize::from(k) { "data" } else { "parity" };
             outln!(
                 "    [{j}] {kind:<6} {}  {}  blake3 {}",
                 l.shard,
@@ -484,7 +518,6 @@ pub async fn stat(conn: &ConnArgs, a: UrlArgs, out: &OutArgs) -> anyhow::Result<
             );
         }
     }
-    Ok(())
 }
 
 /// `2026-11-27 03:20:28` in UTC from ms since the epoch.

@@ -123,6 +123,146 @@ async fn sizes_round_trip_and_ranges() -> anyhow::Result<()> {
         client.head("bkt", "obj-1").await,
         Err(ClientError::NoSuchKey { .. })
     ));
+    objects_of_more_than_a_page_of_stripes(&client).await
+}
+
+async fn read_range(
+    c: &cairn_client::Client,
+    key: &str,
+    r: Option<std::ops::Range<u64>>,
+) -> anyhow::Result<Vec<u8>> {
+    let (_, mut s) = c.get("paged", key, r).await?;
+    let mut out = Vec::new();
+    while let Some(ch) = s.next().await {
+        out.extend_from_slice(&ch?);
+    }
+    Ok(out)
+}
+
+/// Objects of more than `STRIPE_PAGE_MAX` stripes (a bucket of 8 KiB
+/// stripes stands in for a 5 TiB object of 4 MiB ones): the head carries
+/// only the first page, the read pages through the stripe rows as it goes,
+/// for a single PUT and for a multipart object whose page boundary falls
+/// inside its second part; and a read whose version is overwritten before
+/// it reaches the second page ends with an error, never with the new
+/// version's bytes.
+async fn objects_of_more_than_a_page_of_stripes(
+    client: &cairn_client::Client,
+) -> anyhow::Result<()> {
+    let stripe = 8u64 << 10;
+    client
+        .create_bucket("paged", EcParams { k: 2, m: 1 }, 4 << 10)
+        .await?;
+    let page = u64::from(STRIPE_PAGE_MAX);
+    let len = (page + 65) * stripe + 123;
+    let body = data(len as usize, 77);
+    client
+        .put("paged", "single", &body[..], PutOptions::default())
+        .await?;
+    let head = client.head("paged", "single").await?;
+    assert_eq!(head.stripes.len() as u64, page, "the head holds one page");
+    assert_eq!(cairn_client::read::stripe_count(&head)?, page + 66);
+    let cut = page * stripe;
+    for r in [
+        None,
+        Some(0..1),
+        Some(cut - 5..cut + 5),
+        Some(cut..cut + stripe),
+        Some(cut + 3..len),
+        Some(len - 1..len),
+    ] {
+        let got = read_range(client, "single", r.clone()).await?;
+        let want = match &r {
+            Some(r) => &body[r.start as usize..r.end as usize],
+            None => &body[..],
+        };
+        assert!(got == want, "single range {r:?} differs");
+    }
+    // The stripe listing of `cairn stat` pages the same way.
+    let mut rows = head.stripes.clone();
+    rows.extend(
+        client
+            .stripes("paged", "single", head.version, page, 1024)
+            .await?,
+    );
+    assert_eq!(rows.len() as u64, page + 66);
+    assert_eq!(rows.iter().map(|s| s.len).sum::<u64>(), len);
+
+    // Multipart: 5 MiB (640 stripes) + 3.5 MiB and a bit (449 stripes, the
+    // last one short); stripe 1024 is the 385th of part 2.
+    let part1 = data(5 << 20, 78);
+    let part2 = data((7 << 19) + 4567, 79);
+    let up = client
+        .create_upload("paged", "multi", &PutOptions::default(), None, None, "")
+        .await?;
+    let mut parts = Vec::new();
+    for (n, b) in [(1u32, &part1), (2, &part2)] {
+        let p = client
+            .upload_part("paged", "multi", up.id, n, &b[..], Default::default())
+            .await?;
+        parts.push(CompletePart {
+            number: n,
+            etag: p.etag,
+        });
+    }
+    let m = client
+        .complete_upload(
+            "paged",
+            "multi",
+            up.id,
+            parts,
+            Default::default(),
+            PutCondition::None,
+        )
+        .await?;
+    let whole: Vec<u8> = [&part1[..], &part2[..]].concat();
+    let total = whole.len() as u64;
+    assert_eq!(m.stripes.len() as u64, page);
+    assert_eq!(cairn_client::read::stripe_count(&m)?, 640 + 449);
+    let p1 = part1.len() as u64;
+    let mcut = p1 + 384 * stripe;
+    for r in [
+        None,
+        Some(p1 - 1..p1 + 1),
+        Some(mcut - 9..mcut + 9),
+        Some(mcut + 1..total),
+        Some(total - 4567..total),
+    ] {
+        let got = read_range(client, "multi", r.clone()).await?;
+        let want = match &r {
+            Some(r) => &whole[r.start as usize..r.end as usize],
+            None => &whole[..],
+        };
+        assert!(got == want, "multi range {r:?} differs");
+    }
+
+    // Overwritten mid-read: the first page was the old version's, the
+    // second is gone; the stream ends with an error.
+    let (_, mut s) = client.get("paged", "single", None).await?;
+    let mut got = Vec::new();
+    match s.next().await {
+        Some(Ok(ch)) => got.extend_from_slice(&ch),
+        other => anyhow::bail!("first chunk: {other:?}"),
+    }
+    client
+        .put("paged", "single", &b"replaced"[..], PutOptions::default())
+        .await?;
+    let mut failed = false;
+    while let Some(ch) = s.next().await {
+        match ch {
+            Ok(ch) => got.extend_from_slice(&ch),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        failed,
+        "a read of an overwritten version must not end cleanly"
+    );
+    assert!(got.len() as u64 <= cut && got[..] == body[..got.len()]);
+    assert_eq!(read_range(client, "single", None).await?, b"replaced");
     Ok(())
 }
 

@@ -163,22 +163,24 @@ pub(super) fn apply_inner(
             ) {
                 return Ok(Err(e));
             }
-            let mut objects = txn.open_table(OBJECTS)?;
             let ok = object_key(bucket, key);
-            let old: Option<ObjectManifest> = match objects.get(ok.as_slice())? {
-                Some(v) => Some(dec(v.value())?),
-                None => None,
-            };
+            let old = load_object(txn, &ok)?;
             if let Err(e) = check_condition(condition, old.as_ref(), bucket, key) {
                 return Ok(Err(e));
             }
-            objects.insert(ok.as_slice(), enc(manifest)?.as_slice())?;
-            drop(objects);
+            store_object(txn, &ok, old.as_ref().map(|o| &o.version), manifest)?;
             let row = OwnerRow::Object(ok);
             if let Some(old) = &old {
-                shard_index::remove(txn, &row, &old.stripes)?;
+                shard_index::remove(txn, &row, &old.stripes, old.ec.k)?;
             }
-            shard_index::add(txn, &row, manifest.version, 0, &manifest.stripes)?;
+            shard_index::add(
+                txn,
+                &row,
+                manifest.version,
+                0,
+                &manifest.stripes,
+                manifest.ec.k,
+            )?;
             stats::replace(txn, bucket, old.as_ref(), Some(manifest))?;
             queue_unplaced(txn, bucket, key, manifest)?;
             if let Some(old) = old {
@@ -202,20 +204,15 @@ pub(super) fn apply_inner(
             if txn.open_table(BUCKETS)?.get(bucket.as_bytes())?.is_none() {
                 return Ok(Err(MetaError::NoSuchBucket(bucket.clone())));
             }
-            let mut objects = txn.open_table(OBJECTS)?;
             let ok = object_key(bucket, key);
-            let old: Option<ObjectManifest> = match objects.get(ok.as_slice())? {
-                Some(v) => Some(dec(v.value())?),
-                None => None,
-            };
+            let old = load_object(txn, &ok)?;
             if let Err(e) = check_condition(condition, old.as_ref(), bucket, key) {
                 return Ok(Err(e));
             }
             // S3 deletes of a missing key succeed.
             if let Some(old) = old {
-                objects.remove(ok.as_slice())?;
-                drop(objects);
-                shard_index::remove(txn, &OwnerRow::Object(ok), &old.stripes)?;
+                erase_object(txn, &ok, &old.version)?;
+                shard_index::remove(txn, &OwnerRow::Object(ok), &old.stripes, old.ec.k)?;
                 stats::replace(txn, bucket, Some(&old), None)?;
                 queue_gc(txn, now, old.placed_shards())?;
                 drop_repairs(txn, &old.version)?;
@@ -355,6 +352,10 @@ pub(super) fn apply_inner(
             txn, bucket, key, *version, *stripe, *index, shard, *from, *to, *reused, now,
         ),
         Command::RemoveChunkserver { id } => remove_chunkserver(txn, *id),
+        Command::SetRebalance {
+            enabled,
+            threshold_pct,
+        } => set_rebalance(txn, *enabled, *threshold_pct),
         Command::PutObjectTags {
             bucket,
             key,
@@ -442,9 +443,9 @@ pub(super) fn apply_inner(
             drop(t);
             let row = OwnerRow::Part(pk.to_vec());
             if let Some(old) = &old {
-                shard_index::remove(txn, &row, &old.stripes)?;
+                shard_index::remove(txn, &row, &old.stripes, info.ec.k)?;
             }
-            shard_index::add(txn, &row, *upload, 0, &part.stripes)?;
+            shard_index::add(txn, &row, *upload, 0, &part.stripes, info.ec.k)?;
             if let Some(old) = old {
                 let keep: HashSet<ShardId> = placed_in(&part.stripes).map(|(_, s)| s).collect();
                 let old: Vec<_> = placed_in(&old.stripes)

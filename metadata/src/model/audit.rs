@@ -99,16 +99,17 @@ pub(super) fn audit_page(
         Ok(())
     };
     if !in_parts {
-        let t = open_ro(txn, OBJECTS)?;
         let lower = match &after {
             Some(a) => Bound::Excluded(a.as_slice()),
             None => Bound::Unbounded,
         };
-        if let Some(t) = t {
+        if let (Some(t), Some(st)) = (open_ro(txn, OBJECTS)?, open_ro(txn, OBJECT_STRIPES)?) {
             for r in t.range::<&[u8]>((lower, Bound::Unbounded))? {
-                let (k, v) = r?;
-                let m: ObjectManifest = dec(v.value())?;
+                let (k, _) = r?;
                 let raw = k.value();
+                let Some(m) = get_object(&t, &st, raw)? else {
+                    continue;
+                };
                 let (bucket, key) = match raw.iter().position(|b| *b == 0) {
                     Some(p) => (
                         String::from_utf8_lossy(&raw[..p]).into_owned(),
@@ -193,13 +194,13 @@ pub(super) fn audit_index_page(
     let Some(t) = open_ro(txn, shard_index::SHARD_OWNERS)? else {
         return Ok(Ok(QueryResult::Audit(page)));
     };
-    let objects = open_ro(txn, OBJECTS)?;
+    let stripe_rows = open_ro(txn, OBJECT_STRIPES)?;
     let parts = open_ro(txn, UPLOAD_PARTS)?;
     let lower = match &after {
         Some(a) if !a.is_empty() => Bound::Excluded(a.as_slice()),
         _ => Bound::Unbounded,
     };
-    // Decoded rows, so an object's many shards decode it once per page.
+    // Decoded part rows, so a part's many shards decode it once per page.
     let mut cache: HashMap<Vec<u8>, Option<Vec<StripeManifest>>> = HashMap::new();
     let mut rows = 0u64;
     for r in t.range::<&[u8]>((lower, Bound::Unbounded))? {
@@ -211,29 +212,40 @@ pub(super) fn audit_index_page(
             ));
         };
         let owner = shard_index::decode(v.value())?;
-        let (table, row_key, is_part) = match &owner.row {
-            shard_index::OwnerRow::Object(k) => (&objects, k, false),
-            shard_index::OwnerRow::Part(k) => (&parts, k, true),
+        let (row_key, is_part) = match &owner.row {
+            shard_index::OwnerRow::Object(k) => (k, false),
+            shard_index::OwnerRow::Part(k) => (k, true),
         };
-        if cache.len() > 4096 {
-            cache.clear();
-        }
-        let cache_key = [[u8::from(is_part)].as_slice(), row_key.as_slice()].concat();
-        if !cache.contains_key(&cache_key) {
-            let stripes = match table {
-                Some(t) => match t.get(row_key.as_slice())? {
-                    Some(v) if is_part => Some(dec::<UploadPart>(v.value())?.stripes),
-                    Some(v) => Some(dec::<ObjectManifest>(v.value())?.stripes),
+        // An object's shard is checked against its one stripe row (stripe
+        // rows exist only for the live version); a part's row holds all of
+        // the part's stripes (at most 5 GiB of them), decoded once per page.
+        let stripe = if is_part {
+            if cache.len() > 4096 {
+                cache.clear();
+            }
+            if !cache.contains_key(row_key) {
+                let stripes = match &parts {
+                    Some(t) => match t.get(row_key.as_slice())? {
+                        Some(v) => Some(dec::<UploadPart>(v.value())?.stripes),
+                        None => None,
+                    },
                     None => None,
-                },
+                };
+                cache.insert(row_key.clone(), stripes);
+            }
+            cache
+                .get(row_key)
+                .and_then(|s| s.as_ref())
+                .and_then(|s| usize::try_from(owner.stripe).ok().and_then(|i| s.get(i)))
+                .cloned()
+        } else {
+            match &stripe_rows {
+                Some(t) => get_stripe(t, row_key, &owner.version, owner.stripe)?,
                 None => None,
-            };
-            cache.insert(cache_key.clone(), stripes);
-        }
-        let placed = cache
-            .get(&cache_key)
-            .and_then(|s| s.as_ref())
-            .and_then(|s| usize::try_from(owner.stripe).ok().and_then(|i| s.get(i)))
+            }
+        };
+        let placed = stripe
+            .as_ref()
             .and_then(|s| s.shards.get(usize::from(owner.index)))
             .is_some_and(|l| l.shard == shard && l.chunkserver == Some(cs));
         if !placed {

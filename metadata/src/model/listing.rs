@@ -110,7 +110,7 @@ pub fn list_objects(
                     continue 'outer;
                 }
             }
-            let m: ObjectManifest = dec(v.value())?;
+            let m = decode_head(v.value())?.manifest;
             page.entries.push(ListEntry {
                 key: key.to_string(),
                 size: m.size,

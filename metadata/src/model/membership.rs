@@ -73,3 +73,59 @@ pub fn chunkservers(txn: &redb::ReadTransaction) -> StoreResult<Vec<ChunkserverI
     }
     Ok(out)
 }
+
+/// The `counters` row of the rebalancer's setting: enabled (0 or 1) in the
+/// low byte, the threshold in the next.
+const REBALANCE_COUNTER: &[u8] = b"rebalance";
+
+/// The rebalancer's replicated setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebalanceSetting {
+    /// Whether shards may move.
+    pub enabled: bool,
+    /// The fullness spread tolerated, in percentage points.
+    pub threshold_pct: u8,
+}
+
+impl Default for RebalanceSetting {
+    fn default() -> Self {
+        RebalanceSetting {
+            enabled: true,
+            threshold_pct: DEFAULT_REBALANCE_THRESHOLD_PCT,
+        }
+    }
+}
+
+/// Applies `Command::SetRebalance`.
+pub(super) fn set_rebalance(
+    txn: &redb::WriteTransaction,
+    enabled: bool,
+    threshold_pct: u8,
+) -> StoreResult<Result<CommandResult, MetaError>> {
+    if !(1..=50).contains(&threshold_pct) {
+        return Ok(Err(MetaError::Invalid(format!(
+            "rebalance threshold {threshold_pct} is not within 1..=50 percentage points"
+        ))));
+    }
+    let v = u64::from(enabled) | (u64::from(threshold_pct) << 8);
+    txn.open_table(COUNTERS)?
+        .insert(REBALANCE_COUNTER, v.to_be_bytes().as_slice())?;
+    Ok(Ok(CommandResult::Ok))
+}
+
+/// The rebalancer's setting (the default when none was set).
+pub fn rebalance_setting(txn: &redb::ReadTransaction) -> StoreResult<RebalanceSetting> {
+    let Some(t) = open_ro(txn, COUNTERS)? else {
+        return Ok(RebalanceSetting::default());
+    };
+    Ok(match t.get(REBALANCE_COUNTER)? {
+        Some(v) => {
+            let v = u64_from(v.value());
+            RebalanceSetting {
+                enabled: v & 1 == 1,
+                threshold_pct: ((v >> 8) & 0xff) as u8,
+            }
+        }
+        None => RebalanceSetting::default(),
+    })
+}

@@ -10,7 +10,11 @@ use super::*;
 ///
 /// Format 1 files have no reverse shard index: [`build_shard_index`] builds
 /// it once (the one full walk of every object and part, at upgrade).
+/// Formats 1 and 2 kept each object as one JSON manifest row:
+/// [`split_json_rows`] rewrites them as a head row and stripe rows, once,
+/// before the index is built from them.
 pub fn migrate(txn: &redb::WriteTransaction) -> StoreResult<()> {
+    split_json_rows(txn)?;
     build_shard_index(txn)?;
     let mut counters = txn.open_table(COUNTERS)?;
     if counters.get(b"gc_due_index".as_slice())?.is_some() {
@@ -38,26 +42,37 @@ pub fn migrate(txn: &redb::WriteTransaction) -> StoreResult<()> {
     Ok(())
 }
 
-/// Builds the `shard_owners` index from every object and uploaded part,
-/// and the `bucket_stats` counters from every object, once per state (a
-/// counter marks them built). Deterministic.
+/// The `counters` row that marks the index and counters built. Its name
+/// changed when the per-chunkserver `placed` counters were added (model
+/// format 3): a format 2 state rebuilds the index once, with them.
+pub(super) const SHARD_INDEX_BUILT: &[u8] = b"shard_index_placed";
+
+/// Builds the `shard_owners` index and the per-chunkserver `placed`
+/// counters from every object and uploaded part, and the `bucket_stats`
+/// counters from every object, once per state (a counter marks them
+/// built). Deterministic.
 pub(super) fn build_shard_index(txn: &redb::WriteTransaction) -> StoreResult<()> {
     let mut counters = txn.open_table(COUNTERS)?;
-    if counters.get(b"shard_index".as_slice())?.is_some() {
+    if counters.get(SHARD_INDEX_BUILT)?.is_some() {
         return Ok(());
     }
-    counters.insert(b"shard_index".as_slice(), 1u64.to_be_bytes().as_slice())?;
+    counters.insert(SHARD_INDEX_BUILT, 1u64.to_be_bytes().as_slice())?;
     drop(counters);
     txn.delete_table(shard_index::SHARD_OWNERS)?;
     txn.open_table(shard_index::SHARD_OWNERS)?;
+    txn.delete_table(shard_index::PLACED)?;
+    txn.open_table(shard_index::PLACED)?;
     txn.delete_table(stats::BUCKET_STATS)?;
     txn.open_table(stats::BUCKET_STATS)?;
     let objects = txn.open_table(OBJECTS)?;
+    let stripes = txn.open_table(OBJECT_STRIPES)?;
     for r in objects.iter()? {
-        let (k, v) = r?;
-        let m: ObjectManifest = dec(v.value())?;
+        let (k, _) = r?;
+        let Some(m) = get_object(&objects, &stripes, k.value())? else {
+            continue;
+        };
         let row = OwnerRow::Object(k.value().to_vec());
-        shard_index::add(txn, &row, m.version, 0, &m.stripes)?;
+        shard_index::add(txn, &row, m.version, 0, &m.stripes, m.ec.k)?;
         let raw = k.value();
         let bucket = raw
             .iter()
@@ -67,6 +82,7 @@ pub(super) fn build_shard_index(txn: &redb::WriteTransaction) -> StoreResult<()>
         stats::replace(txn, &String::from_utf8_lossy(bucket), None, Some(&m))?;
     }
     drop(objects);
+    drop(stripes);
     let parts = txn.open_table(UPLOAD_PARTS)?;
     for r in parts.iter()? {
         let (k, v) = r?;
@@ -78,7 +94,8 @@ pub(super) fn build_shard_index(txn: &redb::WriteTransaction) -> StoreResult<()>
             .map(StripeId)
             .ok_or_else(|| redb::Error::Corrupted("upload part key of bad length".into()))?;
         let row = OwnerRow::Part(k.value().to_vec());
-        shard_index::add(txn, &row, upload, 0, &p.stripes)?;
+        // Parts are not counted in the placed counters: no `k` needed.
+        shard_index::add(txn, &row, upload, 0, &p.stripes, 1)?;
     }
     Ok(())
 }

@@ -17,14 +17,19 @@
 //! - `intents`: write intents.
 //! - `migrate`: [`migrate`], upgrades of files written by older binaries.
 //! - `tagging`: object tags (`PutObjectTags`).
+//! - `objects`: head and stripe rows of object versions.
 //!
-//! # On-disk format (redb, format version 1)
+//! # On-disk format (redb, format version 3)
 //! Every model table maps raw bytes to raw bytes, so snapshots can dump and
 //! load them without knowing their contents:
 //! - `buckets`: bucket name (UTF-8) -> JSON [`BucketInfo`]
-//! - `objects`: bucket name, NUL, key (UTF-8) -> JSON [`ObjectManifest`].
-//!   Bucket names cannot contain NUL and keys are validated not to, so one
-//!   bucket's keys form one contiguous, key-ordered range.
+//! - `objects`: bucket name, NUL, key (UTF-8) -> binary head row (see
+//!   `objects`: the manifest without its stripes). Bucket names cannot
+//!   contain NUL and keys are validated not to, so one bucket's keys form
+//!   one contiguous, key-ordered range.
+//! - `object_stripes`: bucket, NUL, key, NUL, version, stripe number ->
+//!   binary stripe row (format 3; formats 1 and 2 kept the stripes in a
+//!   JSON manifest in `objects`, split once by [`migrate`]).
 //! - `chunkservers`: id (u64 big-endian) -> JSON [`ChunkserverInfo`]
 //! - `gc`: chunkserver id (u64 BE) ++ shard id (16 bytes) -> queued time
 //!   (u64 BE ms, the entry time of the command that queued it): shards
@@ -92,6 +97,7 @@ mod intents;
 mod listing;
 mod membership;
 mod migrate;
+mod objects;
 mod placement;
 mod query;
 mod repair;
@@ -107,6 +113,7 @@ pub use self::intents::*;
 pub use self::listing::*;
 pub use self::membership::*;
 pub use self::migrate::*;
+pub use self::objects::*;
 pub use self::placement::*;
 pub use self::query::*;
 pub use self::repair::*;
@@ -114,7 +121,7 @@ use self::tagging::*;
 use self::uploads::*;
 
 /// Version of the model tables' encoding.
-pub const MODEL_FORMAT_VERSION: u64 = 2;
+pub const MODEL_FORMAT_VERSION: u64 = 3;
 
 /// Buckets by name.
 pub const BUCKETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("buckets");
@@ -164,6 +171,7 @@ pub const INTENT_ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("int
 pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>] = &[
     BUCKETS,
     OBJECTS,
+    OBJECT_STRIPES,
     CHUNKSERVERS,
     GC,
     REPAIR,
@@ -182,6 +190,7 @@ pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>
     INTENT_SHARDS,
     INTENT_ROWS,
     shard_index::SHARD_OWNERS,
+    shard_index::PLACED,
     stats::BUCKET_STATS,
 ];
 

@@ -19,18 +19,21 @@ pub fn for_each_object(
     txn: &redb::ReadTransaction,
     mut f: impl FnMut(&str, &str, ObjectManifest),
 ) -> StoreResult<()> {
-    let Some(t) = open_ro(txn, OBJECTS)? else {
+    let (Some(t), Some(stripes)) = (open_ro(txn, OBJECTS)?, open_ro(txn, OBJECT_STRIPES)?) else {
         return Ok(());
     };
     for r in t.iter()? {
-        let (k, v) = r?;
-        let Ok(k) = std::str::from_utf8(k.value()) else {
+        let (k, _) = r?;
+        let raw = k.value();
+        let Ok(ks) = std::str::from_utf8(raw) else {
             continue;
         };
-        let Some((bucket, key)) = k.split_once('\0') else {
+        let Some((bucket, key)) = ks.split_once('\0') else {
             continue;
         };
-        f(bucket, key, dec(v.value())?);
+        if let Some(m) = get_object(&t, &stripes, raw)? {
+            f(bucket, key, m);
+        }
     }
     Ok(())
 }
@@ -112,13 +115,86 @@ pub(super) fn query_inner(
                 bucket: bucket.clone(),
                 key: key.clone(),
             };
+            let (Some(t), Some(stripes)) = (open_ro(txn, OBJECTS)?, open_ro(txn, OBJECT_STRIPES)?)
+            else {
+                return Ok(Err(not_found()));
+            };
+            Ok(match get_object(&t, &stripes, &object_key(bucket, key))? {
+                Some(m) => Ok(QueryResult::Object(m)),
+                None => Err(not_found()),
+            })
+        }
+        Query::GetObjectPage {
+            bucket,
+            key,
+            stripes: want,
+        } => {
+            if get_bucket(txn, bucket)?.is_none() {
+                return Ok(Err(MetaError::NoSuchBucket(bucket.clone())));
+            }
+            let not_found = || MetaError::NoSuchKey {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            };
             let Some(t) = open_ro(txn, OBJECTS)? else {
                 return Ok(Err(not_found()));
             };
-            Ok(match t.get(object_key(bucket, key).as_slice())? {
-                Some(v) => Ok(QueryResult::Object(dec(v.value())?)),
-                None => Err(not_found()),
-            })
+            let object = object_key(bucket, key);
+            let Some(head) = get_head(&t, &object)? else {
+                return Ok(Err(not_found()));
+            };
+            let mut m = head.manifest;
+            let want = u64::from((*want).min(STRIPE_PAGE_MAX)).min(head.stripes);
+            if want > 0 {
+                if let Some(st) = open_ro(txn, OBJECT_STRIPES)? {
+                    // `want` <= STRIPE_PAGE_MAX, so it fits in usize.
+                    m.stripes = stripe_page(&st, &object, &m.version, 0, want as usize)?;
+                }
+                if (m.stripes.len() as u64) < want {
+                    return Err(corrupt(
+                        "object stripe rows",
+                        format!("{bucket}/{key} lacks some"),
+                    ));
+                }
+            }
+            Ok(Ok(QueryResult::Object(m)))
+        }
+        Query::ObjectStripes {
+            bucket,
+            key,
+            version,
+            from,
+            limit,
+        } => {
+            let stale = || {
+                MetaError::Stale(format!(
+                    "{bucket}/{key} is no longer version {version} (overwritten or deleted)"
+                ))
+            };
+            let Some(t) = open_ro(txn, OBJECTS)? else {
+                return Ok(Err(stale()));
+            };
+            let object = object_key(bucket, key);
+            match get_head(&t, &object)? {
+                Some(h) if h.manifest.version == *version => {
+                    let limit = u64::from((*limit).min(STRIPE_PAGE_MAX))
+                        .min(h.stripes.saturating_sub(*from));
+                    let rows = match open_ro(txn, OBJECT_STRIPES)? {
+                        Some(st) if limit > 0 => {
+                            stripe_page(&st, &object, version, *from, limit as usize)?
+                        }
+                        _ => Vec::new(),
+                    };
+                    if (rows.len() as u64) < limit {
+                        return Err(corrupt(
+                            "object stripe rows",
+                            format!("{bucket}/{key} lacks some"),
+                        ));
+                    }
+                    Ok(Ok(QueryResult::Stripes(rows)))
+                }
+                _ => Ok(Err(stale())),
+            }
         }
         Query::ListObjects(req) => {
             if get_bucket(txn, &req.bucket)?.is_none() {

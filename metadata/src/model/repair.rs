@@ -19,12 +19,8 @@ pub(super) fn commit_repair(
     reused: bool,
     now: u64,
 ) -> StoreResult<Result<CommandResult, MetaError>> {
-    let mut objects = txn.open_table(OBJECTS)?;
     let ok = object_key(bucket, key);
-    let live: Option<ObjectManifest> = match objects.get(ok.as_slice())? {
-        Some(v) => Some(dec(v.value())?),
-        None => None,
-    };
+    let live = get_head(&txn.open_table(OBJECTS)?, &ok)?;
     let item_key = repair_key(&RepairItem {
         bucket: String::new(),
         key: String::new(),
@@ -34,18 +30,23 @@ pub(super) fn commit_repair(
         chunkserver: None,
         reason: String::new(),
     });
-    let Some(mut m) = live else {
-        drop(objects);
+    let Some(head) = live else {
         txn.open_table(REPAIR)?.remove(item_key.as_slice())?;
         queue_gc(txn, now, std::iter::once((to, *shard)))?;
         return Ok(Err(MetaError::Stale(format!("{bucket}/{key} is gone"))));
     };
-    let matches = m.version == version
-        && usize::try_from(stripe)
-            .ok()
-            .and_then(|i| m.stripes.get(i))
-            .and_then(|s| s.shards.get(usize::from(index)))
-            .is_some_and(|l| l.shard == *shard && l.chunkserver == from);
+    let m = &head.manifest;
+    // Only the one stripe row the repair is about is read and rewritten:
+    // a repair costs the same in a 5 TiB object as in a 4 MiB one.
+    let mut row = if m.version == version {
+        get_stripe(&txn.open_table(OBJECT_STRIPES)?, &ok, &version, stripe)?
+    } else {
+        None
+    };
+    let matches = row
+        .as_ref()
+        .and_then(|s| s.shards.get(usize::from(index)))
+        .is_some_and(|l| l.shard == *shard && l.chunkserver == from);
     // A copy of this shard on `to` that is queued for deletion (e.g. an old
     // stale copy the inventory found unnamed, which the repair then found
     // "already stored") must not become live: the queued delete would
@@ -55,7 +56,6 @@ pub(super) fn commit_repair(
         .get(gc_key(to, shard).as_slice())?
         .is_some();
     if doomed && matches {
-        drop(objects);
         return Ok(Err(MetaError::Stale(format!(
             "{bucket}/{key} stripe {stripe} shard {index}: the copy on chunkserver {to} is queued for deletion"
         ))));
@@ -68,7 +68,6 @@ pub(super) fn commit_repair(
         .get(gc_key(to, shard).as_slice())?
         .is_some();
     if deleted && reused && matches {
-        drop(objects);
         queue_gc(txn, now, std::iter::once((to, *shard)))?;
         return Ok(Err(MetaError::Stale(format!(
             "{bucket}/{key} stripe {stripe} shard {index}: chunkserver {to} deleted its copy"
@@ -78,8 +77,7 @@ pub(super) fn commit_repair(
         // The rebuilt copy is garbage unless the live manifest already
         // places exactly this shard on `to` (a duplicate report of a
         // committed repair).
-        let placed = m.placed_shards().any(|(c, s)| c == to && s == *shard);
-        drop(objects);
+        let placed = placed_by(txn, &ok, &m.version, to, shard)?;
         if m.version != version {
             txn.open_table(REPAIR)?.remove(item_key.as_slice())?;
         }
@@ -95,9 +93,8 @@ pub(super) fn commit_repair(
     // that already broke it, written by an older binary, may still be
     // improved one move at a time).
     let rules = PlacementRules::load(txn)?;
-    let old_locs: Vec<Option<ChunkserverId>> = usize::try_from(stripe)
-        .ok()
-        .and_then(|i| m.stripes.get(i))
+    let old_locs: Vec<Option<ChunkserverId>> = row
+        .as_ref()
         .map(|s| s.shards.iter().map(|l| l.chunkserver).collect())
         .unwrap_or_default();
     let mut new_locs = old_locs.clone();
@@ -121,7 +118,6 @@ pub(super) fn commit_repair(
     let after = in_zone(&new_locs, zone);
     let over = zone.is_some() && after > cap && after > in_zone(&old_locs, zone);
     if stacked || over {
-        drop(objects);
         if from != Some(to) {
             queue_gc(txn, now, std::iter::once((to, *shard)))?;
         }
@@ -137,15 +133,14 @@ pub(super) fn commit_repair(
             "{bucket}/{key} stripe {stripe} shard {index}: {why}"
         ))));
     }
-    if let Some(l) = usize::try_from(stripe)
-        .ok()
-        .and_then(|i| m.stripes.get_mut(i))
-        .and_then(|s| s.shards.get_mut(usize::from(index)))
-    {
-        l.chunkserver = Some(to);
+    let mut bytes = 0;
+    if let Some(s) = row.as_mut() {
+        if let Some(l) = s.shards.get_mut(usize::from(index)) {
+            l.chunkserver = Some(to);
+        }
+        store_stripe(txn, &ok, &version, stripe, s)?;
+        bytes = shard_index::shard_len(s.len, m.ec.k);
     }
-    objects.insert(ok.as_slice(), enc(&m)?.as_slice())?;
-    drop(objects);
     shard_index::relocate(
         txn,
         &shard_index::Owner {
@@ -157,6 +152,7 @@ pub(super) fn commit_repair(
         shard,
         from,
         to,
+        bytes,
     )?;
     txn.open_table(REPAIR)?.remove(item_key.as_slice())?;
     if let Some(f) = from {
@@ -168,6 +164,24 @@ pub(super) fn commit_repair(
     txn.open_table(BAD)?.remove(gc_key(to, shard).as_slice())?;
     forget_deleted(txn, to, shard)?;
     Ok(Ok(CommandResult::Ok))
+}
+
+/// Whether the live version `version` of `object` places `shard` on `cs`:
+/// one lookup in the reverse index, which `apply` keeps in step with the
+/// stripe rows.
+fn placed_by(
+    txn: &redb::WriteTransaction,
+    object: &[u8],
+    version: &StripeId,
+    cs: ChunkserverId,
+    shard: &ShardId,
+) -> StoreResult<bool> {
+    let t = txn.open_table(shard_index::SHARD_OWNERS)?;
+    let Some(v) = t.get(shard_index::key(cs, shard).as_slice())? else {
+        return Ok(false);
+    };
+    let o = shard_index::decode(v.value())?;
+    Ok(o.version == *version && o.row == OwnerRow::Object(object.to_vec()))
 }
 
 /// Every (chunkserver, shard) reported bad.
@@ -201,22 +215,22 @@ pub fn repair_items(txn: &redb::ReadTransaction) -> StoreResult<Vec<RepairItem>>
 /// live version of its object places it there.
 pub(super) fn item_shard(
     objects: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    stripes: &impl ReadableTable<&'static [u8], &'static [u8]>,
     item: &RepairItem,
     cs: ChunkserverId,
 ) -> StoreResult<Option<ShardId>> {
     if item.chunkserver != Some(cs) {
         return Ok(None);
     }
-    let Some(v) = objects.get(object_key(&item.bucket, &item.key).as_slice())? else {
+    let ok = object_key(&item.bucket, &item.key);
+    let Some(head) = get_head(objects, &ok)? else {
         return Ok(None);
     };
-    let m: ObjectManifest = dec(v.value())?;
-    if m.version != item.version {
+    if head.manifest.version != item.version {
         return Ok(None);
     }
-    Ok(m.stripes
-        .get(item.stripe as usize)
-        .and_then(|s| s.shards.get(usize::from(item.index)))
+    Ok(get_stripe(stripes, &ok, &item.version, item.stripe)?
+        .and_then(|s| s.shards.into_iter().nth(usize::from(item.index)))
         .filter(|l| l.chunkserver == Some(cs))
         .map(|l| l.shard))
 }
@@ -238,12 +252,17 @@ pub fn stale_reports(
             }
         }
     }
-    if let (Some(q), Some(objects)) = (open_ro(txn, REPAIR)?, open_ro(txn, OBJECTS)?) {
+    if let (Some(q), Some(objects), Some(stripes)) = (
+        open_ro(txn, REPAIR)?,
+        open_ro(txn, OBJECTS)?,
+        open_ro(txn, OBJECT_STRIPES)?,
+    ) {
         let seen: HashSet<ShardId> = listed.iter().copied().collect();
         for r in q.iter()? {
             let (_, v) = r?;
             let item: RepairItem = dec(v.value())?;
-            if let Some(s) = item_shard(&objects, &item, cs)?.filter(|s| seen.contains(s)) {
+            if let Some(s) = item_shard(&objects, &stripes, &item, cs)?.filter(|s| seen.contains(s))
+            {
                 out.insert(s);
             }
         }
@@ -263,12 +282,13 @@ pub(super) fn clear_seen_repairs(
 ) -> StoreResult<()> {
     let seen: HashSet<ShardId> = shards.iter().copied().collect();
     let objects = txn.open_table(OBJECTS)?;
+    let stripes = txn.open_table(OBJECT_STRIPES)?;
     let mut q = txn.open_table(REPAIR)?;
     let mut stale = Vec::new();
     for r in q.iter()? {
         let (k, v) = r?;
         let item: RepairItem = dec(v.value())?;
-        if item_shard(&objects, &item, cs)?.is_some_and(|s| seen.contains(&s)) {
+        if item_shard(&objects, &stripes, &item, cs)?.is_some_and(|s| seen.contains(&s)) {
             stale.push(k.value().to_vec());
         }
     }

@@ -1,5 +1,6 @@
 //! Object tags: `Command::PutObjectTags`, conditional on the object's
-//! version. Tags live in the object's manifest row (`ObjectManifest.tags`).
+//! version. Tags live in the object's head row (`ObjectManifest.tags`):
+//! retagging rewrites the head only, never the stripe rows.
 
 use super::*;
 
@@ -22,10 +23,9 @@ pub(super) fn put_object_tags(
     if txn.open_table(BUCKETS)?.get(bucket.as_bytes())?.is_none() {
         return Ok(Err(MetaError::NoSuchBucket(bucket.to_string())));
     }
-    let mut objects = txn.open_table(OBJECTS)?;
     let ok = object_key(bucket, key);
-    let mut m: ObjectManifest = match objects.get(ok.as_slice())? {
-        Some(v) => dec(v.value())?,
+    let mut head = match get_head(&txn.open_table(OBJECTS)?, &ok)? {
+        Some(h) => h,
         None => {
             return Ok(Err(MetaError::NoSuchKey {
                 bucket: bucket.to_string(),
@@ -33,14 +33,14 @@ pub(super) fn put_object_tags(
             }))
         }
     };
-    if m.version != *version {
+    if head.manifest.version != *version {
         return Ok(Err(MetaError::Stale(format!(
             "{bucket}/{key} is version {}, not {version}",
-            m.version
+            head.manifest.version
         ))));
     }
-    m.tags = tags.clone();
-    objects.insert(ok.as_slice(), enc(&m)?.as_slice())?;
+    head.manifest.tags = tags.clone();
+    store_head(txn, &ok, &head)?;
     Ok(Ok(CommandResult::Ok))
 }
 
@@ -78,8 +78,8 @@ mod tests {
     fn tags_of(db: &redb::Database) -> Option<BTreeMap<String, String>> {
         let txn = db.begin_read().expect("read");
         let t = txn.open_table(OBJECTS).expect("objects");
-        let row = t.get(object_key("bkt", "k").as_slice()).expect("get")?;
-        Some(dec::<ObjectManifest>(row.value()).expect("decode").tags)
+        let head = get_head(&t, object_key("bkt", "k").as_slice()).expect("get")?;
+        Some(head.manifest.tags)
     }
 
     fn tag(version: u8, k: &str) -> Command {

@@ -17,7 +17,11 @@ fn db() -> redb::Database {
 fn assert_index_matches(db: &redb::Database) {
     let rows = |txn: &redb::WriteTransaction| -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
-        for def in [shard_index::SHARD_OWNERS, stats::BUCKET_STATS] {
+        for def in [
+            shard_index::SHARD_OWNERS,
+            shard_index::PLACED,
+            stats::BUCKET_STATS,
+        ] {
             let t = txn.open_table(def).expect("table");
             out.extend(t.iter().expect("iter").map(|r| {
                 let (k, v) = r.expect("row");
@@ -30,7 +34,7 @@ fn assert_index_matches(db: &redb::Database) {
     let kept = rows(&txn);
     txn.open_table(COUNTERS)
         .expect("counters")
-        .remove(b"shard_index".as_slice())
+        .remove(migrate::SHARD_INDEX_BUILT)
         .expect("remove");
     build_shard_index(&txn).expect("rebuild");
     let rebuilt = rows(&txn);
@@ -1196,4 +1200,97 @@ fn a_copy_seen_healthy_clears_its_bad_row_and_repair_item() {
     assert!(bad_shards(&txn).expect("bad").is_empty());
     assert_eq!(repair_items(&txn).expect("items"), vec![item(1, 2)]);
     assert!(stale(1, &[on1]).is_empty());
+}
+
+/// A read of an object of more than `STRIPE_PAGE_MAX` stripes gets the
+/// head with the first page, then pages through the stripe rows of that
+/// version; once the version is overwritten, paging answers Stale.
+#[test]
+fn stripe_rows_are_read_in_pages_of_one_version() {
+    let db = db();
+    small_cluster(&db);
+    let n: u64 = 2500;
+    let stripes: Vec<StripeManifest> = (0..n)
+        .map(|i| {
+            let id = |j: u8| {
+                let mut b = [j; 16];
+                b[..8].copy_from_slice(&i.to_be_bytes());
+                b
+            };
+            StripeManifest {
+                id: StripeId(id(0)),
+                len: 4,
+                shards: vec![
+                    ShardLoc {
+                        chunkserver: Some(1),
+                        shard: ShardId(id(1)),
+                        blake3: Hash32([1; 32]),
+                    },
+                    ShardLoc {
+                        chunkserver: Some(2),
+                        shard: ShardId(id(2)),
+                        blake3: Hash32([2; 32]),
+                    },
+                ],
+            }
+        })
+        .collect();
+    let mut m = manifest(1, stripes.clone());
+    m.size = 4 * n;
+    assert_eq!(run(&db, put(&m)), CommandResult::Ok);
+    let q = |q: Query| query(&db.begin_read().expect("read"), &q).expect("query");
+    let head = match q(Query::GetObjectPage {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        stripes: u32::MAX,
+    }) {
+        QueryResult::Object(h) => h,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(head.size, 4 * n);
+    assert_eq!(head.stripes[..], stripes[..STRIPE_PAGE_MAX as usize]);
+    let page = |version: StripeId, from: u64, limit: u32| {
+        q(Query::ObjectStripes {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version,
+            from,
+            limit,
+        })
+    };
+    let mut got = head.stripes.clone();
+    while (got.len() as u64) < n {
+        match page(m.version, got.len() as u64, u32::MAX) {
+            QueryResult::Stripes(rows) => {
+                assert!(!rows.is_empty() && rows.len() <= STRIPE_PAGE_MAX as usize);
+                got.extend(rows);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, stripes);
+    assert_eq!(page(m.version, n, 10), QueryResult::Stripes(Vec::new()));
+    assert_eq!(
+        page(m.version, 7, 2),
+        QueryResult::Stripes(stripes[7..9].to_vec())
+    );
+    // Overwritten: the old version's rows are gone, and paging says so
+    // rather than returning the new version's stripes.
+    let m2 = manifest(2, vec![stripe_on(&[1, 2], 0xF0)]);
+    assert_eq!(run(&db, put(&m2)), CommandResult::Ok);
+    assert!(matches!(
+        page(m.version, 1024, 10),
+        QueryResult::Err(MetaError::Stale(_))
+    ));
+    let head = match q(Query::GetObjectPage {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        stripes: 0,
+    }) {
+        QueryResult::Object(h) => h,
+        other => panic!("{other:?}"),
+    };
+    assert!(head.stripes.is_empty());
+    assert_eq!(head.version, m2.version);
+    assert_index_matches(&db);
 }

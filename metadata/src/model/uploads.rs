@@ -28,7 +28,8 @@ pub(super) fn take_parts(
     let mut t = txn.open_table(UPLOAD_PARTS)?;
     for (k, p) in keys.into_iter().zip(&parts) {
         t.remove(k.as_slice())?;
-        shard_index::remove(txn, &OwnerRow::Part(k), &p.stripes)?;
+        // Part rows are not counted: `k` unused.
+        shard_index::remove(txn, &OwnerRow::Part(k), &p.stripes, 1)?;
     }
     Ok(parts)
 }
@@ -99,12 +100,8 @@ pub(super) fn complete_upload(
             chosen.push(part);
         }
     }
-    let mut objects = txn.open_table(OBJECTS)?;
     let ok = object_key(bucket, key);
-    let old: Option<ObjectManifest> = match objects.get(ok.as_slice())? {
-        Some(v) => Some(dec(v.value())?),
-        None => None,
-    };
+    let old = load_object(txn, &ok)?;
     if let Err(e) = check_condition(condition, old.as_ref(), bucket, key) {
         return Ok(Err(e));
     }
@@ -150,15 +147,21 @@ pub(super) fn complete_upload(
         inline: None,
         tags: info.tags.clone(),
     };
-    objects.insert(ok.as_slice(), enc(&manifest)?.as_slice())?;
-    drop(objects);
+    store_object(txn, &ok, old.as_ref().map(|o| &o.version), &manifest)?;
     txn.open_table(UPLOADS)?.remove(uk.as_slice())?;
     let all = take_parts(txn, upload)?;
     let row = OwnerRow::Object(ok);
     if let Some(old) = &old {
-        shard_index::remove(txn, &row, &old.stripes)?;
+        shard_index::remove(txn, &row, &old.stripes, old.ec.k)?;
     }
-    shard_index::add(txn, &row, manifest.version, 0, &manifest.stripes)?;
+    shard_index::add(
+        txn,
+        &row,
+        manifest.version,
+        0,
+        &manifest.stripes,
+        manifest.ec.k,
+    )?;
     stats::replace(txn, bucket, old.as_ref(), Some(&manifest))?;
     queue_unplaced(txn, bucket, key, &manifest)?;
     let keep: HashSet<ShardId> = manifest.placed_shards().map(|(_, s)| s).collect();

@@ -12,7 +12,8 @@
 //!
 //! Each row names a shard; its owner (from the reverse index, or the repair
 //! item itself) gives the object row, version, stripe and index, so the
-//! manifest is one point read and the stripe is evaluated whole (every
+//! head and the stripe row are two point reads and the stripe is
+//! evaluated whole (every
 //! shard's health: its chunkserver's state, a point lookup in `bad` and in
 //! the repair queue). Nothing else is read: a round with nothing damaged
 //! reads the chunkservers table, one seek per distinct chunkserver id of
@@ -242,9 +243,9 @@ impl Env {
     }
 }
 
-type Ro = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+pub(super) type Ro = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
-fn open_ro(
+pub(super) fn open_ro(
     txn: &redb::ReadTransaction,
     def: TableDefinition<'static, &'static [u8], &'static [u8]>,
 ) -> Result<Option<Ro>, redb::Error> {
@@ -257,7 +258,7 @@ fn open_ro(
 
 /// The repair-queue key of a shard: version ++ stripe (BE) ++ index, the
 /// layout `model` writes (checked by the planner's tests).
-fn item_key(version: &StripeId, stripe: u64, index: u8) -> [u8; 25] {
+pub(super) fn item_key(version: &StripeId, stripe: u64, index: u8) -> [u8; 25] {
     let mut k = [0u8; 25];
     k[..16].copy_from_slice(&version.0);
     k[16..24].copy_from_slice(&stripe.to_be_bytes());
@@ -427,6 +428,8 @@ pub(super) fn discover(
     let mut heap: BinaryHeap<Candidate> = BinaryHeap::new();
     let mut order = 0u64;
     let mut seen: HashSet<StripeKey> = HashSet::new();
+    let heads = open_ro(txn, model::OBJECTS)?;
+    let stripes_t = open_ro(txn, model::OBJECT_STRIPES)?;
     for (row, found) in by_row {
         let Some((bucket, key)) = std::str::from_utf8(&row)
             .ok()
@@ -435,21 +438,26 @@ pub(super) fn discover(
             continue;
         };
         reads.manifests += 1;
-        let q = Query::GetObject {
-            bucket: bucket.to_string(),
-            key: key.to_string(),
+        // The head, then only the stripe rows found: a round costs the
+        // same in a 5 TiB object as in a small one.
+        let (Some(heads), Some(stripes_t)) = (&heads, &stripes_t) else {
+            continue;
         };
-        let m = match model::query(txn, &q)? {
-            QueryResult::Object(m) => m,
-            _ => continue,
+        let Some(head) = model::get_head(heads, &row)? else {
+            continue;
         };
+        let m = &head.manifest;
         let mut evals: HashMap<u64, Option<Eval>> = HashMap::new();
         for f in found {
             if f.version != m.version {
                 continue;
             }
             if let std::collections::hash_map::Entry::Vacant(v) = evals.entry(f.stripe) {
-                v.insert(evaluate(env, &bad_t, &items_t, bucket, key, &m, f.stripe)?);
+                let e = match model::get_stripe(stripes_t, &row, &m.version, f.stripe)? {
+                    Some(st) => evaluate(env, &bad_t, &items_t, bucket, key, m, &st, f.stripe)?,
+                    None => None,
+                };
+                v.insert(e);
             }
             let Some(Some(e)) = evals.get(&f.stripe) else {
                 continue;
@@ -508,8 +516,9 @@ struct Eval {
     canon: Option<(u8, Kind)>,
 }
 
-/// Evaluates stripe `si` of `m`: which shards are lost, its redundancy,
-/// what must be rebuilt or moved. `None`: no such stripe.
+/// Evaluates stripe `si` (`s`) of the object whose head is `m`: which
+/// shards are lost, its redundancy, what must be rebuilt or moved.
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     env: &Env,
     bad_t: &Option<Ro>,
@@ -517,11 +526,9 @@ fn evaluate(
     bucket: &str,
     key: &str,
     m: &ObjectManifest,
+    s: &StripeManifest,
     si: u64,
 ) -> Result<Option<Eval>, redb::Error> {
-    let Some(s) = usize::try_from(si).ok().and_then(|i| m.stripes.get(i)) else {
-        return Ok(None);
-    };
     let k = usize::from(m.ec.k);
     let total = m.ec.total();
     let mut healthy = vec![false; total];

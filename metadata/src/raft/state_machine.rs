@@ -235,14 +235,11 @@ impl StateMachineStore {
             let mut meta = txn.open_table(SM_META)?;
             match found {
                 Some(MODEL_FORMAT_VERSION) => {}
-                // Format 1 (no reverse shard index): `model::migrate` has
-                // just built what format 2 adds.
-                Some(1) => {
-                    tracing::info!(
-                        from = 1,
-                        to = MODEL_FORMAT_VERSION,
-                        "state machine upgraded"
-                    );
+                // Format 1 (no reverse shard index) or 2 (one JSON
+                // manifest row per object): `model::migrate` has just built
+                // the index and split the rows into heads and stripe rows.
+                Some(from @ (1 | 2)) => {
+                    tracing::info!(from, to = MODEL_FORMAT_VERSION, "state machine upgraded");
                     meta.insert(
                         KEY_FORMAT,
                         serde_json::to_vec(&MODEL_FORMAT_VERSION)?.as_slice(),

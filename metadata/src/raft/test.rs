@@ -770,7 +770,7 @@ async fn format_1_state_opens_and_builds_the_shard_index() {
         txn.delete_table(shard_index::SHARD_OWNERS).unwrap();
         txn.open_table(model::COUNTERS)
             .unwrap()
-            .remove(b"shard_index".as_slice())
+            .remove(b"shard_index_placed".as_slice())
             .unwrap();
         txn.open_table(state_machine::SM_META)
             .unwrap()
@@ -816,6 +816,122 @@ async fn format_1_state_opens_and_builds_the_shard_index() {
         txn.commit().unwrap();
     }
     assert!(open_stores(dir.path()).await.is_err());
+}
+
+/// A state machine file of model format 2 (each object one JSON manifest
+/// row) opens, splits every row into a binary head and stripe rows, reads
+/// back the same manifests and is stamped format 3; a second open finds
+/// nothing left to do.
+#[tokio::test]
+async fn format_2_object_rows_split_into_heads_and_stripe_rows() {
+    use crate::types::{Query, QueryResult};
+    let dir = TempDir::new().unwrap();
+    drop(open_stores(dir.path()).await.unwrap());
+    let mut big = manifest(false);
+    big.version = crate::types::StripeId([9; 16]);
+    big.stripes = (0..300u64)
+        .map(|i| {
+            let mut s = big.stripes[0].clone();
+            s.len = i;
+            s
+        })
+        .collect();
+    let objects = [
+        ("a", manifest(false)),
+        ("b", manifest(true)),
+        ("c/big", big),
+    ];
+    // What a format-2 binary left: JSON rows, no stripe rows, format 2.
+    {
+        let db = redb::Database::open(dir.path().join(state_machine::SM_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        let bucket = BucketInfo {
+            name: "bkt".into(),
+            ec: EcParams { k: 1, m: 1 },
+            shard_size: 4,
+            created_ms: 0,
+            owner: String::new(),
+        };
+        txn.open_table(model::BUCKETS)
+            .unwrap()
+            .insert(
+                b"bkt".as_slice(),
+                serde_json::to_vec(&bucket).unwrap().as_slice(),
+            )
+            .unwrap();
+        {
+            let mut t = txn.open_table(model::OBJECTS).unwrap();
+            for (k, m) in &objects {
+                t.insert(
+                    model::object_key("bkt", k).as_slice(),
+                    serde_json::to_vec(m).unwrap().as_slice(),
+                )
+                .unwrap();
+            }
+        }
+        txn.delete_table(model::OBJECT_STRIPES).unwrap();
+        txn.open_table(model::COUNTERS)
+            .unwrap()
+            .remove(b"object_rows_v3".as_slice())
+            .unwrap();
+        txn.open_table(state_machine::SM_META)
+            .unwrap()
+            .insert(state_machine::KEY_FORMAT, b"2".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    for _ in 0..2 {
+        let (_log, sm) = open_stores(dir.path()).await.unwrap();
+        let txn = sm.begin_read().unwrap();
+        let format: u64 = serde_json::from_slice(
+            txn.open_table(state_machine::SM_META)
+                .unwrap()
+                .get(state_machine::KEY_FORMAT)
+                .unwrap()
+                .unwrap()
+                .value(),
+        )
+        .unwrap();
+        assert_eq!(format, 3);
+        assert_eq!(model::table_len(&txn, model::OBJECT_STRIPES).unwrap(), 302);
+        let heads = txn.open_table(model::OBJECTS).unwrap();
+        for (k, m) in &objects {
+            let raw = heads
+                .get(model::object_key("bkt", k).as_slice())
+                .unwrap()
+                .unwrap();
+            assert_eq!(raw.value()[0], model::ROW_V1, "{k} is still JSON");
+            let head = model::decode_head(raw.value()).unwrap();
+            assert_eq!(head.stripes, m.stripes.len() as u64);
+            assert!(head.manifest.stripes.is_empty());
+            let got = model::query(
+                &txn,
+                &Query::GetObject {
+                    bucket: "bkt".into(),
+                    key: k.to_string(),
+                },
+            )
+            .unwrap();
+            match got {
+                QueryResult::Object(got) => assert_eq!(&got, m, "{k}"),
+                other => panic!("{k}: {other:?}"),
+            }
+        }
+        // A listing reads heads only and still sees every object.
+        let page = model::query(
+            &txn,
+            &Query::ListObjects(crate::types::ListRequest {
+                bucket: "bkt".into(),
+                max_keys: 1000,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        match page {
+            QueryResult::List(p) => assert_eq!(p.entries.len(), 3),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 // ------------------------------------------------------- binary encodings
@@ -892,9 +1008,10 @@ fn every_command() -> Vec<Command> {
             Command::QueueGc { .. } => 24,
             Command::RemoveChunkserver { .. } => 25,
             Command::PutObjectTags { .. } => 26,
+            Command::SetRebalance { .. } => 27,
         }
     }
-    const VARIANTS: u32 = 27;
+    const VARIANTS: u32 = 28;
     let s = |b: u8| ShardId([b; 16]);
     let put = |inline: bool, condition: PutCondition| Command::PutObject {
         bucket: "b".into(),
@@ -1062,6 +1179,10 @@ fn every_command() -> Vec<Command> {
             key: "k".into(),
             version: StripeId([1; 16]),
             tags: BTreeMap::from([("a".into(), "b".into())]),
+        },
+        Command::SetRebalance {
+            enabled: false,
+            threshold_pct: 5,
         },
     ];
     let seen: BTreeSet<u32> = cmds.iter().map(covered).collect();

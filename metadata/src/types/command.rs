@@ -348,7 +348,22 @@ pub enum Command {
         /// The new tag set (see [`validate_tags`]).
         tags: BTreeMap<String, String>,
     },
+    /// Start or pause the rebalancer (`cairn admin rebalance`), which
+    /// moves shards from the fullest chunkservers to under-full ones while
+    /// their fullness (used / capacity) differs by more than
+    /// `threshold_pct` percentage points. Kept in the replicated state, so
+    /// a new leader carries on; absent, it runs with
+    /// [`DEFAULT_REBALANCE_THRESHOLD_PCT`].
+    SetRebalance {
+        /// Whether shards may move.
+        enabled: bool,
+        /// The fullness spread tolerated, 1..=50 percentage points.
+        threshold_pct: u8,
+    },
 }
+
+/// The rebalancer's threshold when none was set.
+pub const DEFAULT_REBALANCE_THRESHOLD_PCT: u8 = 10;
 
 /// The outcome of applying a [`Command`]: the `R` of the Raft log.
 /// Application-level refusals are values here, not Raft errors.
@@ -408,7 +423,9 @@ impl Command {
             Command::RegisterChunkserver { .. } | Command::ChunkserverStats { .. } => {
                 CommandRole::Chunkserver
             }
-            Command::SetChunkserverState { .. } => CommandRole::Admin,
+            Command::SetChunkserverState { .. } | Command::SetRebalance { .. } => {
+                CommandRole::Admin
+            }
             Command::QueueRepair { .. } => CommandRole::User,
             Command::GcDone { .. } => CommandRole::Chunkserver,
             Command::PutAccessKey { .. } | Command::DeleteAccessKey { .. } => CommandRole::Admin,

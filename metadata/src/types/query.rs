@@ -107,7 +107,38 @@ pub enum Query {
         /// At most this many (capped at 1000).
         max: u32,
     },
+    /// An object's manifest with only its first `stripes` stripes (capped
+    /// at [`STRIPE_PAGE_MAX`]): the head of a read, which pages through
+    /// the rest with [`Query::ObjectStripes`]. The reply does not grow
+    /// with the object (a 5 TiB object has 1.3 million stripes).
+    GetObjectPage {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// At most this many stripes, from the first.
+        stripes: u32,
+    },
+    /// Stripes `from..from + limit` of version `version` of an object
+    /// (`limit` capped at [`STRIPE_PAGE_MAX`]). `Err(Stale)` when that
+    /// version is no longer the object's (overwritten or deleted).
+    ObjectStripes {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The version a read started on.
+        version: StripeId,
+        /// First stripe number.
+        from: u64,
+        /// At most this many.
+        limit: u32,
+    },
 }
+
+/// Most stripes one [`Query::GetObjectPage`] or [`Query::ObjectStripes`]
+/// reply carries (about 0.4 MB; 4 GiB of data at 4 MiB stripes).
+pub const STRIPE_PAGE_MAX: u32 = 1024;
 
 /// Parameters of an object listing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +231,8 @@ pub enum QueryResult {
     Audit(AuditPage),
     /// Refused.
     Err(MetaError),
+    /// A page of an object version's stripes ([`Query::ObjectStripes`]).
+    Stripes(Vec<StripeManifest>),
 }
 
 /// Most stripes one [`Query::AuditPlacement`] page walks: bounds the reply

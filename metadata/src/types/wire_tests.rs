@@ -306,6 +306,10 @@ fn commands() -> Vec<Command> {
             },
             condition: PutCondition::None,
         },
+        Command::SetRebalance {
+            enabled: true,
+            threshold_pct: 7,
+        },
     ]
 }
 
@@ -362,6 +366,8 @@ const COMMAND_GOLDEN: &[&str] = &[
     // Added with object tagging (issue 13).
     r#"{"put_object_tags":{"bucket":"b","key":"k","version":"02020202020202020202020202020202","tags":{"project":"cairn"}}}"#,
     r#"{"put_object":{"bucket":"b","key":"small","manifest":{"version":"04040404040404040404040404040404","size":3,"etag":"small","content_type":null,"headers":{},"user_meta":{},"checksums":{},"created_ms":6,"ec":{"k":4,"m":2},"shard_size":1024,"stripes":[],"parts":[],"inline":{"data":"YWJj","blake3":"0909090909090909090909090909090909090909090909090909090909090909"},"tags":{"t":"v"}},"condition":"None"}}"#,
+    // Added with the rebalancer (issue 12).
+    r#"{"set_rebalance":{"enabled":true,"threshold_pct":7}}"#,
 ];
 
 /// Captured from the code before the split, one line per value of
