@@ -48,6 +48,11 @@ pub enum AdminCmd {
     /// assumptions, the time to re-protect after losing a chunkserver and
     /// what another k+m or one more zone would do.
     Durability(super::durability::DurabilityArgs),
+    /// Rebalancing: shards move from the fullest chunkservers to emptier
+    /// ones (a new chunkserver starts empty) while their fullness differs
+    /// by more than a threshold.
+    #[command(subcommand)]
+    Rebalance(super::rebalance::RebalanceCmd),
 }
 
 /// `cairn admin chunkserver ...`
@@ -90,7 +95,7 @@ async fn chunkserver_cmd(meta: &MetaClient, cmd: ChunkserverCmd) -> anyhow::Resu
     }
 }
 
-fn fmt_bytes(b: u64) -> String {
+pub(crate) fn fmt_bytes(b: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = b as f64;
     let mut u = 0;
@@ -231,6 +236,7 @@ async fn status_cmd(
         c.gc_pending,
         c.orphans_pending
     );
+    outln!("{}", super::rebalance::summary(&c.rebalance));
     Ok(())
 }
 
@@ -500,6 +506,7 @@ pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<(
         AdminCmd::Workers => workers_cmd(&meta, &addrs, &secret, json).await,
         AdminCmd::AuditPlacement => audit_cmd(&meta, json).await,
         AdminCmd::Durability(a) => super::durability::run(&meta, &a, json).await,
+        AdminCmd::Rebalance(c) => super::rebalance::run(&meta, c, json).await,
     }
 }
 

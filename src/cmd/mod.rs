@@ -6,6 +6,7 @@ pub mod cli;
 pub mod dev;
 pub mod durability;
 pub mod metadata;
+pub mod rebalance;
 pub mod reseed;
 pub mod secret;
 pub mod url;

@@ -208,6 +208,7 @@ pub(super) fn dispatch(
                 sent: None,
                 planned: now,
                 seq,
+                rebalance: false,
             },
         );
         *load.entry(target).or_insert(0) += 1;

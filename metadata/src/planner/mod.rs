@@ -76,6 +76,7 @@ use crate::types::*;
 use crate::worker::{BoxFuture, Worker, WorkerState};
 
 mod dispatch;
+mod rebalance;
 pub mod scan;
 
 /// Dispatch records kept for `cairn admin status` and tests.
@@ -120,6 +121,8 @@ pub(crate) struct InFlight {
     /// When the planner dispatched it (for the measured repair rate).
     planned: Instant,
     seq: u64,
+    /// A rebalancing move ([`rebalance`]), not a repair.
+    rebalance: bool,
 }
 
 /// What the last complete discovery cycle saw.
@@ -163,6 +166,7 @@ pub(crate) struct State {
     triggered: bool,
     fingerprint: u64,
     last_full: Option<Instant>,
+    rebalance: rebalance::Rebalance,
 }
 
 impl State {
@@ -330,6 +334,7 @@ impl Repairs {
                 .in_flight
                 .get(&task.task)
                 .is_some_and(|f| f.target == cs && f.task.shard == task.shard);
+            let mut moved = false;
             if ours {
                 if let Some(f) = s.in_flight.remove(&task.task) {
                     s.set_outcome(f.seq, outcome.as_str());
@@ -337,7 +342,17 @@ impl Repairs {
                         Outcome::Committed => f.task.shard_len,
                         Outcome::Stale | Outcome::Failed => 0,
                     };
-                    s.note_finished(f.planned, now, bytes);
+                    if f.rebalance {
+                        // Moves are not repairs: kept out of the measured
+                        // repair rate and the repair counts.
+                        moved = true;
+                        if bytes > 0 {
+                            s.rebalance.moved += 1;
+                            s.rebalance.moved_bytes += bytes;
+                        }
+                    } else {
+                        s.note_finished(f.planned, now, bytes);
+                    }
                 }
                 if s.busy.get(&key) == Some(&task.task) {
                     s.busy.remove(&key);
@@ -345,6 +360,7 @@ impl Repairs {
                 s.finished.insert(key);
             }
             match outcome {
+                Outcome::Committed if moved => {}
                 Outcome::Committed => {
                     s.done += 1;
                     s.commits.push_back(now);
@@ -373,7 +389,8 @@ impl Repairs {
     ) -> ClusterStatus {
         let scrub = self.scrub.lock().map(|m| m.clone()).unwrap_or_default();
         let now = Instant::now();
-        let (summary, in_flight, done, rate, records, measured) = match self.state.lock() {
+        let (summary, in_flight, done, rate, records, measured, rebalance) = match self.state.lock()
+        {
             Ok(s) => {
                 let recent = s
                     .commits
@@ -383,14 +400,28 @@ impl Repairs {
                 let skip = s.records.len().saturating_sub(STATUS_RECORDS);
                 (
                     s.summary.clone(),
-                    s.in_flight.len() as u64,
+                    s.in_flight.values().filter(|f| !f.rebalance).count() as u64,
                     s.done,
                     recent as f64 / 60.0,
                     s.records.iter().skip(skip).cloned().collect(),
                     (s.repaired_bytes, s.repair_busy.as_secs_f64()),
+                    RebalanceStatus {
+                        in_flight: s.in_flight.values().filter(|f| f.rebalance).count() as u64,
+                        moved: s.rebalance.moved,
+                        moved_bytes: s.rebalance.moved_bytes,
+                        ..s.rebalance.status.clone()
+                    },
                 )
             }
-            Err(_) => (Summary::default(), 0, 0, 0.0, Vec::new(), (0, 0.0)),
+            Err(_) => (
+                Summary::default(),
+                0,
+                0,
+                0.0,
+                Vec::new(),
+                (0, 0.0),
+                RebalanceStatus::default(),
+            ),
         };
         ClusterStatus {
             raft,
@@ -410,6 +441,7 @@ impl Repairs {
             buckets: summary.buckets,
             repaired_bytes: measured.0,
             repair_busy_secs: measured.1,
+            rebalance,
         }
     }
 }
@@ -685,8 +717,16 @@ pub(crate) fn plan_round(
     if s.term != Some(term) {
         return Ok(RoundResult::empty());
     }
+    let had_cands = !found.cands.is_empty();
     let dispatched = dispatch::dispatch(&txn, &env, cfg, &mut s, found.cands, now)?;
     cycle.waiting = cycle.waiting.saturating_sub(dispatched);
+    // Moves only while nothing needs repair (found this round, in this
+    // cycle, or in flight).
+    let repairs_pending = had_cands
+        || cycle.degraded
+        || cycle.draining_left
+        || s.in_flight.values().any(|f| !f.rebalance);
+    let moving = rebalance::plan(&txn, &env, cfg, &mut s, repairs_pending, now)?;
     let in_flight = !s.in_flight.is_empty();
     if let Some((stats, redundancy)) = published {
         let mut summary = Summary {
@@ -706,7 +746,7 @@ pub(crate) fn plan_round(
             };
             summary.buckets.insert(b, u);
         }
-        summary.active = cycle.degraded || cycle.draining_left || in_flight;
+        summary.active = cycle.degraded || cycle.draining_left || in_flight || moving;
         s.summary = summary;
         s.cycle = scan::Cycle::default();
     } else {

@@ -74,6 +74,33 @@ pub struct ClusterStatus {
     /// objects are absent).
     #[serde(default)]
     pub buckets: BTreeMap<String, BucketUsage>,
+    /// The rebalancer's last round.
+    #[serde(default)]
+    pub rebalance: RebalanceStatus,
+}
+
+/// What the rebalancer saw and did (`cairn admin rebalance status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RebalanceStatus {
+    /// Moves allowed (`cairn admin rebalance start|pause`).
+    pub enabled: bool,
+    /// Fullness spread tolerated, in percentage points.
+    pub threshold_pct: u8,
+    /// Fullest minus emptiest `Up` chunkserver, in percentage points
+    /// (moves in flight counted done).
+    pub spread_pct: f64,
+    /// `balanced`, `moving`, `paused`, `waiting for repairs`, `no valid
+    /// move` or `idle` (empty before the leader's first round).
+    pub state: String,
+    /// Moves dispatched and not yet reported.
+    pub in_flight: u64,
+    /// Moves committed since this node became leader.
+    pub moved: u64,
+    /// Their shard bytes.
+    pub moved_bytes: u64,
+    /// Fullness of every `Up` chunkserver, percent: the shard bytes
+    /// committed objects place on it over those plus its free bytes.
+    pub fullness_pct: BTreeMap<ChunkserverId, f64>,
 }
 
 /// What one bucket holds (live versions; kept by `apply`, see
