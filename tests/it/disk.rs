@@ -132,6 +132,15 @@ impl Drop for Mounts {
 /// Starts chunkserver `cs6` of `c` (zone2, like the sixth of a three-zone
 /// cluster) on the given data dirs.
 fn add_chunkserver_on(c: &mut Cluster, dirs: &[PathBuf]) -> anyhow::Result<()> {
+    add_chunkserver_in(c, dirs, "zone2")
+}
+
+/// Starts one more chunkserver of `c` in `zone` on the given data dirs.
+pub(crate) fn add_chunkserver_in(
+    c: &mut Cluster,
+    dirs: &[PathBuf],
+    zone: &str,
+) -> anyhow::Result<()> {
     let name = format!("cs{}", c.chunkservers.len() + 1);
     let dir = c.dir.path().join(&name);
     let mut args: Vec<OsString> = vec!["chunkserver".into()];
@@ -143,7 +152,7 @@ fn add_chunkserver_on(c: &mut Cluster, dirs: &[PathBuf]) -> anyhow::Result<()> {
         "--listen",
         "127.0.0.1:0",
         "--zone",
-        "zone2",
+        zone,
         "--heartbeat-ms",
         "300",
         "--metadata",

@@ -25,6 +25,7 @@ mod ops;
 mod partition;
 mod partition_cs;
 mod placement;
+mod rebalance;
 mod repair;
 mod roles;
 mod s3;

@@ -60,7 +60,8 @@
 //! failure touches only the stripes it affects, and a round with nothing
 //! damaged reads no manifest. Rounds run every second while anything is
 //! degraded, draining, in flight or a discovery cycle is unfinished, and
-//! otherwise when chunkserver states or table sizes change and every 30 s.
+//! otherwise when chunkserver states, free space (whole percents) or table
+//! sizes change, and every 30 s.
 //! The context it leads through is [`LeaderCtx`] (`crate::leader`), so
 //! this module never imports the node. Shards of multipart uploads still in
 //! progress are not repaired (only committed manifests are); their bad
@@ -789,14 +790,19 @@ impl Planner {
         }
     }
 
-    /// A cheap summary of what would change a plan: chunkserver states, the
-    /// sizes of the bad and repair tables, the number of objects (redb
-    /// keeps table lengths: O(chunkservers)).
+    /// A cheap summary of what would change a plan: chunkserver states and
+    /// free space (whole percents), the sizes of the bad and repair tables,
+    /// the number of objects (redb keeps table lengths: O(chunkservers)).
     fn fingerprint(txn: &redb::ReadTransaction) -> Result<u64, redb::Error> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for c in model::chunkservers(txn)? {
-            (c.id, c.state as u8).hash(&mut h);
+            // Free space in whole percents of capacity: a chunkserver
+            // filling or emptying (the rebalancer's input) wakes a round.
+            let free_pct = (u128::from(c.free) * 100)
+                .checked_div(u128::from(c.capacity))
+                .unwrap_or(0);
+            (c.id, c.state as u8, free_pct).hash(&mut h);
         }
         for t in [model::BAD, model::REPAIR, model::OBJECTS] {
             model::table_len(txn, t)?.hash(&mut h);

@@ -23,7 +23,12 @@
 //! # What moves
 //! Pages of the fullest chunkserver's shards (its range of the reverse
 //! index, resumed where the last round stopped), at most
-//! [`MAX_IN_FLIGHT`] moves in flight. A shard moves only when its whole
+//! [`MAX_IN_FLIGHT`] moves in flight. A source read to its end without a
+//! valid move (the invariant can pin its shards: a server added to a zone
+//! can only take shards that zone already holds) is skipped for the next
+//! fullest; when every source is exhausted the rebalancer reports `no
+//! valid move` and does not page again until the fullness picture (ids,
+//! whole percents) changes. A shard moves only when its whole
 //! stripe is healthy (every shard on an `Up` chunkserver, no bad report,
 //! no repair item, no task in flight), to the emptiest `Up` chunkserver
 //! that (a) holds no other shard of the stripe, (b) keeps the stripe's
@@ -55,6 +60,15 @@ const PAGE: usize = 512;
 pub(super) struct Rebalance {
     /// The source being paged and the last shard read from it.
     cursor: Option<(ChunkserverId, Option<ShardId>)>,
+    /// Sources read to their end without a valid move since the last move
+    /// (the placement invariant can pin a full server's shards: then the
+    /// next fullest gives instead).
+    exhausted: std::collections::BTreeSet<ChunkserverId>,
+    /// The fullness picture (ids and whole percents) at which every
+    /// source was exhausted: not swept again until it changes, so a
+    /// cluster the invariant keeps unbalanced is not paged round after
+    /// round.
+    stuck_at: Option<Vec<(ChunkserverId, u64)>>,
     /// Moves committed this term, and their bytes.
     pub(super) moved: u64,
     pub(super) moved_bytes: u64,
@@ -148,15 +162,34 @@ pub(super) fn plan(
         publish(s, &fill, "moving");
         return Ok(true);
     }
-    // The fullest chunkserver is the source.
-    let Some(source) = fill
+    let picture: Vec<(ChunkserverId, u64)> = fill
         .iter()
-        .map(|(id, (p, f))| (*id, fullness(*p, *f)))
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(id, _)| id)
-    else {
-        publish(s, &fill, "idle");
-        return Ok(false);
+        .map(|(id, (p, f))| (*id, fullness(*p, *f) as u64))
+        .collect();
+    if s.rebalance.stuck_at.as_ref() == Some(&picture) {
+        publish(s, &fill, "no valid move");
+        return Ok(in_flight > 0);
+    }
+    s.rebalance.stuck_at = None;
+    // The fullest chunkserver not yet exhausted is the source (over the
+    // emptiest by more than the threshold).
+    let min = fill
+        .values()
+        .map(|(p, f)| fullness(*p, *f))
+        .fold(f64::MAX, f64::min);
+    let mut by_fullness: Vec<(f64, ChunkserverId)> = fill
+        .iter()
+        .map(|(id, (p, f))| (fullness(*p, *f), *id))
+        .filter(|(f, id)| *f - min > threshold && !s.rebalance.exhausted.contains(id))
+        .collect();
+    by_fullness.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let Some(&(_, source)) = by_fullness.first() else {
+        // Every source swept without a valid move: wait for the picture
+        // to change (a chunkserver added, data written or deleted).
+        s.rebalance.exhausted.clear();
+        s.rebalance.stuck_at = Some(picture);
+        publish(s, &fill, "no valid move");
+        return Ok(in_flight > 0);
     };
     let after = match s.rebalance.cursor {
         Some((cs, after)) if cs == source => after,
@@ -359,9 +392,15 @@ pub(super) fn plan(
         budget -= 1;
         planned += 1;
     }
-    // Read to the end of the source: start over next time.
+    // Read to the end of the source: start over next time; without a
+    // move, the next fullest source is tried next.
     let wrapped = done && !stopped;
     s.rebalance.cursor = if wrapped { None } else { Some((source, last)) };
+    if planned > 0 {
+        s.rebalance.exhausted.clear();
+    } else if wrapped {
+        s.rebalance.exhausted.insert(source);
+    }
     let state = if planned > 0 || in_flight > 0 {
         "moving"
     } else {
@@ -375,7 +414,5 @@ pub(super) fn plan(
             "rebalance: moving shards off the fullest chunkserver"
         );
     }
-    // A source read to its end without a move has none to give now; the
-    // full pass every 30 s looks again.
-    Ok(planned > 0 || in_flight > 0 || !wrapped)
+    Ok(true)
 }

@@ -354,3 +354,146 @@ fn bad_rows_and_repair_items_are_read_one_by_one() {
     );
     assert_eq!(histogram(&r), vec![(0, 2), (1, 49)]);
 }
+
+/// Commits every task in flight as its target would report it.
+fn commit_all(db: &redb::Database, r: &Repairs) -> usize {
+    let flights: Vec<(RepairTask, ChunkserverId)> = r
+        .state
+        .lock()
+        .expect("state")
+        .in_flight
+        .values()
+        .map(|f| (f.task.clone(), f.target))
+        .collect();
+    for (task, to) in &flights {
+        let cmd = Command::CommitRepair {
+            bucket: task.bucket.clone(),
+            key: task.key.clone(),
+            version: task.version,
+            stripe: task.stripe,
+            index: task.index,
+            shard: task.shard,
+            from: task.from,
+            to: *to,
+            reused: false,
+        };
+        assert_eq!(run(db, cmd), CommandResult::Ok, "{task:?}");
+        r.finish(*to, task, Outcome::Committed);
+    }
+    flights.len()
+}
+
+fn rebalance_status(r: &Repairs) -> RebalanceStatus {
+    r.state.lock().expect("state").rebalance.status.clone()
+}
+
+/// Chunkservers 1, 2, 3 hold every shard, 4, 5, 6 none (just added), each
+/// with room for 2,000 shard bytes: the rebalancer moves shards off the
+/// fullest, at most `MAX_IN_FLIGHT` at a time, never two shards of a
+/// stripe onto one chunkserver, until the spread is within the threshold;
+/// the placed counters follow every commit. Nothing moves while a
+/// chunkserver is down (repairs first) or while paused.
+#[test]
+fn the_rebalancer_evens_out_fullness_under_the_invariant() {
+    let db = cluster(0, 0);
+    // Room: the registration said 1 GiB free; say 2,000 bytes instead.
+    for id in 1..=6u64 {
+        let cmd = Command::ChunkserverStats {
+            id,
+            addr: format!("cs{id}"),
+            zone: "z".into(),
+            capacity: 4000,
+            free: 2000,
+            used: 0,
+            shard_count: 0,
+            now_ms: now_ms(),
+        };
+        assert!(!matches!(run(&db, cmd), CommandResult::Err(_)));
+    }
+    for i in 0..300 {
+        put(&db, i, [1, 2, 3]);
+    }
+    let r = repairs();
+    // Paused: the spread is reported, nothing moves.
+    let pause = Command::SetRebalance {
+        enabled: false,
+        threshold_pct: 5,
+    };
+    assert_eq!(run(&db, pause), CommandResult::Ok);
+    let res = round(&db, &r, scan::PAGE);
+    assert_eq!(res.dispatched, 0);
+    let st = rebalance_status(&r);
+    assert_eq!(st.state, "paused");
+    assert!(st.spread_pct > 30.0, "{st:?}");
+    assert!(r.state.lock().expect("state").in_flight.is_empty());
+    let start = Command::SetRebalance {
+        enabled: true,
+        threshold_pct: 5,
+    };
+    assert_eq!(run(&db, start), CommandResult::Ok);
+    // A down chunkserver: repairs first, no move.
+    put(&db, 1000, [1, 2, 6]);
+    down(&db, 6);
+    let res = round(&db, &r, scan::PAGE);
+    assert_eq!(res.dispatched, 1);
+    assert_eq!(rebalance_status(&r).state, "waiting for repairs");
+    assert!(r
+        .state
+        .lock()
+        .expect("state")
+        .in_flight
+        .values()
+        .all(|f| !f.rebalance));
+    assert_eq!(commit_all(&db, &r), 1);
+    let up = Command::SetChunkserverState {
+        id: 6,
+        state: ChunkserverState::Up,
+    };
+    assert_eq!(run(&db, up), CommandResult::Ok);
+
+    let mut rounds = 0;
+    loop {
+        let _ = round(&db, &r, scan::PAGE);
+        {
+            let s = r.state.lock().expect("state");
+            let moves = s.in_flight.values().filter(|f| f.rebalance).count();
+            assert!(moves <= rebalance::MAX_IN_FLIGHT, "{moves} in flight");
+            for f in s.in_flight.values() {
+                assert!(f.rebalance);
+                assert_eq!(f.task.sources[0].index, f.task.index, "own copy first");
+                assert!(matches!(f.target, 4..=6), "{}", f.target);
+            }
+        }
+        if commit_all(&db, &r) == 0 {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 200, "never balances");
+    }
+    let st = rebalance_status(&r);
+    assert_eq!(st.state, "balanced", "{st:?}");
+    assert!(st.spread_pct <= 5.0, "{st:?}");
+    assert!(st.moved > 0);
+    // Every stripe still on three distinct chunkservers; the counters
+    // agree with the rows.
+    let txn = redb::ReadableDatabase::begin_read(&db).expect("read");
+    let placed = crate::shard_index::placed(&txn).expect("placed");
+    let mut counted: BTreeMap<ChunkserverId, u64> = BTreeMap::new();
+    for i in (0..300u32).chain([1000]) {
+        let q = Query::GetObject {
+            bucket: "bkt".into(),
+            key: format!("o{i:04}"),
+        };
+        let Ok(QueryResult::Object(m)) = model::query(&txn, &q) else {
+            panic!("o{i:04}")
+        };
+        let on: HashSet<_> = m.stripes[0].shards.iter().map(|l| l.chunkserver).collect();
+        assert_eq!(on.len(), 3, "o{i:04}: {:?}", m.stripes[0].shards);
+        for l in &m.stripes[0].shards {
+            *counted.entry(l.chunkserver.expect("placed")).or_insert(0) += 4;
+        }
+    }
+    let bytes: BTreeMap<ChunkserverId, u64> = placed.iter().map(|(c, p)| (*c, p.bytes)).collect();
+    assert_eq!(bytes, counted);
+    assert!(counted.get(&4).copied().unwrap_or(0) > 0, "{counted:?}");
+}
