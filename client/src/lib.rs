@@ -141,6 +141,12 @@ impl ClientConfig {
 /// they cost one Raft commit.
 pub const DEFAULT_INLINE_MAX: usize = 16 * 1024;
 
+/// Most bytes one PUT or one part may hold (S3's limit, 5 GiB): the one
+/// commit that records them carries every stripe row, so this keeps every
+/// log entry about a megabyte whatever the object's size. Larger objects
+/// (up to `MAX_OBJECT_SIZE`, 5 TiB) are multipart uploads.
+pub const MAX_WRITE_SIZE: u64 = 5 << 30;
+
 /// How long the chunkserver address map is trusted before a refresh.
 const CHUNKSERVER_CACHE_TTL: Duration = Duration::from_secs(10);
 

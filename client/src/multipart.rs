@@ -24,7 +24,7 @@ use crate::{expect_result, now_ms, Client, ClientError, PutOptions, Result};
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 
 /// S3's maximum part size.
-pub const MAX_PART_SIZE: u64 = 5 << 30;
+pub const MAX_PART_SIZE: u64 = crate::MAX_WRITE_SIZE;
 
 /// One page of an upload's parts.
 #[derive(Debug, Clone)]

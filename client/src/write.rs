@@ -34,7 +34,7 @@ use cairn_metadata::types::*;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::{expect_result, now_ms, Client, ClientError, Inner, Result};
+use crate::{expect_result, now_ms, Client, ClientError, Inner, Result, MAX_WRITE_SIZE};
 
 /// What to store with an object besides its bytes.
 #[derive(Debug, Clone, Default)]
@@ -299,6 +299,14 @@ impl Client {
                 read_into(&mut reader, &mut buf, stripe_cap).await?;
                 let buf = buf.freeze();
                 total += buf.len() as u64;
+                // One commit carries every stripe of what it writes: the
+                // S3 limit (5 GiB) keeps that entry about 1 MB. Larger
+                // objects are multipart uploads (`cairn cp` does that).
+                if total > MAX_WRITE_SIZE {
+                    return Err(ClientError::EntityTooLarge(format!(
+                        "more than {MAX_WRITE_SIZE} bytes in one PUT or part; upload larger objects in parts"
+                    )));
+                }
                 if let Some(p) = &progress {
                     p(buf.len() as u64);
                 }

@@ -56,6 +56,104 @@ pub struct CopyArgs {
     /// Content-Type to store.
     #[arg(long)]
     pub content_type: Option<String>,
+    /// Files larger than this (MiB) are uploaded in parts (multipart), as
+    /// must be anything over 5 GiB; standard input is uploaded in parts
+    /// once it is longer than 8 MiB.
+    #[arg(long, default_value_t = 5120, value_parser = clap::value_parser!(u64).range(5..=5120))]
+    pub multipart_threshold_mib: u64,
+    /// Part size for uploads in parts, MiB (5 to 5120; default: 1 GiB for
+    /// standard input, otherwise the larger of 512 MiB and size / 10,000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(5..=5120))]
+    pub part_size_mib: Option<u64>,
+}
+
+/// Standard input shorter than this is one PUT; longer, it goes in parts.
+const STDIN_HEAD: usize = 8 << 20;
+/// S3's most parts per upload.
+const MAX_PARTS: u32 = 10_000;
+
+/// Counts bytes read through it into a progress bar.
+struct Counted<R> {
+    inner: R,
+    pb: ProgressBar,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        self.pb.inc(n as u64);
+        r
+    }
+}
+
+/// Uploads `reader` to `dst` as a multipart upload of `part`-byte parts
+/// (aborted on failure, so no part is left behind).
+async fn put_in_parts<R: tokio::io::AsyncRead + Unpin + Send>(
+    c: &Client,
+    dst: &CairnUrl,
+    reader: R,
+    part: u64,
+    opts: &PutOptions,
+    pb: &ProgressBar,
+) -> anyhow::Result<ObjectManifest> {
+    use cairn_metadata::types::{CompletePart, PutCondition};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let up = c
+        .create_upload(&dst.bucket, &dst.key, opts, None, None, "")
+        .await?;
+    let result = async {
+        let mut reader = tokio::io::BufReader::new(reader);
+        let mut parts = Vec::new();
+        let mut number = 0u32;
+        while !reader.fill_buf().await?.is_empty() {
+            number += 1;
+            if number > MAX_PARTS {
+                bail!("more than {MAX_PARTS} parts of {part} bytes: use a larger --part-size-mib");
+            }
+            let body = Counted {
+                inner: (&mut reader).take(part),
+                pb: pb.clone(),
+            };
+            let info = c
+                .upload_part(
+                    &dst.bucket,
+                    &dst.key,
+                    up.id,
+                    number,
+                    body,
+                    Default::default(),
+                )
+                .await?;
+            parts.push(CompletePart {
+                number,
+                etag: info.etag,
+            });
+        }
+        let m = c
+            .complete_upload(
+                &dst.bucket,
+                &dst.key,
+                up.id,
+                parts,
+                Default::default(),
+                PutCondition::None,
+            )
+            .await?;
+        anyhow::Ok(m)
+    }
+    .await;
+    if result.is_err() {
+        if let Err(e) = c.abort_upload(&dst.bucket, &dst.key, up.id).await {
+            tracing::warn!(error = %e, "could not abort the failed upload");
+        }
+    }
+    result
 }
 
 /// `cairn ls`.
@@ -143,17 +241,22 @@ async fn upload(
         ..Default::default()
     };
     if src == "-" {
+        use tokio::io::AsyncReadExt;
         let pb = bar(None, out.quiet, &dst.key);
-        let p = pb.clone();
-        let m = c
-            .put_with_progress(
-                &dst.bucket,
-                &dst.key,
-                tokio::io::stdin(),
-                opts,
-                Some(Arc::new(move |n| p.inc(n))),
-            )
+        let mut stdin = tokio::io::stdin();
+        let mut head = Vec::new();
+        (&mut stdin)
+            .take(STDIN_HEAD as u64 + 1)
+            .read_to_end(&mut head)
             .await?;
+        let m = if head.len() > STDIN_HEAD {
+            let part = a.part_size_mib.unwrap_or(1024) << 20;
+            let all = std::io::Cursor::new(head).chain(stdin);
+            put_in_parts(c, dst, all, part, &opts, &pb).await?
+        } else {
+            pb.inc(head.len() as u64);
+            c.put(&dst.bucket, &dst.key, &head[..], opts).await?
+        };
         pb.finish_and_clear();
         return Ok(m);
     }
@@ -162,6 +265,15 @@ async fn upload(
         .with_context(|| format!("cannot open {src}"))?;
     let len = f.metadata().await.map(|m| m.len()).ok();
     let pb = bar(len, out.quiet, &dst.key);
+    if let Some(len) = len.filter(|l| *l > a.multipart_threshold_mib << 20) {
+        let part = match a.part_size_mib {
+            Some(p) => p << 20,
+            None => (512u64 << 20).max(len.div_ceil(u64::from(MAX_PARTS))),
+        };
+        let m = put_in_parts(c, dst, f, part, &opts, &pb).await?;
+        pb.finish_and_clear();
+        return Ok(m);
+    }
     let p = pb.clone();
     let m = c
         .put_with_progress(

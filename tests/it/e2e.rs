@@ -558,6 +558,72 @@ async fn cli_commands_and_json() -> anyhow::Result<()> {
     let missing = c.cli(&["get", "cairn://cli/nope", "-"])?;
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no such key"));
+
+    // Large inputs go in parts (a PUT holds at most 5 GiB): a file over
+    // the threshold, and standard input longer than 8 MiB.
+    let big = data(12 << 20, 9);
+    let big_path = c.dir.path().join("big.bin");
+    std::fs::write(&big_path, &big)?;
+    let args = ["--multipart-threshold-mib", "5", "--part-size-mib", "5"];
+    let mut cp = vec![
+        "cp",
+        big_path.to_str().unwrap(),
+        "cairn://cli/parts/file.bin",
+    ];
+    cp.extend(args);
+    ok(c.cli(&cp)?)?;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "cp",
+            "-",
+            "cairn://cli/parts/stdin.bin",
+            "--part-size-mib",
+            "5",
+        ])
+        .env("CAIRN_METADATA", c.meta_addrs.join(","))
+        .env("CAIRN_SECRET", crate::common::SECRET)
+        .env("CAIRN_CONFIG", c.dir.path().join("no-config.json"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&big)?;
+    }
+    ok(child.wait_with_output()?)?;
+    for key in ["file.bin", "stdin.bin"] {
+        let url = format!("cairn://cli/parts/{key}");
+        let stat = ok(c.cli(&["stat", &url, "--json"])?)?;
+        let v: serde_json::Value = serde_json::from_str(&stat)?;
+        assert!(
+            v["etag"].as_str().unwrap_or("").ends_with("-3"),
+            "{key}: {v}"
+        );
+        assert_eq!(v["parts"].as_array().map(|p| p.len()), Some(3), "{key}");
+        assert_eq!(v["size"], 12 << 20);
+        let out = c.dir.path().join(format!("back-{key}"));
+        ok(c.cli(&["cp", &url, out.to_str().unwrap()])?)?;
+        assert!(std::fs::read(&out)? == big, "{key} differs");
+    }
+    // A small standard input stays one PUT.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["cp", "-", "cairn://cli/parts/small.bin"])
+        .env("CAIRN_METADATA", c.meta_addrs.join(","))
+        .env("CAIRN_SECRET", crate::common::SECRET)
+        .env("CAIRN_CONFIG", c.dir.path().join("no-config.json"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&big[..100_000])?;
+    }
+    ok(child.wait_with_output()?)?;
+    let stat = ok(c.cli(&["stat", "cairn://cli/parts/small.bin", "--json"])?)?;
+    let v: serde_json::Value = serde_json::from_str(&stat)?;
+    assert!(!v["etag"].as_str().unwrap_or("-").contains('-'), "{v}");
+    assert_eq!(v["stripe_count"], 1);
+
     let nonempty = c.cli(&["rb", "cairn://cli"])?;
     assert!(!nonempty.status.success());
     assert!(String::from_utf8_lossy(&nonempty.stderr).contains("not empty"));
