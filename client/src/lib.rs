@@ -355,6 +355,83 @@ impl Client {
             .await
     }
 
+    /// Sets (replaces) a bucket's CORS rules.
+    pub async fn put_bucket_cors(&self, bucket: &str, rules: Vec<CorsRule>) -> Result<()> {
+        self.inner
+            .write(Command::PutBucketCors {
+                bucket: bucket.to_string(),
+                rules,
+            })
+            .await
+    }
+
+    /// Drops a bucket's CORS rules.
+    pub async fn delete_bucket_cors(&self, bucket: &str) -> Result<()> {
+        self.inner
+            .write(Command::DeleteBucketCors {
+                bucket: bucket.to_string(),
+            })
+            .await
+    }
+
+    /// A bucket's CORS rules (empty: none). `consistency` lets the
+    /// gateway's per-request CORS check read a follower's state.
+    pub async fn bucket_cors(
+        &self,
+        bucket: &str,
+        consistency: Consistency,
+    ) -> Result<Vec<CorsRule>> {
+        let r = self
+            .inner
+            .meta
+            .query(
+                &Query::GetBucketCors {
+                    bucket: bucket.to_string(),
+                },
+                consistency,
+            )
+            .await?;
+        expect_result!(r, QueryResult::BucketCors(c) => c)
+    }
+
+    /// Sets (replaces; empty drops) a bucket's tags.
+    pub async fn put_bucket_tags(
+        &self,
+        bucket: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<()> {
+        self.inner
+            .write(Command::PutBucketTagging {
+                bucket: bucket.to_string(),
+                tags,
+            })
+            .await
+    }
+
+    /// Drops a bucket's tags.
+    pub async fn delete_bucket_tags(&self, bucket: &str) -> Result<()> {
+        self.inner
+            .write(Command::DeleteBucketTagging {
+                bucket: bucket.to_string(),
+            })
+            .await
+    }
+
+    /// A bucket's tags (empty: none).
+    pub async fn bucket_tags(&self, bucket: &str) -> Result<BTreeMap<String, String>> {
+        let r = self
+            .inner
+            .meta
+            .query(
+                &Query::GetBucketTagging {
+                    bucket: bucket.to_string(),
+                },
+                Consistency::Linearizable,
+            )
+            .await?;
+        expect_result!(r, QueryResult::BucketTags(t) => t)
+    }
+
     /// One page of a listing.
     pub async fn list(&self, req: ListRequest) -> Result<ListPage> {
         let r = self

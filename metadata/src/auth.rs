@@ -377,7 +377,9 @@ pub fn allowed_query(role: Role, q: &Query) -> bool {
             | Query::GetAccessKey { .. }
             | Query::GetUpload { .. }
             | Query::ListParts { .. }
-            | Query::ListUploads { .. } => true,
+            | Query::ListUploads { .. }
+            | Query::GetBucketCors { .. }
+            | Query::GetBucketTagging { .. } => true,
         },
     }
 }

@@ -196,7 +196,13 @@ impl KeyStore {
 pub fn need_of(op: &str) -> Option<Need> {
     match op {
         "ListBuckets" | "CreateBucket" => None,
-        "DeleteBucket" => Some(Need::Owner),
+        // Bucket configuration is the owner's, as on S3 (where only the
+        // owner holds s3:PutBucketCORS / s3:PutBucketTagging by default).
+        "DeleteBucket"
+        | "PutBucketCors"
+        | "DeleteBucketCors"
+        | "PutBucketTagging"
+        | "DeleteBucketTagging" => Some(Need::Owner),
         o if o.starts_with("Get") || o.starts_with("Head") || o.starts_with("List") => {
             Some(Need::Read)
         }

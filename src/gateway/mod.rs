@@ -8,6 +8,8 @@
 //! - [`s3`]: the S3 operations (s3s parses requests and writes XML).
 //! - [`auth`]: SigV4 secrets and per-bucket grants from the `keys` table.
 //! - [`body`]: streaming bodies, checksum verification before commit.
+//! - [`cors`]: CORS preflight (`OPTIONS`) answers and `Access-Control-*`
+//!   headers from the bucket's rules, before and after s3s.
 //! - [`error`]: client errors -> S3 error codes.
 //! - [`hygiene`]: refusals before s3s (SigV2, presigned lifetime), body
 //!   read timeout, per-key stripe share and request rate.
@@ -18,6 +20,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod cors;
 pub mod error;
 pub mod hygiene;
 pub mod mpu_checksum;
@@ -124,6 +127,7 @@ impl S3Host for Hosts {
 /// The gateway's composition root.
 pub struct Gateway {
     service: s3s::service::S3Service,
+    cors: Arc<cors::Cors>,
     policy: Arc<hygiene::Policy>,
     metrics: Arc<ops::GatewayMetrics>,
     probe: Arc<ops::ReadyProbe>,
@@ -162,15 +166,21 @@ impl Gateway {
         limits: hygiene::KeyLimits,
     ) -> Gateway {
         let keys = Arc::new(auth::KeyStore::new(client.clone()));
+        let domain = domain.map(|d| d.trim_matches('.').to_ascii_lowercase());
+        let cors = Arc::new(cors::Cors::new(
+            client.clone(),
+            Arc::new(Hosts {
+                domain: domain.clone(),
+            }),
+        ));
         let shard_size = cairn_chunkserver::codec::DEFAULT_SHARD_SIZE as u32;
         let mut b = S3ServiceBuilder::new(s3::CairnS3::new(client, keys.clone(), shard_size));
         b.set_auth(auth::Auth(keys.clone()));
         b.set_access(auth::Access(keys, Arc::new(limits)));
-        b.set_host(Hosts {
-            domain: domain.map(|d| d.trim_matches('.').to_ascii_lowercase()),
-        });
+        b.set_host(Hosts { domain });
         Gateway {
             service: b.build(),
+            cors,
             policy: Arc::new(policy),
             metrics,
             probe: Arc::new(probe),
@@ -196,6 +206,7 @@ impl Gateway {
         let service = self.service;
         let metrics = self.metrics;
         let policy = self.policy;
+        let cors = self.cors;
         net::serve(
             listener,
             move |req, _peer| {
@@ -203,11 +214,17 @@ impl Gateway {
                 let metrics = metrics.clone();
                 let ops_handle = ops_handle.clone();
                 let policy = policy.clone();
+                let cors = cors.clone();
                 async move {
                     if let Some(ep) = ops_endpoint(&req).filter(|_| ops::is_unsigned(&req)) {
                         return ops_handle.reply(ep).await;
                     }
                     let started = std::time::Instant::now();
+                    if let Some(resp) = cors.preflight(&req).await {
+                        metrics.record("PreflightCors", resp.status(), started);
+                        return resp.map(net::full);
+                    }
+                    let origin = cors.origin_of(&req);
                     if let Some(resp) = hygiene::precheck(&req, &policy) {
                         metrics.record("", resp.status(), started);
                         return resp.map(net::full);
@@ -264,6 +281,9 @@ impl Gateway {
                     };
                     if let Ok(v) = http::HeaderValue::from_str(&request_id) {
                         resp.headers_mut().entry("x-amz-request-id").or_insert(v);
+                    }
+                    if let Some(o) = &origin {
+                        cors.decorate(o, resp.headers_mut()).await;
                     }
                     metrics.record(op.get(), resp.status(), started);
                     resp

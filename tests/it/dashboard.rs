@@ -32,7 +32,7 @@ const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The Chromium binary: `CAIRN_CHROMIUM`, else `chromium` or
 /// `chromium-browser` on the PATH.
-fn find_chromium() -> Option<PathBuf> {
+pub(crate) fn find_chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CAIRN_CHROMIUM") {
         return Some(PathBuf::from(p));
     }
@@ -43,10 +43,10 @@ fn find_chromium() -> Option<PathBuf> {
 }
 
 /// Headless Chromium runs, each with a fresh profile under `dir`.
-struct Browser {
-    bin: PathBuf,
-    dir: PathBuf,
-    runs: usize,
+pub(crate) struct Browser {
+    pub(crate) bin: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) runs: usize,
 }
 
 impl Browser {
@@ -106,7 +106,7 @@ impl Browser {
     }
 
     /// The DOM of `url` after the page ran for [`PAGE_BUDGET_MS`].
-    fn dom(&mut self, url: &str) -> anyhow::Result<String> {
+    pub(crate) fn dom(&mut self, url: &str) -> anyhow::Result<String> {
         self.run(
             &[
                 format!("--virtual-time-budget={PAGE_BUDGET_MS}"),

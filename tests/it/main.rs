@@ -9,6 +9,7 @@ mod common;
 mod bench;
 mod chunkserver;
 mod cluster;
+mod cors;
 mod dashboard;
 mod deploy;
 mod dev;

@@ -31,16 +31,16 @@ fn big_mib() -> usize {
 /// through it.
 const MAX_GATEWAY_RSS_KIB: u64 = 256 * 1024;
 
-struct S3Env {
-    cluster: Cluster,
-    gateway: Proc,
-    key: String,
-    secret: String,
-    work: PathBuf,
+pub(crate) struct S3Env {
+    pub(crate) cluster: Cluster,
+    pub(crate) gateway: Proc,
+    pub(crate) key: String,
+    pub(crate) secret: String,
+    pub(crate) work: PathBuf,
 }
 
 impl S3Env {
-    async fn start() -> anyhow::Result<S3Env> {
+    pub(crate) async fn start() -> anyhow::Result<S3Env> {
         let cluster = Cluster::start(Opts {
             chunkservers: 6,
             zones: 3,
@@ -83,7 +83,7 @@ impl S3Env {
         })
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.gateway.addr_str())
     }
 
@@ -172,7 +172,7 @@ impl S3Env {
 }
 
 /// Runs a command; fails with its output if it fails.
-fn run(mut cmd: Command, what: &str) -> anyhow::Result<Output> {
+pub(crate) fn run(mut cmd: Command, what: &str) -> anyhow::Result<Output> {
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
@@ -189,7 +189,7 @@ fn run(mut cmd: Command, what: &str) -> anyhow::Result<Output> {
 }
 
 /// Whether `tool` runs; if not, says loudly that its case is skipped.
-fn have(tool: &str, args: &[&str]) -> bool {
+pub(crate) fn have(tool: &str, args: &[&str]) -> bool {
     let ok = Command::new(tool)
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -247,7 +247,7 @@ fn same_tree(a: &Path, b: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 

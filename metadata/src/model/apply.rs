@@ -137,6 +137,7 @@ pub(super) fn apply_inner(
             t.remove(name.as_bytes())?;
             drop(t);
             stats::forget(txn, name)?;
+            forget_bucket_config(txn, name)?;
             Ok(Ok(CommandResult::Ok))
         }
         Command::PutObject {
@@ -362,6 +363,10 @@ pub(super) fn apply_inner(
             version,
             tags,
         } => put_object_tags(txn, bucket, key, version, tags),
+        Command::PutBucketCors { bucket, rules } => put_bucket_cors(txn, bucket, rules),
+        Command::DeleteBucketCors { bucket } => delete_bucket_cors(txn, bucket),
+        Command::PutBucketTagging { bucket, tags } => put_bucket_tagging(txn, bucket, tags),
+        Command::DeleteBucketTagging { bucket } => delete_bucket_tagging(txn, bucket),
         Command::GcDone {
             chunkserver,
             shards,

@@ -18,6 +18,7 @@
 //! - `migrate`: [`migrate`], upgrades of files written by older binaries.
 //! - `tagging`: object tags (`PutObjectTags`).
 //! - `objects`: head and stripe rows of object versions.
+//! - `bucket_config`: per-bucket CORS rules and tags.
 //!
 //! # On-disk format (redb, format version 3)
 //! Every model table maps raw bytes to raw bytes, so snapshots can dump and
@@ -57,6 +58,9 @@
 //! - `requests`: request id (16 bytes) -> seq (u64 BE) ++ JSON
 //!   [`CommandResult`]; `request_order`: seq -> request id. The outcomes of
 //!   the last [`DEDUP_WINDOW`] `Once` commands, so retried writes apply once.
+//! - `bucket_config`: bucket, NUL, kind (`cors`, `tagging`) -> format
+//!   byte ++ postcard (see `bucket_config`): per-bucket S3 configuration,
+//!   dropped with the bucket. Added within format 3.
 //! - `counters`: name (UTF-8) -> u64 BE (e.g. the next chunkserver id).
 //! - `keys`: access key id (UTF-8) -> JSON [`AccessKey`].
 //! - `uploads`: bucket, NUL, key, NUL, upload id (16 bytes) -> JSON
@@ -92,6 +96,7 @@ use crate::types::*;
 
 mod apply;
 mod audit;
+mod bucket_config;
 mod gc;
 mod intents;
 mod listing;
@@ -108,6 +113,8 @@ mod uploads;
 
 pub use self::apply::*;
 use self::audit::*;
+pub use self::bucket_config::BUCKET_CONFIG;
+use self::bucket_config::*;
 pub use self::gc::*;
 pub use self::intents::*;
 pub use self::listing::*;
@@ -192,6 +199,7 @@ pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>
     shard_index::SHARD_OWNERS,
     shard_index::PLACED,
     stats::BUCKET_STATS,
+    BUCKET_CONFIG,
 ];
 
 /// How long a GC tombstone is kept: far longer than a repair report can be

@@ -279,6 +279,8 @@ pub(super) fn query_inner(
             }
             Ok(Ok(QueryResult::Parts { parts, truncated }))
         }
+        Query::GetBucketCors { bucket } => Ok(get_bucket_cors(txn, bucket)?),
+        Query::GetBucketTagging { bucket } => Ok(get_bucket_tagging(txn, bucket)?),
         Query::ListUploads {
             bucket,
             prefix,

@@ -1009,9 +1009,13 @@ fn every_command() -> Vec<Command> {
             Command::RemoveChunkserver { .. } => 25,
             Command::PutObjectTags { .. } => 26,
             Command::SetRebalance { .. } => 27,
+            Command::PutBucketCors { .. } => 28,
+            Command::DeleteBucketCors { .. } => 29,
+            Command::PutBucketTagging { .. } => 30,
+            Command::DeleteBucketTagging { .. } => 31,
         }
     }
-    const VARIANTS: u32 = 28;
+    const VARIANTS: u32 = 32;
     let s = |b: u8| ShardId([b; 16]);
     let put = |inline: bool, condition: PutCondition| Command::PutObject {
         bucket: "b".into(),
@@ -1184,6 +1188,20 @@ fn every_command() -> Vec<Command> {
             enabled: false,
             threshold_pct: 5,
         },
+        Command::PutBucketCors {
+            bucket: "b".into(),
+            rules: vec![crate::types::CorsRule {
+                allowed_methods: vec!["GET".into()],
+                allowed_origins: vec!["*".into()],
+                ..crate::types::CorsRule::default()
+            }],
+        },
+        Command::PutBucketTagging {
+            bucket: "b".into(),
+            tags: BTreeMap::from([("a".into(), "b".into())]),
+        },
+        Command::DeleteBucketCors { bucket: "b".into() },
+        Command::DeleteBucketTagging { bucket: "b".into() },
     ];
     let seen: BTreeSet<u32> = cmds.iter().map(covered).collect();
     assert_eq!(seen.len() as u32, VARIANTS, "a Command variant is missing");

@@ -360,6 +360,34 @@ pub enum Command {
         /// The fullness spread tolerated, 1..=50 percentage points.
         threshold_pct: u8,
     },
+    /// Set a bucket's CORS configuration (S3 PutBucketCors), replacing any
+    /// it had. Refused with `NoSuchBucket` when the bucket does not exist,
+    /// `Invalid` when the rules break [`validate_cors`].
+    PutBucketCors {
+        /// Bucket.
+        bucket: String,
+        /// The rules, in the order they are matched.
+        rules: Vec<CorsRule>,
+    },
+    /// Drop a bucket's CORS configuration (none is not an error).
+    DeleteBucketCors {
+        /// Bucket.
+        bucket: String,
+    },
+    /// Set a bucket's tags (S3 PutBucketTagging), replacing any it had;
+    /// an empty set drops them. Refused as `PutBucketCors` is, and with
+    /// `Invalid` when the tags break [`validate_bucket_tags`].
+    PutBucketTagging {
+        /// Bucket.
+        bucket: String,
+        /// The tags.
+        tags: BTreeMap<String, String>,
+    },
+    /// Drop a bucket's tags (none is not an error).
+    DeleteBucketTagging {
+        /// Bucket.
+        bucket: String,
+    },
 }
 
 /// The rebalancer's threshold when none was set.
@@ -439,6 +467,10 @@ impl Command {
             | Command::QueueGc { .. } => CommandRole::Internal,
             Command::RemoveChunkserver { .. } => CommandRole::Admin,
             Command::PutObjectTags { .. } => CommandRole::User,
+            Command::PutBucketCors { .. }
+            | Command::DeleteBucketCors { .. }
+            | Command::PutBucketTagging { .. }
+            | Command::DeleteBucketTagging { .. } => CommandRole::User,
         }
     }
 }

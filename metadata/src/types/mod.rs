@@ -18,9 +18,12 @@
 //! - `chunkserver`: what chunkservers exchange with the service
 //!   (heartbeats, chunkserver commands, repair tasks, inventories, scrub).
 //! - `tagging`: S3 object tag limits ([`validate_tags`]).
+//! - `bucket_config`: per-bucket S3 configuration (CORS rules, bucket
+//!   tags) and its limits ([`validate_cors`], [`validate_bucket_tags`]).
 //! - `admin`: cluster status and the other admin-facing reports.
 
 mod admin;
+mod bucket_config;
 mod chunkserver;
 mod command;
 mod error;
@@ -31,6 +34,7 @@ mod query;
 mod tagging;
 
 pub use self::admin::*;
+pub use self::bucket_config::*;
 pub use self::chunkserver::*;
 pub use self::command::*;
 pub use self::error::*;

@@ -1,6 +1,8 @@
 //! Reads against the state machine: queries, listings, the placement
 //! audit, and their results.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::*;
@@ -134,6 +136,18 @@ pub enum Query {
         /// At most this many.
         limit: u32,
     },
+    /// A bucket's CORS rules ([`QueryResult::BucketCors`], empty when it
+    /// has none); `Err(NoSuchBucket)` when the bucket does not exist.
+    GetBucketCors {
+        /// Bucket.
+        bucket: String,
+    },
+    /// A bucket's tags ([`QueryResult::BucketTags`], empty when it has
+    /// none); `Err(NoSuchBucket)` when the bucket does not exist.
+    GetBucketTagging {
+        /// Bucket.
+        bucket: String,
+    },
 }
 
 /// Most stripes one [`Query::GetObjectPage`] or [`Query::ObjectStripes`]
@@ -233,6 +247,10 @@ pub enum QueryResult {
     Err(MetaError),
     /// A page of an object version's stripes ([`Query::ObjectStripes`]).
     Stripes(Vec<StripeManifest>),
+    /// A bucket's CORS rules ([`Query::GetBucketCors`]).
+    BucketCors(Vec<CorsRule>),
+    /// A bucket's tags ([`Query::GetBucketTagging`]).
+    BucketTags(BTreeMap<String, String>),
 }
 
 /// Most stripes one [`Query::AuditPlacement`] page walks: bounds the reply

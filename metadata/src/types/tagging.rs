@@ -19,6 +19,9 @@ pub const MAX_TAG_VALUE: usize = 256;
 pub enum TagError {
     /// More than [`MAX_TAGS`] tags (S3: `BadRequest`).
     TooMany(usize),
+    /// More than [`crate::types::MAX_BUCKET_TAGS`] tags on a bucket (S3:
+    /// `InvalidTag`).
+    TooManyBucket(usize),
     /// A key or value breaks a rule (S3: `InvalidTag`).
     Invalid(String),
 }
@@ -27,6 +30,11 @@ impl std::fmt::Display for TagError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TagError::TooMany(_) => write!(f, "Object tags cannot be greater than {MAX_TAGS}"),
+            TagError::TooManyBucket(_) => write!(
+                f,
+                "Bucket tag count cannot be greater than {}",
+                super::MAX_BUCKET_TAGS
+            ),
             TagError::Invalid(why) => f.write_str(why),
         }
     }

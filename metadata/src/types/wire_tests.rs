@@ -310,6 +310,23 @@ fn commands() -> Vec<Command> {
             enabled: true,
             threshold_pct: 7,
         },
+        Command::PutBucketCors {
+            bucket: "b".into(),
+            rules: vec![CorsRule {
+                id: Some("r".into()),
+                allowed_methods: vec!["GET".into()],
+                allowed_origins: vec!["*".into()],
+                allowed_headers: vec!["x-amz-*".into()],
+                expose_headers: vec!["ETag".into()],
+                max_age_seconds: Some(60),
+            }],
+        },
+        Command::DeleteBucketCors { bucket: "b".into() },
+        Command::PutBucketTagging {
+            bucket: "b".into(),
+            tags: map("team", "storage"),
+        },
+        Command::DeleteBucketTagging { bucket: "b".into() },
     ]
 }
 
@@ -368,6 +385,11 @@ const COMMAND_GOLDEN: &[&str] = &[
     r#"{"put_object":{"bucket":"b","key":"small","manifest":{"version":"04040404040404040404040404040404","size":3,"etag":"small","content_type":null,"headers":{},"user_meta":{},"checksums":{},"created_ms":6,"ec":{"k":4,"m":2},"shard_size":1024,"stripes":[],"parts":[],"inline":{"data":"YWJj","blake3":"0909090909090909090909090909090909090909090909090909090909090909"},"tags":{"t":"v"}},"condition":"None"}}"#,
     // Added with the rebalancer (issue 12).
     r#"{"set_rebalance":{"enabled":true,"threshold_pct":7}}"#,
+    // Added with bucket CORS and tagging (issue 13).
+    r#"{"put_bucket_cors":{"bucket":"b","rules":[{"id":"r","allowed_methods":["GET"],"allowed_origins":["*"],"allowed_headers":["x-amz-*"],"expose_headers":["ETag"],"max_age_seconds":60}]}}"#,
+    r#"{"delete_bucket_cors":{"bucket":"b"}}"#,
+    r#"{"put_bucket_tagging":{"bucket":"b","tags":{"team":"storage"}}}"#,
+    r#"{"delete_bucket_tagging":{"bucket":"b"}}"#,
 ];
 
 /// Captured from the code before the split, one line per value of

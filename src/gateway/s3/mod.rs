@@ -7,7 +7,8 @@
 //!   delegating to the feature files) and the helpers they share.
 //! - `buckets` (incl. versioning status), `objects`, `listing`,
 //!   `multipart`, `tagging`, `attributes` (GetObjectAttributes),
-//!   `encryption` (SSE refused until implemented): the operations, one
+//!   `bucket_config` (bucket CORS and tags), `encryption` (SSE refused
+//!   until implemented): the operations, one
 //!   feature per file.
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ use super::error::to_s3;
 use super::mpu_checksum;
 
 mod attributes;
+mod bucket_config;
 mod buckets;
 pub mod encryption;
 mod listing;
@@ -492,6 +494,48 @@ impl S3 for CairnS3 {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         self.list_multipart_uploads(req).await
+    }
+
+    async fn put_bucket_cors(
+        &self,
+        req: S3Request<PutBucketCorsInput>,
+    ) -> S3Result<S3Response<PutBucketCorsOutput>> {
+        self.put_bucket_cors(req).await
+    }
+
+    async fn get_bucket_cors(
+        &self,
+        req: S3Request<GetBucketCorsInput>,
+    ) -> S3Result<S3Response<GetBucketCorsOutput>> {
+        self.get_bucket_cors(req).await
+    }
+
+    async fn delete_bucket_cors(
+        &self,
+        req: S3Request<DeleteBucketCorsInput>,
+    ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
+        self.delete_bucket_cors(req).await
+    }
+
+    async fn put_bucket_tagging(
+        &self,
+        req: S3Request<PutBucketTaggingInput>,
+    ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
+        self.put_bucket_tagging(req).await
+    }
+
+    async fn get_bucket_tagging(
+        &self,
+        req: S3Request<GetBucketTaggingInput>,
+    ) -> S3Result<S3Response<GetBucketTaggingOutput>> {
+        self.get_bucket_tagging(req).await
+    }
+
+    async fn delete_bucket_tagging(
+        &self,
+        req: S3Request<DeleteBucketTaggingInput>,
+    ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
+        self.delete_bucket_tagging(req).await
     }
 
     async fn put_object_tagging(

@@ -23,6 +23,7 @@ pub(super) fn tag_err(e: TagError) -> S3Error {
             err.set_status_code(http::StatusCode::BAD_REQUEST);
             err
         }
+        TagError::TooManyBucket(_) => s3_error!(InvalidTag, "{e}"),
         TagError::Invalid(m) => s3_error!(InvalidTag, "{m}"),
     }
 }
