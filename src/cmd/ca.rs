@@ -370,6 +370,8 @@ pub fn cert_cmd(c: &CertCmd) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
 
     #[test]
     fn issued_certificates_load_and_chain_to_the_ca() {
