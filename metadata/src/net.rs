@@ -181,6 +181,34 @@ pub async fn serve<H, Fut>(
     H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    serve_with(
+        listener,
+        |stream, _peer| std::future::ready(Some(stream)),
+        handler,
+        shutdown,
+        opts,
+    )
+    .await
+}
+
+/// [`serve`] with a per-connection `wrap` step between accept and HTTP:
+/// e.g. a TLS handshake. It runs on the connection's own task (a slow
+/// handshake never stalls the accept loop) while holding one of the
+/// `max_connections` slots, so it must bound its own time; `None` drops
+/// the connection (a failed handshake, already logged by `wrap`).
+pub async fn serve_with<W, WF, Io, H, Fut>(
+    listener: TcpListener,
+    wrap: W,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    opts: ServerOptions,
+) where
+    W: Fn(tokio::net::TcpStream, SocketAddr) -> WF + Clone + Send + Sync + 'static,
+    WF: Future<Output = Option<Io>> + Send + 'static,
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
     let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -225,11 +253,15 @@ pub async fn serve<H, Fut>(
                 })
             }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
+        let wrapped = wrap(stream, peer);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with error");
+            if let Some(io) = wrapped.await {
+                let conn = builder.serve_connection(TokioIo::new(io), svc);
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, %peer, "connection ended with error");
+                }
             }
             drop(permit);
         });

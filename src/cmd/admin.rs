@@ -53,6 +53,13 @@ pub enum AdminCmd {
     /// by more than a threshold.
     #[command(subcommand)]
     Rebalance(super::rebalance::RebalanceCmd),
+    /// The cluster CA (no cluster needed): `ca init --dir D`.
+    #[command(subcommand)]
+    Ca(super::ca::CaCmd),
+    /// Certificates signed by the cluster CA (no cluster needed):
+    /// `cert issue --ca-dir D --role gateway --name gw1 --san HOST --out-dir O`.
+    #[command(subcommand)]
+    Cert(super::ca::CertCmd),
 }
 
 /// `cairn admin chunkserver ...`
@@ -476,6 +483,12 @@ pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<(
     if let AdminCmd::Token(TokenCmd::Issue { role, name, out }) = &cmd {
         return issue_token_cmd(&conn.credential()?, role, name, out.as_deref());
     }
+    // Offline: files only, no cluster address or secret needed.
+    match &cmd {
+        AdminCmd::Ca(c) => return super::ca::ca_cmd(c),
+        AdminCmd::Cert(c) => return super::ca::cert_cmd(c),
+        _ => {}
+    }
     let (addrs, secret) = conn.resolve()?;
     let meta = MetaClient::new(addrs.clone(), secret.clone(), MetaClientOptions::default());
     match cmd {
@@ -507,6 +520,9 @@ pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<(
         AdminCmd::AuditPlacement => audit_cmd(&meta, json).await,
         AdminCmd::Durability(a) => super::durability::run(&meta, &a, json).await,
         AdminCmd::Rebalance(c) => super::rebalance::run(&meta, c, json).await,
+        AdminCmd::Ca(_) | AdminCmd::Cert(_) => {
+            anyhow::bail!("internal error: offline admin command reached the cluster path")
+        }
     }
 }
 

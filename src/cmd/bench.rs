@@ -84,9 +84,14 @@ pub struct MetaArgs {
 #[derive(clap::Args, Debug, Clone)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["endpoint", "native"])))]
 pub struct LoadArgs {
-    /// S3 endpoint, e.g. http://127.0.0.1:7900 (path-style requests).
+    /// S3 endpoint, e.g. http://127.0.0.1:7900 (path-style requests);
+    /// https:// needs --ca-file.
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// PEM bundle of the CA(s) an https:// --endpoint is trusted by (e.g.
+    /// the cluster CA's ca.pem); no other root is trusted.
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Use the native client library (metadata addresses from
     /// --metadata, CAIRN_METADATA or the config file).
     #[arg(long)]
@@ -267,6 +272,7 @@ async fn bench_load(conn: &ConnArgs, mode: &str, a: LoadArgs) -> anyhow::Result<
                 &a.region,
                 a.concurrency,
                 a.timeout,
+                a.ca_file.as_deref(),
             )?))
         }
         None => Target::native(crate::cmd::cli::client(conn).await?, a.md5),

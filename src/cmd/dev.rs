@@ -42,6 +42,48 @@ pub struct Args {
     /// Where to write the CLI config (default ~/.config/cairn/config.json).
     #[arg(long, env = "CAIRN_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Serve the S3 gateway over HTTPS: a dev CA and a gateway certificate
+    /// for 127.0.0.1 and localhost are made under `<data>/tls` (kept across
+    /// runs). Without it the gateway serves plain HTTP (`--plain-http`).
+    #[arg(long)]
+    pub tls: bool,
+}
+
+/// Where `cairn dev --tls` keeps its CA (`<data>/tls/ca`) and the
+/// gateway's certificate (`<data>/tls/gateway.pem`, `.key`).
+pub const TLS_DIR: &str = "tls";
+
+/// The dev CA and gateway certificate, made on first use: returns the CA
+/// bundle, the gateway's certificate and key.
+fn load_or_make_tls(data: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    use crate::cmd::ca;
+    let dir = std::path::absolute(data.join(TLS_DIR))
+        .with_context(|| format!("bad data directory {}", data.display()))?;
+    let ca_dir = dir.join("ca");
+    let bundle = ca_dir.join(ca::CA_CERT);
+    if !bundle.exists() {
+        ca::init(&ca_dir)?;
+    }
+    let cert = dir.join("gateway.pem");
+    let key = dir.join("gateway.key");
+    if !cert.exists() || !key.exists() {
+        for p in [&cert, &key] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", p.display())),
+            }
+        }
+        ca::issue(&ca::IssueArgs {
+            ca_dir: ca_dir.clone(),
+            role: ca::CertRole::Gateway,
+            name: "gateway".into(),
+            sans: vec!["127.0.0.1".into(), "localhost".into()],
+            out_dir: dir.clone(),
+            days: ca::DEFAULT_DAYS,
+        })?;
+    }
+    Ok((bundle, cert, key))
 }
 
 struct Role {
@@ -284,20 +326,27 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
     }
 
     let s3_addr = format!("127.0.0.1:{}", port(900)?);
-    roles.push(spawn(
-        "gateway",
-        &[
-            "gateway".to_string(),
-            "--listen".into(),
-            s3_addr.clone(),
-            "--metadata".into(),
-            meta_addrs.join(","),
-        ],
-        &logs,
-        &gw_token,
-        json_logs,
-    )?);
-    let s3_endpoint = format!("http://{s3_addr}");
+    let mut gw_args = vec![
+        "gateway".to_string(),
+        "--listen".into(),
+        s3_addr.clone(),
+        "--metadata".into(),
+        meta_addrs.join(","),
+    ];
+    let ca_bundle = if a.tls {
+        let (bundle, cert, key) = load_or_make_tls(&data)?;
+        gw_args.push("--tls-cert".into());
+        gw_args.push(cert.to_string_lossy().into_owned());
+        gw_args.push("--tls-key".into());
+        gw_args.push(key.to_string_lossy().into_owned());
+        Some(bundle)
+    } else {
+        gw_args.push("--plain-http".into());
+        None
+    };
+    roles.push(spawn("gateway", &gw_args, &logs, &gw_token, json_logs)?);
+    let scheme = if a.tls { "https" } else { "http" };
+    let s3_endpoint = format!("{scheme}://{s3_addr}");
 
     let cfg_path = a.config.clone().unwrap_or_else(config::default_config_path);
     config::save(
@@ -380,6 +429,12 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
         admin_token.display()
     );
     outln!("  S3 endpoint:  {s3_endpoint}");
+    if let Some(b) = &ca_bundle {
+        outln!(
+            "  CA bundle:    {}  (the dev CA that signed the gateway's certificate)",
+            b.display()
+        );
+    }
     outln!("  S3 key id:    {}", s3_key.id);
     outln!("  S3 secret:    {}", s3_key.secret);
     outln!(
@@ -389,6 +444,12 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
     );
     outln!("  CLI config:   {}", cfg_path.display());
     outln!("Try: cairn mb cairn://demo && cairn put FILE cairn://demo/ && cairn ls cairn://demo");
+    if let Some(b) = &ca_bundle {
+        outln!(
+            "S3 over HTTPS: AWS_CA_BUNDLE={} aws --endpoint-url {s3_endpoint} s3 ls",
+            b.display()
+        );
+    }
     outln!("Ctrl-C stops the cluster.");
 
     // Watch the children until Ctrl-C; report any that dies.

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod admin;
 pub mod bench;
+pub mod ca;
 pub mod chunkserver;
 pub mod cli;
 pub mod dev;

@@ -14,6 +14,7 @@
 //! - [`hygiene`]: refusals before s3s (SigV2, presigned lifetime), body
 //!   read timeout, per-key stripe share and request rate.
 //! - [`ops`]: metrics, readiness, request ids (`/metrics`, `/health/*`).
+//! - [`tls`]: HTTPS (rustls), certificate reload, `--plain-http`.
 //!
 //! Memory is bounded: bodies stream through the client's stripe pipeline
 //! (a few stripes in flight per request), never buffered whole.
@@ -26,6 +27,7 @@ pub mod hygiene;
 pub mod mpu_checksum;
 pub mod ops;
 pub mod s3;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -96,6 +98,9 @@ pub struct Args {
     /// address (they are always on --listen for unsigned GETs).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// HTTPS (or, on purpose, plain HTTP).
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
 }
 
 /// Virtual-host parsing: `bucket.DOMAIN[:port]` names a bucket; any other
@@ -195,104 +200,107 @@ impl Gateway {
         }
     }
 
-    /// Serves S3 on `listener` until `shutdown` resolves.
+    /// Serves S3 on `listener` until `shutdown` resolves: over TLS when
+    /// `tls` holds an acceptor and a handshake timeout, else plain HTTP.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
         opts: ServerOptions,
+        tls: Option<(tokio_rustls::TlsAcceptor, std::time::Duration)>,
     ) {
         let ops_handle = self.ops();
         let service = self.service;
         let metrics = self.metrics;
         let policy = self.policy;
         let cors = self.cors;
-        net::serve(
-            listener,
-            move |req, _peer| {
-                let service = service.clone();
-                let metrics = metrics.clone();
-                let ops_handle = ops_handle.clone();
-                let policy = policy.clone();
-                let cors = cors.clone();
-                async move {
-                    if let Some(ep) = ops_endpoint(&req).filter(|_| ops::is_unsigned(&req)) {
-                        return ops_handle.reply(ep).await;
-                    }
-                    let started = std::time::Instant::now();
-                    if let Some(resp) = cors.preflight(&req).await {
-                        metrics.record("PreflightCors", resp.status(), started);
-                        return resp.map(net::full);
-                    }
-                    let origin = cors.origin_of(&req);
-                    if let Some(resp) = hygiene::precheck(&req, &policy) {
-                        metrics.record("", resp.status(), started);
-                        return resp.map(net::full);
-                    }
-                    let request_id = ops::new_request_id();
-                    let op = ops::OpSlot::default();
-                    let share = cairn_client::ShareSlot::default();
-                    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                    let span = tracing::info_span!("s3", request_id = %request_id);
-                    let mut req = req.map(|b| {
-                        s3s::Body::http_body_unsync(hygiene::IdleBody::new(
-                            ops::Counted::new(b, metrics.received.clone()),
-                            policy.body_read_timeout,
-                            cut.clone(),
-                        ))
-                    });
-                    req.extensions_mut().insert(op.clone());
-                    req.extensions_mut().insert(share.clone());
-                    metrics.in_flight.inc();
-                    let call = net::with_request_id(Some(request_id.clone()), service.call(req));
-                    let call = cairn_client::STRIPE_SHARE.scope(share, call);
-                    let res = tracing::Instrument::instrument(call, span.clone()).await;
-                    metrics.in_flight.dec();
-                    let res = if cut.load(std::sync::atomic::Ordering::Relaxed) {
-                        // Whatever the operation made of its failed read,
-                        // the client is told its body stalled.
-                        span.in_scope(|| tracing::info!("request body idle: cut"));
-                        let mut r = hygiene::s3_error_response(
+        let handler = move |req: http::Request<hyper::body::Incoming>, _peer| {
+            let service = service.clone();
+            let metrics = metrics.clone();
+            let ops_handle = ops_handle.clone();
+            let policy = policy.clone();
+            let cors = cors.clone();
+            async move {
+                if let Some(ep) = ops_endpoint(&req).filter(|_| ops::is_unsigned(&req)) {
+                    return ops_handle.reply(ep).await;
+                }
+                let started = std::time::Instant::now();
+                if let Some(resp) = cors.preflight(&req).await {
+                    metrics.record("PreflightCors", resp.status(), started);
+                    return resp.map(net::full);
+                }
+                let origin = cors.origin_of(&req);
+                if let Some(resp) = hygiene::precheck(&req, &policy) {
+                    metrics.record("", resp.status(), started);
+                    return resp.map(net::full);
+                }
+                let request_id = ops::new_request_id();
+                let op = ops::OpSlot::default();
+                let share = cairn_client::ShareSlot::default();
+                let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let span = tracing::info_span!("s3", request_id = %request_id);
+                let mut req = req.map(|b| {
+                    s3s::Body::http_body_unsync(hygiene::IdleBody::new(
+                        ops::Counted::new(b, metrics.received.clone()),
+                        policy.body_read_timeout,
+                        cut.clone(),
+                    ))
+                });
+                req.extensions_mut().insert(op.clone());
+                req.extensions_mut().insert(share.clone());
+                metrics.in_flight.inc();
+                let call = net::with_request_id(Some(request_id.clone()), service.call(req));
+                let call = cairn_client::STRIPE_SHARE.scope(share, call);
+                let res = tracing::Instrument::instrument(call, span.clone()).await;
+                metrics.in_flight.dec();
+                let res = if cut.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Whatever the operation made of its failed read,
+                    // the client is told its body stalled.
+                    span.in_scope(|| tracing::info!("request body idle: cut"));
+                    let mut r = hygiene::s3_error_response(
                             http::StatusCode::BAD_REQUEST,
                             "RequestTimeout",
                             "Your socket connection to the server was not read from or written to within the timeout period (--body-read-timeout); nothing was stored",
                         );
-                        r.headers_mut().insert(
-                            http::header::CONNECTION,
-                            http::HeaderValue::from_static("close"),
-                        );
-                        Ok(r.map(s3s::Body::from))
-                    } else {
-                        res
-                    };
-                    let mut resp = match res {
-                        Ok(resp) => {
-                            let sent = metrics.sent.clone();
-                            resp.map(|b| ops::Counted::new(b, sent).boxed_unsync())
-                        }
-                        Err(e) => {
-                            span.in_scope(|| tracing::warn!(error = ?e, "S3 request failed"));
-                            net::error_response(
-                                http::StatusCode::INTERNAL_SERVER_ERROR,
-                                "InternalError",
-                                "internal error",
-                            )
-                        }
-                    };
-                    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
-                        resp.headers_mut().entry("x-amz-request-id").or_insert(v);
+                    r.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                    Ok(r.map(s3s::Body::from))
+                } else {
+                    res
+                };
+                let mut resp = match res {
+                    Ok(resp) => {
+                        let sent = metrics.sent.clone();
+                        resp.map(|b| ops::Counted::new(b, sent).boxed_unsync())
                     }
-                    if let Some(o) = &origin {
-                        cors.decorate(o, resp.headers_mut()).await;
+                    Err(e) => {
+                        span.in_scope(|| tracing::warn!(error = ?e, "S3 request failed"));
+                        net::error_response(
+                            http::StatusCode::INTERNAL_SERVER_ERROR,
+                            "InternalError",
+                            "internal error",
+                        )
                     }
-                    metrics.record(op.get(), resp.status(), started);
-                    resp
+                };
+                if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+                    resp.headers_mut().entry("x-amz-request-id").or_insert(v);
                 }
-            },
-            shutdown,
-            opts,
-        )
-        .await;
+                if let Some(o) = &origin {
+                    cors.decorate(o, resp.headers_mut()).await;
+                }
+                metrics.record(op.get(), resp.status(), started);
+                resp
+            }
+        };
+        match tls {
+            None => net::serve(listener, handler, shutdown, opts).await,
+            Some((acceptor, timeout)) => {
+                let wrap = tls::handshake(acceptor, timeout);
+                net::serve_with(listener, wrap, handler, shutdown, opts).await
+            }
+        }
     }
 }
 
@@ -311,6 +319,25 @@ pub fn limit_malloc_arenas() {
 
 /// Runs a gateway until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // TLS first: a gateway that would serve plain HTTP by accident, or
+    // whose certificate does not load, stops before anything else.
+    let (workers, stop_workers) = cairn_metadata::worker::WorkerRunner::new();
+    let acceptor = match args.tls.mode()? {
+        tls::Mode::Plain => {
+            tracing::warn!("serving plain HTTP (--plain-http): S3 traffic is not encrypted");
+            None
+        }
+        tls::Mode::Tls { cert, key } => {
+            let store = Arc::new(tls::CertStore::open(&cert, &key)?);
+            workers.spawn(tls::Reloader::new(store.clone())?);
+            let cfg = tls::server_config(store)?;
+            Some((
+                tokio_rustls::TlsAcceptor::from(cfg),
+                args.tls.tls_handshake_timeout,
+            ))
+        }
+    };
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     let secret = args
         .secret
         .require_for(cairn_metadata::auth::Role::Gateway)?;
@@ -332,7 +359,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         net::write_addr_file(path, &addr)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    tracing::info!(%addr, domain = ?args.domain, "S3 gateway listening");
+    tracing::info!(%addr, scheme, domain = ?args.domain, "S3 gateway listening");
     let opts = ServerOptions {
         max_connections: args.max_connections.max(1),
         ..ServerOptions::default()
@@ -388,8 +415,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ServerOptions::default(),
         ));
     }
-    gw.serve(listener, crate::cmd::shutdown_signal(), opts)
+    gw.serve(listener, crate::cmd::shutdown_signal(), opts, acceptor)
         .await;
+    stop_workers.stop(std::time::Duration::from_secs(1)).await;
     tracing::info!("S3 gateway stopped");
     Ok(())
 }

@@ -46,6 +46,7 @@ impl Env {
             cluster.dir.path(),
             [
                 "gateway",
+                "--plain-http",
                 "--listen",
                 "127.0.0.1:0",
                 "--metadata",

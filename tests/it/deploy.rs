@@ -258,6 +258,7 @@ async fn alert_rules_and_dashboard_name_real_metrics() -> anyhow::Result<()> {
         cluster.dir.path(),
         [
             "gateway",
+            "--plain-http",
             "--listen",
             "127.0.0.1:0",
             "--metadata",

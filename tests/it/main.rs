@@ -32,4 +32,5 @@ mod roles;
 mod s3;
 mod scrub_gc;
 mod snapshot;
+mod tls;
 mod upgrade;

@@ -146,6 +146,7 @@ async fn metadata_disk_full_refuses_writes_then_resumes() -> anyhow::Result<()> 
         c.dir.path(),
         [
             "gateway",
+            "--plain-http",
             "--listen",
             "127.0.0.1:0",
             "--metadata",

@@ -384,6 +384,7 @@ impl Net {
             c.dir.path(),
             [
                 "gateway",
+                "--plain-http",
                 "--listen",
                 listen.as_str(),
                 "--metadata",

@@ -164,6 +164,7 @@ fn gateway(cluster: &Cluster) -> anyhow::Result<Proc> {
         cluster.dir.path(),
         [
             "gateway",
+            "--plain-http",
             "--listen",
             "127.0.0.1:0",
             "--metadata",

@@ -63,6 +63,7 @@ impl S3Env {
             cluster.dir.path(),
             [
                 "gateway",
+                "--plain-http",
                 "--listen",
                 "127.0.0.1:0",
                 "--metadata",
@@ -645,6 +646,7 @@ fn gateway(c: &Cluster, listen: &str) -> anyhow::Result<Proc> {
         c.dir.path(),
         [
             "gateway",
+            "--plain-http",
             "--listen",
             listen,
             "--metadata",

@@ -221,6 +221,7 @@ fn gateway(c: &Cluster, port: u16) -> anyhow::Result<Proc> {
         c.dir.path(),
         [
             "gateway",
+            "--plain-http",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--metadata",

@@ -3,8 +3,10 @@
 //! hyper client (`metadata::net::HttpClient`: `TCP_NODELAY`, keep-alive
 //! pool). It speaks only what a load generator needs (CreateBucket,
 //! DeleteBucket, PutObject, GetObject, DeleteObject), so it works against
-//! any S3 endpoint reachable over plain HTTP, e.g. another S3 server run
-//! for comparison.
+//! any S3 endpoint, e.g. another S3 server run for comparison. An
+//! `https://` endpoint is reached with rustls (ring) through
+//! `hyper-rustls`, trusting only the CA bundle given with `--ca-file`
+//! (`TCP_NODELAY`, the same pool settings).
 //!
 //! Payloads are sent as `UNSIGNED-PAYLOAD` (hashing 64 MiB with SHA-256 per
 //! request would measure the driver, not the server). A PUT body is a
@@ -35,10 +37,86 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// (`gateway::s3::EC_HEADER`); other servers ignore it.
 const EC_HEADER: &str = "x-cairn-ec";
 
+/// The HTTPS client: hyper's pooled client over a rustls connector.
+type TlsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    net::Body,
+>;
+
+/// How requests travel.
+enum Transport {
+    /// Plain HTTP on Cairn's client.
+    Plain(HttpClient),
+    /// HTTPS.
+    Tls(TlsClient),
+}
+
+/// An error with its causes (hyper's legacy client hides the TLS error
+/// in its source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Largest CA bundle read.
+const MAX_CA_FILE: u64 = 1 << 20;
+
+/// The HTTPS client trusting only the certificates in `ca_file`.
+fn tls_client(ca_file: &std::path::Path, connections: usize) -> anyhow::Result<TlsClient> {
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    use std::io::Read;
+    let mut pem = Vec::new();
+    std::fs::File::open(ca_file)
+        .and_then(|f| f.take(MAX_CA_FILE).read_to_end(&mut pem))
+        .with_context(|| format!("cannot read --ca-file {}", ca_file.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        let c = c.map_err(|e| anyhow::anyhow!("bad PEM in {}: {e}", ca_file.display()))?;
+        roots
+            .add(c)
+            .with_context(|| format!("bad CA certificate in {}", ca_file.display()))?;
+    }
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "no certificate in --ca-file {}",
+        ca_file.display()
+    );
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("cannot configure TLS")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let opts = ClientOptions::default();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(opts.connect_timeout));
+    http.enforce_http(false);
+    let conn = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(opts.idle_timeout)
+            .pool_max_idle_per_host(connections.max(32))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(conn),
+    )
+}
+
 /// An S3 endpoint with credentials.
 pub struct S3Target {
-    http: HttpClient,
-    /// `http://host[:port]` without a trailing slash.
+    http: Transport,
+    /// `http[s]://host[:port]` without a trailing slash.
     base: String,
     /// The authority, sent as `Host` and signed.
     host: String,
@@ -95,8 +173,8 @@ fn net_err(e: NetError) -> OpError {
 }
 
 impl S3Target {
-    /// A driver for `endpoint` (`http://host:port`). HTTPS is refused: the
-    /// bench has no TLS stack (it measures storage, not TLS).
+    /// A driver for `endpoint` (`http://host:port`, or `https://host:port`
+    /// with `ca_file`: the PEM bundle of the CA(s) to trust, and no other).
     pub fn new(
         endpoint: &str,
         access_key: &str,
@@ -104,18 +182,21 @@ impl S3Target {
         region: &str,
         connections: usize,
         timeout: Duration,
+        ca_file: Option<&std::path::Path>,
     ) -> anyhow::Result<S3Target> {
         let uri: http::Uri = endpoint
             .trim_end_matches('/')
             .parse()
             .map_err(|e| anyhow::anyhow!("bad --endpoint {endpoint:?}: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => anyhow::bail!(
-                "--endpoint {endpoint}: https is not supported by the bench driver; use http"
-            ),
-            _ => anyhow::bail!("--endpoint {endpoint:?}: expected http://HOST:PORT"),
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => anyhow::bail!("--endpoint {endpoint:?}: expected http[s]://HOST:PORT"),
+        };
+        anyhow::ensure!(
+            https || ca_file.is_none(),
+            "--ca-file is for an https:// --endpoint"
+        );
         if uri.path() != "/" && !uri.path().is_empty() {
             anyhow::bail!("--endpoint {endpoint:?}: no path expected (path-style addressing)");
         }
@@ -127,13 +208,19 @@ impl S3Target {
         anyhow::ensure!(!secret_key.is_empty(), "--secret-key is empty");
         let identity: Identity =
             Credentials::new(access_key, secret_key, None, None, "cairn-bench").into();
-        let http = HttpClient::new(&ClientOptions {
-            max_idle_per_host: connections.max(32),
-            ..Default::default()
-        });
+        let http = match (https, ca_file) {
+            (false, _) => Transport::Plain(HttpClient::new(&ClientOptions {
+                max_idle_per_host: connections.max(32),
+                ..Default::default()
+            })),
+            (true, Some(ca)) => Transport::Tls(tls_client(ca, connections)?),
+            (true, None) => anyhow::bail!(
+                "--endpoint {endpoint}: https needs --ca-file PATH (the CA bundle to trust)"
+            ),
+        };
         Ok(S3Target {
             http,
-            base: format!("http://{host}"),
+            base: format!("{}://{host}", if https { "https" } else { "http" }),
             host,
             identity,
             region: region.to_string(),
@@ -189,7 +276,15 @@ impl S3Target {
             .body(net::full(body))
             .map_err(|e| OpError::new("request", e.to_string()))?;
         instructions.apply_to_request_http1x(&mut req);
-        self.http.send(req, self.timeout).await.map_err(net_err)
+        match &self.http {
+            Transport::Plain(c) => c.send(req, self.timeout).await.map_err(net_err),
+            Transport::Tls(c) => match tokio::time::timeout(self.timeout, c.request(req)).await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(e)) if e.is_connect() => Err(net_err(NetError::Connect(chain(&e)))),
+                Ok(Err(e)) => Err(net_err(NetError::Transport(chain(&e)))),
+                Err(_) => Err(net_err(NetError::Timeout)),
+            },
+        }
     }
 
     /// Turns a non-success reply into an error `"<status> <S3 code>"`.
@@ -306,11 +401,13 @@ mod tests {
     #[test]
     fn endpoints_are_checked() {
         let t = Duration::from_secs(1);
-        assert!(S3Target::new("http://127.0.0.1:7900", "k", "s", "us-east-1", 4, t).is_ok());
-        assert!(S3Target::new("http://127.0.0.1:7900/", "k", "s", "us-east-1", 4, t).is_ok());
-        assert!(S3Target::new("https://s3.example", "k", "s", "us-east-1", 4, t).is_err());
-        assert!(S3Target::new("127.0.0.1:7900", "k", "s", "us-east-1", 4, t).is_err());
-        assert!(S3Target::new("http://h/bucket", "k", "s", "us-east-1", 4, t).is_err());
-        assert!(S3Target::new("http://h", "", "s", "us-east-1", 4, t).is_err());
+        let new = |ep: &str, key: &str| S3Target::new(ep, key, "s", "us-east-1", 4, t, None);
+        assert!(new("http://127.0.0.1:7900", "k").is_ok());
+        assert!(new("http://127.0.0.1:7900/", "k").is_ok());
+        // https needs a CA bundle to trust.
+        assert!(new("https://s3.example", "k").is_err());
+        assert!(new("127.0.0.1:7900", "k").is_err());
+        assert!(new("http://h/bucket", "k").is_err());
+        assert!(new("http://h", "").is_err());
     }
 }
