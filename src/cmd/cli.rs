@@ -57,18 +57,17 @@ pub struct CopyArgs {
     #[arg(long)]
     pub content_type: Option<String>,
     /// Files larger than this (MiB) are uploaded in parts (multipart), as
-    /// must be anything over 5 GiB; standard input is uploaded in parts
-    /// once it is longer than 8 MiB.
+    /// must be anything over 5 GiB. Standard input is one PUT (at most 5
+    /// GiB) unless `--part-size-mib` is given.
     #[arg(long, default_value_t = 5120, value_parser = clap::value_parser!(u64).range(5..=5120))]
     pub multipart_threshold_mib: u64,
-    /// Part size for uploads in parts, MiB (5 to 5120; default: 1 GiB for
-    /// standard input, otherwise the larger of 512 MiB and size / 10,000).
+    /// Part size for uploads in parts, MiB (5 to 5120; for files the
+    /// default is the larger of 512 MiB and size / 10,000). Given with
+    /// standard input (`-`), it is uploaded in parts of this size.
     #[arg(long, value_parser = clap::value_parser!(u64).range(5..=5120))]
     pub part_size_mib: Option<u64>,
 }
 
-/// Standard input shorter than this is one PUT; longer, it goes in parts.
-const STDIN_HEAD: usize = 8 << 20;
 /// S3's most parts per upload.
 const MAX_PARTS: u32 = 10_000;
 
@@ -241,21 +240,22 @@ async fn upload(
         ..Default::default()
     };
     if src == "-" {
-        use tokio::io::AsyncReadExt;
         let pb = bar(None, out.quiet, &dst.key);
-        let mut stdin = tokio::io::stdin();
-        let mut head = Vec::new();
-        (&mut stdin)
-            .take(STDIN_HEAD as u64 + 1)
-            .read_to_end(&mut head)
-            .await?;
-        let m = if head.len() > STDIN_HEAD {
-            let part = a.part_size_mib.unwrap_or(1024) << 20;
-            let all = std::io::Cursor::new(head).chain(stdin);
-            put_in_parts(c, dst, all, part, &opts, &pb).await?
-        } else {
-            pb.inc(head.len() as u64);
-            c.put(&dst.bucket, &dst.key, &head[..], opts).await?
+        // Streamed as it arrives: one PUT (at most 5 GiB), or in parts
+        // when asked for.
+        let m = match a.part_size_mib {
+            Some(p) => put_in_parts(c, dst, tokio::io::stdin(), p << 20, &opts, &pb).await?,
+            None => {
+                let p = pb.clone();
+                c.put_with_progress(
+                    &dst.bucket,
+                    &dst.key,
+                    tokio::io::stdin(),
+                    opts,
+                    Some(Arc::new(move |n| p.inc(n))),
+                )
+                .await?
+            }
         };
         pb.finish_and_clear();
         return Ok(m);

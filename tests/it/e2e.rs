@@ -486,6 +486,23 @@ async fn cli_big_file_round_trip_in_bounded_memory() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the CLI against `c` with `input` on its standard input.
+fn cli_stdin(c: &Cluster, args: &[&str], input: &[u8]) -> anyhow::Result<std::process::Output> {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env("CAIRN_METADATA", c.meta_addrs.join(","))
+        .env("CAIRN_SECRET", crate::common::SECRET)
+        .env("CAIRN_CONFIG", c.dir.path().join("no-config.json"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input)?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cli_commands_and_json() -> anyhow::Result<()> {
     let c = Cluster::start(six())?;
@@ -560,7 +577,7 @@ async fn cli_commands_and_json() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no such key"));
 
     // Large inputs go in parts (a PUT holds at most 5 GiB): a file over
-    // the threshold, and standard input longer than 8 MiB.
+    // the threshold, and standard input when a part size is given.
     let big = data(12 << 20, 9);
     let big_path = c.dir.path().join("big.bin");
     std::fs::write(&big_path, &big)?;
@@ -572,25 +589,17 @@ async fn cli_commands_and_json() -> anyhow::Result<()> {
     ];
     cp.extend(args);
     ok(c.cli(&cp)?)?;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args([
+    ok(cli_stdin(
+        &c,
+        &[
             "cp",
             "-",
             "cairn://cli/parts/stdin.bin",
             "--part-size-mib",
             "5",
-        ])
-        .env("CAIRN_METADATA", c.meta_addrs.join(","))
-        .env("CAIRN_SECRET", crate::common::SECRET)
-        .env("CAIRN_CONFIG", c.dir.path().join("no-config.json"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(&big)?;
-    }
-    ok(child.wait_with_output()?)?;
+        ],
+        &big,
+    )?)?;
     for key in ["file.bin", "stdin.bin"] {
         let url = format!("cairn://cli/parts/{key}");
         let stat = ok(c.cli(&["stat", &url, "--json"])?)?;
@@ -605,20 +614,12 @@ async fn cli_commands_and_json() -> anyhow::Result<()> {
         ok(c.cli(&["cp", &url, out.to_str().unwrap()])?)?;
         assert!(std::fs::read(&out)? == big, "{key} differs");
     }
-    // A small standard input stays one PUT.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["cp", "-", "cairn://cli/parts/small.bin"])
-        .env("CAIRN_METADATA", c.meta_addrs.join(","))
-        .env("CAIRN_SECRET", crate::common::SECRET)
-        .env("CAIRN_CONFIG", c.dir.path().join("no-config.json"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(&big[..100_000])?;
-    }
-    ok(child.wait_with_output()?)?;
+    // Without a part size, standard input is one PUT.
+    ok(cli_stdin(
+        &c,
+        &["cp", "-", "cairn://cli/parts/small.bin"],
+        &big[..100_000],
+    )?)?;
     let stat = ok(c.cli(&["stat", "cairn://cli/parts/small.bin", "--json"])?)?;
     let v: serde_json::Value = serde_json::from_str(&stat)?;
     assert!(!v["etag"].as_str().unwrap_or("-").contains('-'), "{v}");

@@ -17,11 +17,12 @@ fn objects() -> usize {
     std::env::var("CAIRN_SNAPSHOT_OBJECTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8_000)
+        .unwrap_or(10_400)
 }
-/// Inline bytes per object: 8,000 objects make a snapshot of about
-/// 330 MiB (base64 in the rows), so a snapshot held in memory would push
-/// the follower's RSS far past [`RSS_BOUND_KIB`].
+/// Inline bytes per object: 10,400 objects make a snapshot of about
+/// 325 MiB (raw bytes in the binary head rows of model format 3; 8,000
+/// made 248 MiB), so a snapshot held in memory would push the follower's
+/// RSS far past [`RSS_BOUND_KIB`].
 const INLINE: usize = 32 << 10;
 /// Peak RSS allowed on the follower (`VmHWM`): its baseline plus redb's
 /// capped page cache plus the bounded staging batches and the log entries

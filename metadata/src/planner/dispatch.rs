@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::scan::{Candidate, Env};
-use super::{InFlight, PlannerConfig, ShardKey, State, StripeKey, MAX_RECORDS};
+use super::{PlannerConfig, ShardKey, State, StripeKey};
 use crate::model;
 use crate::types::*;
 
@@ -166,11 +166,8 @@ pub(super) fn dispatch(
             ));
         }
         sources.sort_by_key(|(r, s)| (*r, s.index));
-        s.next_task += 1;
-        s.next_seq += 1;
-        let (id, seq) = (s.next_task, s.next_seq);
         let task = RepairTask {
-            task: id,
+            task: s.next_task_id(),
             bucket: ctx.bucket.clone(),
             key: ctx.key.clone(),
             version: ctx.version,
@@ -185,32 +182,7 @@ pub(super) fn dispatch(
             sources: sources.into_iter().map(|(_, s)| s).collect(),
             redundancy: c.redundancy,
         };
-        s.records.push_back(RepairRecord {
-            seq,
-            redundancy: c.redundancy,
-            bucket: ctx.bucket.clone(),
-            key: ctx.key.clone(),
-            stripe: ctx.stripe,
-            index: c.index,
-            to: target,
-            outcome: "dispatched".into(),
-        });
-        while s.records.len() > MAX_RECORDS {
-            s.records.pop_front();
-        }
-        s.busy.insert(skey, id);
-        s.in_flight.insert(
-            id,
-            InFlight {
-                task,
-                target,
-                deadline: now + cfg.task_timeout,
-                sent: None,
-                planned: now,
-                seq,
-                rebalance: false,
-            },
-        );
+        s.track(task, target, false, cfg.task_timeout, now);
         *load.entry(target).or_insert(0) += 1;
         stripe_targets
             .entry((ctx.version, ctx.stripe))

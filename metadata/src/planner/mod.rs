@@ -212,6 +212,59 @@ impl State {
         self.repaired_bytes = self.repaired_bytes.saturating_add(bytes);
     }
 
+    /// A fresh task id.
+    fn next_task_id(&mut self) -> u64 {
+        self.next_task += 1;
+        self.next_task
+    }
+
+    /// Records `task` as dispatched to `target` (a repair, or a
+    /// rebalancing move): in flight until its report or `timeout`, its
+    /// shard busy, a dispatch record for the status.
+    fn track(
+        &mut self,
+        task: RepairTask,
+        target: ChunkserverId,
+        rebalance: bool,
+        timeout: Duration,
+        now: Instant,
+    ) {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let outcome = if rebalance {
+            "dispatched (rebalance)"
+        } else {
+            "dispatched"
+        };
+        self.records.push_back(RepairRecord {
+            seq,
+            redundancy: task.redundancy,
+            bucket: task.bucket.clone(),
+            key: task.key.clone(),
+            stripe: task.stripe,
+            index: task.index,
+            to: target,
+            outcome: outcome.into(),
+        });
+        while self.records.len() > MAX_RECORDS {
+            self.records.pop_front();
+        }
+        self.busy
+            .insert((task.version, task.stripe, task.index), task.task);
+        self.in_flight.insert(
+            task.task,
+            InFlight {
+                task,
+                target,
+                deadline: now + timeout,
+                sent: None,
+                planned: now,
+                seq,
+                rebalance,
+            },
+        );
+    }
+
     fn back_off(&mut self, key: StripeKey, now: Instant) {
         let n = self.backoff.get(&key).map(|(_, n)| *n).unwrap_or(0) + 1;
         let wait = Duration::from_secs(1)

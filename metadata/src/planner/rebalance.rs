@@ -44,7 +44,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use super::scan::{self, Env};
-use super::{InFlight, PlannerConfig, State, MAX_RECORDS};
+use super::{PlannerConfig, State};
 use crate::model;
 use crate::shard_index::{self, OwnerRow};
 use crate::types::*;
@@ -335,12 +335,8 @@ pub(super) fn plan(
         else {
             continue;
         };
-        s.next_task += 1;
-        s.next_seq += 1;
-        let (id, seq) = (s.next_task, s.next_seq);
-        let red = i32::from(m.ec.m);
         let task = RepairTask {
-            task: id,
+            task: s.next_task_id(),
             bucket: bucket.to_string(),
             key: key.to_string(),
             version: m.version,
@@ -353,34 +349,9 @@ pub(super) fn plan(
             blake3: st.shards[index].blake3,
             from: Some(source),
             sources,
-            redundancy: red,
+            redundancy: i32::from(m.ec.m),
         };
-        s.records.push_back(RepairRecord {
-            seq,
-            redundancy: red,
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-            stripe: owner.stripe,
-            index: owner.index,
-            to: target,
-            outcome: "dispatched (rebalance)".into(),
-        });
-        while s.records.len() > MAX_RECORDS {
-            s.records.pop_front();
-        }
-        s.busy.insert((m.version, owner.stripe, owner.index), id);
-        s.in_flight.insert(
-            id,
-            InFlight {
-                task,
-                target,
-                deadline: now + cfg.task_timeout,
-                sent: None,
-                planned: now,
-                seq,
-                rebalance: true,
-            },
-        );
+        s.track(task, target, true, cfg.task_timeout, now);
         *load.entry(target).or_insert(0) += 1;
         if let Some(src) = fill.get_mut(&source) {
             src.0 = src.0.saturating_sub(len);

@@ -24,7 +24,8 @@ pub struct RepairRecord {
     pub index: u8,
     /// Target chunkserver.
     pub to: ChunkserverId,
-    /// `dispatched`, `committed`, `stale` or `failed`.
+    /// `dispatched` (`dispatched (rebalance)` for a move), `committed`,
+    /// `stale` or `failed`.
     pub outcome: String,
 }
 
