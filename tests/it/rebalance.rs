@@ -67,7 +67,12 @@ async fn a_new_chunkserver_is_filled_until_fullness_is_even() -> anyhow::Result<
             .await?;
         bodies.push(body);
     }
-    let before = rebalance(&c)?;
+    // Once the leader's planner has run a round: on by default.
+    let before = wait_for("a rebalancer round", 30, || async {
+        let r = rebalance(&c)?;
+        Ok((!r.state.is_empty()).then_some(r))
+    })
+    .await?;
     assert!(before.enabled, "on by default: {before:?}");
     let out = c.cli(&["admin", "rebalance", "start", "--threshold", "5"])?;
     assert!(

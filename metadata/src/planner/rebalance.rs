@@ -171,8 +171,10 @@ pub(super) fn plan(
         return Ok(in_flight > 0);
     }
     s.rebalance.stuck_at = None;
-    // The fullest chunkserver not yet exhausted is the source (over the
-    // emptiest by more than the threshold).
+    // The fullest chunkserver not yet exhausted is the source: any that
+    // is fuller than the emptiest (the invariant may pin the fullest
+    // ones; a less full one may still give, and every move must leave the
+    // target emptier than the source, so moves always narrow the gap).
     let min = fill
         .values()
         .map(|(p, f)| fullness(*p, *f))
@@ -180,7 +182,7 @@ pub(super) fn plan(
     let mut by_fullness: Vec<(f64, ChunkserverId)> = fill
         .iter()
         .map(|(id, (p, f))| (fullness(*p, *f), *id))
-        .filter(|(f, id)| *f - min > threshold && !s.rebalance.exhausted.contains(id))
+        .filter(|(f, id)| *f > min && !s.rebalance.exhausted.contains(id))
         .collect();
     by_fullness.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let Some(&(_, source)) = by_fullness.first() else {
