@@ -21,7 +21,8 @@
 //! leader follows the operator's last word.
 //!
 //! # What moves
-//! Pages of the fullest chunkserver's shards (its range of the reverse
+//! Pages of the fullest not yet exhausted chunkserver's shards (any one
+//! fuller than the emptiest may give; its range of the reverse
 //! index, resumed where the last round stopped), at most
 //! [`MAX_IN_FLIGHT`] moves in flight. A source read to its end without a
 //! valid move (the invariant can pin its shards: a server added to a zone
