@@ -379,7 +379,10 @@ pub fn allowed_query(role: Role, q: &Query) -> bool {
             | Query::ListParts { .. }
             | Query::ListUploads { .. }
             | Query::GetBucketCors { .. }
-            | Query::GetBucketTagging { .. } => true,
+            | Query::GetBucketTagging { .. }
+            | Query::GetBucketVersioning { .. }
+            | Query::GetVersionPage { .. }
+            | Query::ListVersions(_) => true,
         },
     }
 }

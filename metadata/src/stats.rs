@@ -67,17 +67,42 @@ pub fn replace(
     old: Option<&ObjectManifest>,
     new: Option<&ObjectManifest>,
 ) -> StoreResult<()> {
+    replace_counts(txn, bucket, old.map(of), new.map(of))
+}
+
+/// [`replace`] with the (size, stripe count) of each side, for heads
+/// read without their stripes.
+pub fn replace_sized(
+    txn: &redb::WriteTransaction,
+    bucket: &str,
+    old: Option<(u64, u64)>,
+    new: Option<(u64, u64)>,
+) -> StoreResult<()> {
+    let as_stats = |(bytes, stripes): (u64, u64)| BucketStats {
+        objects: 1,
+        bytes,
+        stripes,
+    };
+    replace_counts(txn, bucket, old.map(as_stats), new.map(as_stats))
+}
+
+fn replace_counts(
+    txn: &redb::WriteTransaction,
+    bucket: &str,
+    old: Option<BucketStats>,
+    new: Option<BucketStats>,
+) -> StoreResult<()> {
     let mut t = txn.open_table(BUCKET_STATS)?;
     let mut s = match t.get(bucket.as_bytes())? {
         Some(v) => decode(v.value())?,
         None => BucketStats::default(),
     };
-    if let Some(o) = old.map(of) {
+    if let Some(o) = old {
         s.objects = s.objects.saturating_sub(o.objects);
         s.bytes = s.bytes.saturating_sub(o.bytes);
         s.stripes = s.stripes.saturating_sub(o.stripes);
     }
-    if let Some(n) = new.map(of) {
+    if let Some(n) = new {
         s.objects = s.objects.saturating_add(n.objects);
         s.bytes = s.bytes.saturating_add(n.bytes);
         s.stripes = s.stripes.saturating_add(n.stripes);

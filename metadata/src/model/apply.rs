@@ -131,7 +131,10 @@ pub(super) fn apply_inner(
             if t.get(name.as_bytes())?.is_none() {
                 return Ok(Err(MetaError::NoSuchBucket(name.clone())));
             }
-            if has_bucket_rows(txn, UPLOADS, name)? || has_bucket_rows(txn, OBJECTS, name)? {
+            if has_bucket_rows(txn, UPLOADS, name)?
+                || has_bucket_rows(txn, OBJECTS, name)?
+                || has_versions(txn, name)?
+            {
                 return Ok(Err(MetaError::BucketNotEmpty(name.clone())));
             }
             t.remove(name.as_bytes())?;
@@ -165,37 +168,12 @@ pub(super) fn apply_inner(
                 return Ok(Err(e));
             }
             let ok = object_key(bucket, key);
-            let old = load_object(txn, &ok)?;
-            if let Err(e) = check_condition(condition, old.as_ref(), bucket, key) {
+            let cur = get_head(&txn.open_table(OBJECTS)?, &ok)?;
+            if let Err(e) = check_condition(condition, cur.as_ref().map(|h| &h.manifest), bucket, key)
+            {
                 return Ok(Err(e));
             }
-            store_object(txn, &ok, old.as_ref().map(|o| &o.version), manifest)?;
-            let row = OwnerRow::Object(ok);
-            if let Some(old) = &old {
-                shard_index::remove(txn, &row, &old.stripes, old.ec.k)?;
-            }
-            shard_index::add(
-                txn,
-                &row,
-                manifest.version,
-                0,
-                &manifest.stripes,
-                manifest.ec.k,
-            )?;
-            stats::replace(txn, bucket, old.as_ref(), Some(manifest))?;
-            queue_unplaced(txn, bucket, key, manifest)?;
-            if let Some(old) = old {
-                let keep: HashSet<ShardId> = manifest.placed_shards().map(|(_, s)| s).collect();
-                queue_gc(
-                    txn,
-                    now,
-                    old.placed_shards().filter(|(_, s)| !keep.contains(s)),
-                )?;
-                if old.version != manifest.version {
-                    drop_repairs(txn, &old.version)?;
-                }
-            }
-            Ok(Ok(CommandResult::Ok))
+            install(txn, now, bucket, key, &ok, cur, manifest)
         }
         Command::DeleteObject {
             bucket,
@@ -206,19 +184,13 @@ pub(super) fn apply_inner(
                 return Ok(Err(MetaError::NoSuchBucket(bucket.clone())));
             }
             let ok = object_key(bucket, key);
-            let old = load_object(txn, &ok)?;
-            if let Err(e) = check_condition(condition, old.as_ref(), bucket, key) {
+            let cur = get_head(&txn.open_table(OBJECTS)?, &ok)?;
+            if let Err(e) = check_condition(condition, cur.as_ref().map(|h| &h.manifest), bucket, key)
+            {
                 return Ok(Err(e));
             }
             // S3 deletes of a missing key succeed.
-            if let Some(old) = old {
-                erase_object(txn, &ok, &old.version)?;
-                shard_index::remove(txn, &OwnerRow::Object(ok), &old.stripes, old.ec.k)?;
-                stats::replace(txn, bucket, Some(&old), None)?;
-                queue_gc(txn, now, old.placed_shards())?;
-                drop_repairs(txn, &old.version)?;
-            }
-            Ok(Ok(CommandResult::Ok))
+            delete_current(txn, now, bucket, &ok, cur)
         }
         Command::RegisterChunkserver {
             addr,
@@ -367,6 +339,14 @@ pub(super) fn apply_inner(
         Command::DeleteBucketCors { bucket } => delete_bucket_cors(txn, bucket),
         Command::PutBucketTagging { bucket, tags } => put_bucket_tagging(txn, bucket, tags),
         Command::DeleteBucketTagging { bucket } => delete_bucket_tagging(txn, bucket),
+        Command::PutBucketVersioning { bucket, state } => {
+            put_bucket_versioning(txn, bucket, *state)
+        }
+        Command::DeleteObjectVersion {
+            bucket,
+            key,
+            version,
+        } => delete_version(txn, now, bucket, key, version),
         Command::GcDone {
             chunkserver,
             shards,

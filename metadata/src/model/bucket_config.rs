@@ -1,13 +1,15 @@
 //! Per-bucket S3 configuration: CORS rules (`PutBucketCors`,
-//! `DeleteBucketCors`) and bucket tags (`PutBucketTagging`,
-//! `DeleteBucketTagging`).
+//! `DeleteBucketCors`), bucket tags (`PutBucketTagging`,
+//! `DeleteBucketTagging`) and the versioning state
+//! (`PutBucketVersioning`).
 //!
 //! # Layout
-//! `bucket_config`: bucket name, NUL, kind (`cors` or `tagging`, UTF-8) ->
+//! `bucket_config`: bucket name, NUL, kind (`cors`, `tagging`, `versioning`) ->
 //! [`CONFIG_V1`] ++ postcard value (`Vec<CorsRule>` for `cors`,
-//! `BTreeMap<String, String>` for `tagging`). One bucket's rows are one
-//! key range, dropped with the bucket (`DeleteBucket`). A bucket without a
-//! row has no configuration of that kind; an empty CORS rule list or tag
+//! `BTreeMap<String, String>` for `tagging`, [`Versioning`] for
+//! `versioning`). One bucket's rows are one key range, dropped with the
+//! bucket (`DeleteBucket`). A bucket without a row has no configuration of
+//! that kind (no versioning row: never versioned); an empty CORS rule list or tag
 //! set is never stored. A value whose first byte is not [`CONFIG_V1`] is
 //! refused as corrupt; a new layout takes a new first byte. The table was
 //! added within model format 3: an older file has it empty.
@@ -24,6 +26,9 @@ pub const CONFIG_V1: u8 = 1;
 const CORS: &str = "cors";
 /// The kind of a tagging row.
 const TAGGING: &str = "tagging";
+/// The kind of a versioning row (postcard [`Versioning`]; no row =
+/// [`Versioning::Unversioned`]).
+const VERSIONING: &str = "versioning";
 
 fn encode<T: serde::Serialize>(v: &T) -> StoreResult<Vec<u8>> {
     let mut out = vec![CONFIG_V1];
@@ -107,6 +112,58 @@ pub(super) fn delete_bucket_tagging(
     bucket: &str,
 ) -> StoreResult<Result<CommandResult, MetaError>> {
     put_config(txn, bucket, TAGGING, None)
+}
+
+/// Applies `PutBucketVersioning`: `Enabled` or `Suspended` (a bucket
+/// never goes back to unversioned, as on S3).
+pub(super) fn put_bucket_versioning(
+    txn: &redb::WriteTransaction,
+    bucket: &str,
+    state: Versioning,
+) -> StoreResult<Result<CommandResult, MetaError>> {
+    if state == Versioning::Unversioned {
+        return Ok(Err(MetaError::Invalid(
+            "versioning can be Enabled or Suspended, never turned off".into(),
+        )));
+    }
+    put_config(txn, bucket, VERSIONING, Some(encode(&state)?))
+}
+
+/// The versioning state of `bucket` inside a write transaction.
+pub(super) fn bucket_versioning(
+    txn: &redb::WriteTransaction,
+    bucket: &str,
+) -> StoreResult<Versioning> {
+    let t = txn.open_table(BUCKET_CONFIG)?;
+    let v = t.get(object_key(bucket, VERSIONING).as_slice())?;
+    match v {
+        Some(v) => decode(v.value()),
+        None => Ok(Versioning::Unversioned),
+    }
+}
+
+/// The versioning state of `bucket` in a read transaction (no bucket
+/// check).
+pub(super) fn read_versioning(
+    txn: &redb::ReadTransaction,
+    bucket: &str,
+) -> StoreResult<Versioning> {
+    let Some(t) = open_ro(txn, BUCKET_CONFIG)? else {
+        return Ok(Versioning::Unversioned);
+    };
+    let v = t.get(object_key(bucket, VERSIONING).as_slice())?;
+    match v {
+        Some(v) => decode(v.value()),
+        None => Ok(Versioning::Unversioned),
+    }
+}
+
+/// Answers `GetBucketVersioning`.
+pub(super) fn get_bucket_versioning(
+    txn: &redb::ReadTransaction,
+    bucket: &str,
+) -> StoreResult<Result<QueryResult, MetaError>> {
+    Ok(get_config(txn, bucket, VERSIONING)?.map(QueryResult::Versioning))
 }
 
 /// Drops every configuration row of `bucket` (with the bucket).

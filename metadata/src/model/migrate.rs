@@ -82,6 +82,24 @@ pub(super) fn build_shard_index(txn: &redb::WriteTransaction) -> StoreResult<()>
         stats::replace(txn, &String::from_utf8_lossy(bucket), None, Some(&m))?;
     }
     drop(objects);
+    // Noncurrent data versions place shards too (not counted in the
+    // bucket's stats, which count current versions).
+    let versions = txn.open_table(OBJECT_VERSIONS)?;
+    for r in versions.iter()? {
+        let (k, v) = r?;
+        let head = decode_head(v.value())?;
+        if head.meta.delete_marker {
+            continue;
+        }
+        let raw = k.value();
+        let Some(object) = raw.get(..raw.len().saturating_sub(9)) else {
+            continue;
+        };
+        let m = all_stripes(&stripes, object, &head)?;
+        let row = OwnerRow::Object(object.to_vec());
+        shard_index::add(txn, &row, head.manifest.version, 0, &m, head.manifest.ec.k)?;
+    }
+    drop(versions);
     drop(stripes);
     let parts = txn.open_table(UPLOAD_PARTS)?;
     for r in parts.iter()? {

@@ -18,7 +18,8 @@
 //! - `migrate`: [`migrate`], upgrades of files written by older binaries.
 //! - `tagging`: object tags (`PutObjectTags`).
 //! - `objects`: head and stripe rows of object versions.
-//! - `bucket_config`: per-bucket CORS rules and tags.
+//! - `bucket_config`: per-bucket CORS rules, tags, versioning state.
+//! - `versions`: the version chain of a key (S3 versioning).
 //!
 //! # On-disk format (redb, format version 3)
 //! Every model table maps raw bytes to raw bytes, so snapshots can dump and
@@ -61,6 +62,11 @@
 //! - `bucket_config`: bucket, NUL, kind (`cors`, `tagging`) -> format
 //!   byte ++ postcard (see `bucket_config`): per-bucket S3 configuration,
 //!   dropped with the bucket. Added within format 3.
+//! - `object_versions`: bucket, NUL, key, NUL, inverted seq -> head row:
+//!   noncurrent versions and delete markers; `version_ids`: bucket, NUL,
+//!   key, NUL, version id -> row suffix (see `versions`). Added within
+//!   format 3: an older file has them empty and its heads are `null`
+//!   versions.
 //! - `counters`: name (UTF-8) -> u64 BE (e.g. the next chunkserver id).
 //! - `keys`: access key id (UTF-8) -> JSON [`AccessKey`].
 //! - `uploads`: bucket, NUL, key, NUL, upload id (16 bytes) -> JSON
@@ -110,6 +116,7 @@ mod tagging;
 #[cfg(test)]
 mod tests;
 mod uploads;
+mod versions;
 
 pub use self::apply::*;
 use self::audit::*;
@@ -126,6 +133,7 @@ pub use self::query::*;
 pub use self::repair::*;
 use self::tagging::*;
 use self::uploads::*;
+pub use self::versions::*;
 
 /// Version of the model tables' encoding.
 pub const MODEL_FORMAT_VERSION: u64 = 3;
@@ -200,6 +208,8 @@ pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>
     shard_index::PLACED,
     stats::BUCKET_STATS,
     BUCKET_CONFIG,
+    OBJECT_VERSIONS,
+    VERSION_IDS,
 ];
 
 /// How long a GC tombstone is kept: far longer than a repair report can be

@@ -32,14 +32,64 @@ pub const OBJECT_STRIPES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("
 /// writes.
 pub const ROW_V1: u8 = 1;
 
-/// An object version's head: its manifest without the stripes, and how
-/// many stripes it has.
+/// First byte of a head row that carries its [`VersionMeta`] (a version
+/// written while its bucket had versioning configured, or a delete
+/// marker): `ROW_V2` ++ postcard `VersionMeta` ++ postcard head. A
+/// [`ROW_V1`] head is [`VersionMeta::LEGACY`].
+pub const ROW_V2: u8 = 2;
+
+/// Where a version stands in its key's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionMeta {
+    /// Order of the key's versions: higher is newer (0 for versions
+    /// written while the bucket was unversioned).
+    pub seq: u64,
+    /// It is the key's `null` version.
+    pub null: bool,
+    /// It is a delete marker (no data, no stripes).
+    pub delete_marker: bool,
+}
+
+impl VersionMeta {
+    /// A version written while its bucket was unversioned.
+    pub const LEGACY: VersionMeta = VersionMeta {
+        seq: 0,
+        null: true,
+        delete_marker: false,
+    };
+
+    /// Its S3 version id (`version` is the manifest's version).
+    pub fn version_ref(&self, version: StripeId) -> VersionRef {
+        if self.null {
+            VersionRef::Null
+        } else {
+            VersionRef::Id(version)
+        }
+    }
+}
+
+/// An object version's head: its manifest without the stripes, how many
+/// stripes it has, and its place in the key's version chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     /// The manifest, with `stripes` empty.
     pub manifest: ObjectManifest,
     /// Number of stripe rows.
     pub stripes: u64,
+    /// Its version chain data.
+    pub meta: VersionMeta,
+}
+
+impl Head {
+    /// Its S3 version id.
+    pub fn version_ref(&self) -> VersionRef {
+        self.meta.version_ref(self.manifest.version)
+    }
+
+    /// Whether `v` names it.
+    pub fn is(&self, v: &VersionRef) -> bool {
+        *v == self.version_ref()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -114,8 +164,8 @@ fn decode_row<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Store
     }
 }
 
-fn encode_head(m: &ObjectManifest, stripes: u64) -> StoreResult<Vec<u8>> {
-    encode_row(&HeadRow {
+fn encode_head(m: &ObjectManifest, stripes: u64, meta: VersionMeta) -> StoreResult<Vec<u8>> {
+    let row = HeadRow {
         version: m.version.0,
         size: m.size,
         etag: m.etag.clone(),
@@ -144,13 +194,32 @@ fn encode_head(m: &ObjectManifest, stripes: u64) -> StoreResult<Vec<u8>> {
             blake3: i.blake3.0,
         }),
         tags: m.tags.clone(),
-    })
+    };
+    if meta == VersionMeta::LEGACY {
+        return encode_row(&row);
+    }
+    let mut out = vec![ROW_V2];
+    postcard::to_io(&meta, &mut out).map_err(|e| corrupt("encode object row", e))?;
+    postcard::to_io(&row, &mut out).map_err(|e| corrupt("encode object row", e))?;
+    Ok(out)
 }
 
-/// Decodes an `objects` value.
+/// Decodes an `objects` or `object_versions` value.
 pub fn decode_head(bytes: &[u8]) -> StoreResult<Head> {
-    let r: HeadRow = decode_row(bytes, "object head row")?;
+    let (r, meta): (HeadRow, VersionMeta) = match bytes.split_first() {
+        Some((&ROW_V2, body)) => {
+            let what = "object head row";
+            let (meta, rest) = postcard::take_from_bytes(body).map_err(|e| corrupt(what, e))?;
+            let (r, rest) = postcard::take_from_bytes(rest).map_err(|e| corrupt(what, e))?;
+            if !rest.is_empty() {
+                return Err(corrupt(what, format!("{} bytes after the row", rest.len())));
+            }
+            (r, meta)
+        }
+        _ => (decode_row(bytes, "object head row")?, VersionMeta::LEGACY),
+    };
     Ok(Head {
+        meta,
         manifest: ObjectManifest {
             version: StripeId(r.version),
             size: r.size,
@@ -286,7 +355,7 @@ pub fn stripe_page(
 
 /// Every stripe of a head, in order. A stripe row missing in the middle
 /// is corruption (apply writes all of them in one transaction).
-fn all_stripes(
+pub(super) fn all_stripes(
     stripes: &impl ReadableTable<&'static [u8], &'static [u8]>,
     object: &[u8],
     head: &Head,
@@ -318,18 +387,8 @@ pub fn get_object(
     Ok(Some(m))
 }
 
-/// The whole manifest of `object` read inside a write transaction.
-pub(super) fn load_object(
-    txn: &redb::WriteTransaction,
-    object: &[u8],
-) -> StoreResult<Option<ObjectManifest>> {
-    let objects = txn.open_table(OBJECTS)?;
-    let stripes = txn.open_table(OBJECT_STRIPES)?;
-    get_object(&objects, &stripes, object)
-}
-
 /// Removes the stripe rows of `version` of `object`.
-fn erase_stripes(
+pub(super) fn erase_stripes(
     stripes: &mut redb::Table<&'static [u8], &'static [u8]>,
     object: &[u8],
     version: &StripeId,
@@ -347,6 +406,7 @@ pub(super) fn store_object(
     object: &[u8],
     old: Option<&StripeId>,
     m: &ObjectManifest,
+    meta: VersionMeta,
 ) -> StoreResult<()> {
     let mut stripes = txn.open_table(OBJECT_STRIPES)?;
     if let Some(old) = old {
@@ -359,8 +419,10 @@ pub(super) fn store_object(
         )?;
     }
     drop(stripes);
-    txn.open_table(OBJECTS)?
-        .insert(object, encode_head(m, m.stripes.len() as u64)?.as_slice())?;
+    txn.open_table(OBJECTS)?.insert(
+        object,
+        encode_head(m, m.stripes.len() as u64, meta)?.as_slice(),
+    )?;
     Ok(())
 }
 
@@ -371,11 +433,14 @@ pub(super) fn store_head(
     object: &[u8],
     head: &Head,
 ) -> StoreResult<()> {
-    txn.open_table(OBJECTS)?.insert(
-        object,
-        encode_head(&head.manifest, head.stripes)?.as_slice(),
-    )?;
+    txn.open_table(OBJECTS)?
+        .insert(object, encode_head_row(head)?.as_slice())?;
     Ok(())
+}
+
+/// The encoded value of `head` (for `objects` or `object_versions`).
+pub(super) fn encode_head_row(head: &Head) -> StoreResult<Vec<u8>> {
+    encode_head(&head.manifest, head.stripes, head.meta)
 }
 
 /// Rewrites stripe `n` of `version` of `object`.
@@ -391,16 +456,6 @@ pub(super) fn store_stripe(
         encode_stripe(s)?.as_slice(),
     )?;
     Ok(())
-}
-
-/// Removes `object` (head and stripe rows of `version`).
-pub(super) fn erase_object(
-    txn: &redb::WriteTransaction,
-    object: &[u8],
-    version: &StripeId,
-) -> StoreResult<()> {
-    txn.open_table(OBJECTS)?.remove(object)?;
-    erase_stripes(&mut txn.open_table(OBJECT_STRIPES)?, object, version)
 }
 
 /// Format 2 -> 3: every `objects` row that is still a JSON manifest
@@ -439,7 +494,7 @@ pub(super) fn split_json_rows(txn: &redb::WriteTransaction) -> StoreResult<()> {
             break;
         };
         for (k, m) in &batch {
-            store_object(txn, k, None, m)?;
+            store_object(txn, k, None, m, VersionMeta::LEGACY)?;
         }
         from = Some(l);
     }

@@ -171,12 +171,11 @@ pub(super) fn query_inner(
                     "{bucket}/{key} is no longer version {version} (overwritten or deleted)"
                 ))
             };
-            let Some(t) = open_ro(txn, OBJECTS)? else {
-                return Ok(Err(stale()));
-            };
             let object = object_key(bucket, key);
-            match get_head(&t, &object)? {
-                Some(h) if h.manifest.version == *version => {
+            // Current or not: a read keeps its version while it exists
+            // (an older version of a versioned key does).
+            match read_version_head(txn, &object, version)? {
+                Some(h) => {
                     let limit = u64::from((*limit).min(STRIPE_PAGE_MAX))
                         .min(h.stripes.saturating_sub(*from));
                     let rows = match open_ro(txn, OBJECT_STRIPES)? {
@@ -193,7 +192,7 @@ pub(super) fn query_inner(
                     }
                     Ok(Ok(QueryResult::Stripes(rows)))
                 }
-                _ => Ok(Err(stale())),
+                None => Ok(Err(stale())),
             }
         }
         Query::ListObjects(req) => {
@@ -281,6 +280,20 @@ pub(super) fn query_inner(
         }
         Query::GetBucketCors { bucket } => Ok(get_bucket_cors(txn, bucket)?),
         Query::GetBucketTagging { bucket } => Ok(get_bucket_tagging(txn, bucket)?),
+        Query::GetBucketVersioning { bucket } => Ok(get_bucket_versioning(txn, bucket)?),
+        Query::GetVersionPage {
+            bucket,
+            key,
+            version,
+            stripes,
+        } => Ok(get_version_page(
+            txn,
+            bucket,
+            key,
+            version.as_ref(),
+            *stripes,
+        )?),
+        Query::ListVersions(req) => Ok(list_versions(txn, req)?.map(QueryResult::Versions)),
         Query::ListUploads {
             bucket,
             prefix,

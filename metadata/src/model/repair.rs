@@ -20,7 +20,9 @@ pub(super) fn commit_repair(
     now: u64,
 ) -> StoreResult<Result<CommandResult, MetaError>> {
     let ok = object_key(bucket, key);
-    let live = get_head(&txn.open_table(OBJECTS)?, &ok)?;
+    // The version the repair is about, current or not: every version's
+    // shards are repaired alike.
+    let live = load_version_head(txn, &ok, &version)?;
     let item_key = repair_key(&RepairItem {
         bucket: String::new(),
         key: String::new(),

@@ -1294,3 +1294,282 @@ fn stripe_rows_are_read_in_pages_of_one_version() {
     assert_eq!(head.version, m2.version);
     assert_index_matches(&db);
 }
+
+fn ask(db: &redb::Database, q: Query) -> QueryResult {
+    let txn = db.begin_read().expect("read");
+    query(&txn, &q).expect("query")
+}
+
+fn versions_of(db: &redb::Database, max: u32) -> Vec<(String, VersionRef, bool, bool)> {
+    let mut out = Vec::new();
+    let (mut km, mut vm) = (None, None);
+    loop {
+        let r = ask(
+            db,
+            Query::ListVersions(ListVersionsRequest {
+                bucket: "bkt".into(),
+                prefix: String::new(),
+                delimiter: None,
+                key_marker: km.clone(),
+                version_marker: vm,
+                max_keys: max,
+            }),
+        );
+        let QueryResult::Versions(p) = r else {
+            panic!("{r:?}")
+        };
+        assert!(p.entries.len() <= max as usize);
+        out.extend(
+            p.entries
+                .iter()
+                .map(|e| (e.key.clone(), e.version, e.latest, e.delete_marker)),
+        );
+        if !p.truncated {
+            return out;
+        }
+        km = p.next_key_marker;
+        vm = p.next_version_marker;
+    }
+}
+
+fn view(db: &redb::Database, v: Option<VersionRef>) -> Result<VersionView, MetaError> {
+    match ask(
+        db,
+        Query::GetVersionPage {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version: v,
+            stripes: 10,
+        },
+    ) {
+        QueryResult::Version(v) => Ok(v),
+        QueryResult::Err(e) => Err(e),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn put_key(key: &str, m: &ObjectManifest) -> Command {
+    Command::PutObject {
+        bucket: "bkt".into(),
+        key: key.into(),
+        manifest: m.clone(),
+        condition: PutCondition::None,
+    }
+}
+
+/// The version chain: versions kept while enabled, delete markers,
+/// deleting versions (promoting the next), the null version replaced
+/// while suspended; shards are collected only with their version; the
+/// reverse index stays equal to a rebuild; listings page exactly.
+#[test]
+fn versions_chain_markers_and_null_versions() {
+    let db = db();
+    small_cluster(&db);
+    let id = |n: u8| VersionRef::Id(StripeId([n; 16]));
+    let v1 = manifest(1, vec![stripe_on(&[1, 2], 10)]);
+    assert_eq!(run(&db, at(1, put(&v1))), CommandResult::Ok);
+    let enable = |state| Command::PutBucketVersioning {
+        bucket: "bkt".into(),
+        state,
+    };
+    assert!(matches!(
+        run(&db, enable(Versioning::Unversioned)),
+        CommandResult::Err(MetaError::Invalid(_))
+    ));
+    assert_eq!(run(&db, enable(Versioning::Enabled)), CommandResult::Ok);
+    assert_eq!(
+        ask(
+            &db,
+            Query::GetBucketVersioning {
+                bucket: "bkt".into()
+            }
+        ),
+        QueryResult::Versioning(Versioning::Enabled)
+    );
+    // A new version keeps the old one and its shards.
+    let v2 = manifest(2, vec![stripe_on(&[1, 2], 20)]);
+    let stamp = |version, delete_marker| {
+        CommandResult::Version(VersionStamp {
+            version,
+            delete_marker,
+        })
+    };
+    assert_eq!(run(&db, at(2, put(&v2))), stamp(id(2), false));
+    assert!(gc(&db, 1).is_empty() && gc(&db, 2).is_empty());
+    assert_eq!(object(&db).version, v2.version);
+    assert_eq!(
+        versions_of(&db, 1000),
+        vec![
+            ("k".into(), id(2), true, false),
+            ("k".into(), VersionRef::Null, false, false)
+        ]
+    );
+    let old = view(&db, Some(VersionRef::Null)).expect("null version");
+    assert!(!old.latest && !old.delete_marker);
+    assert_eq!(old.manifest.version, v1.version);
+    assert_eq!(old.manifest.stripes.len(), 1);
+    // A read of the old version pages on.
+    let r = ask(
+        &db,
+        Query::ObjectStripes {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version: v1.version,
+            from: 0,
+            limit: 10,
+        },
+    );
+    assert!(matches!(r, QueryResult::Stripes(ref s) if s.len() == 1), "{r:?}");
+    assert_index_matches(&db);
+    // A delete adds a marker; the key reads as missing.
+    let QueryResult::Err(_) = ask(
+        &db,
+        Query::GetObjectPage {
+            bucket: "bkt".into(),
+            key: "nope".into(),
+            stripes: 1,
+        },
+    ) else {
+        panic!("missing key found")
+    };
+    let CommandResult::Version(VersionStamp {
+        version: marker,
+        delete_marker: true,
+    }) = run(
+        &db,
+        at(
+            3,
+            Command::DeleteObject {
+                bucket: "bkt".into(),
+                key: "k".into(),
+                condition: PutCondition::None,
+            },
+        ),
+    )
+    else {
+        panic!("no delete marker")
+    };
+    assert!(matches!(
+        ask(
+            &db,
+            Query::GetObjectPage {
+                bucket: "bkt".into(),
+                key: "k".into(),
+                stripes: 1
+            }
+        ),
+        QueryResult::Err(MetaError::NoSuchKey { .. })
+    ));
+    let top = view(&db, None).expect("newest");
+    assert!(top.delete_marker && top.latest && top.version == marker);
+    assert_eq!(top.manifest.created_ms, 3);
+    assert_eq!(
+        versions_of(&db, 1000),
+        vec![
+            ("k".into(), marker, true, true),
+            ("k".into(), id(2), false, false),
+            ("k".into(), VersionRef::Null, false, false)
+        ]
+    );
+    // Pages of one entry give the same listing.
+    assert_eq!(versions_of(&db, 1), versions_of(&db, 1000));
+    assert!(matches!(
+        run(&db, Command::DeleteBucket { name: "bkt".into() }),
+        CommandResult::Err(MetaError::BucketNotEmpty(_))
+    ));
+    assert_index_matches(&db);
+    // Deleting the marker brings v2 back.
+    let del = |v| Command::DeleteObjectVersion {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        version: v,
+    };
+    assert_eq!(run(&db, at(4, del(marker))), stamp(marker, true));
+    assert_eq!(object(&db).version, v2.version);
+    assert!(gc(&db, 1).is_empty());
+    // Deleting the null version collects its shards only.
+    assert_eq!(run(&db, at(5, del(VersionRef::Null))), stamp(VersionRef::Null, false));
+    assert_eq!(gc(&db, 1), vec![ShardId([10; 16])]);
+    assert_eq!(gc(&db, 2), vec![ShardId([11; 16])]);
+    assert!(matches!(
+        view(&db, Some(VersionRef::Null)),
+        Err(MetaError::NoSuchVersion { .. })
+    ));
+    // Deleting a version that does not exist succeeds.
+    assert_eq!(run(&db, at(6, del(id(77)))), stamp(id(77), false));
+    assert_index_matches(&db);
+    // Suspended: writes replace the null version and keep v2.
+    assert_eq!(run(&db, enable(Versioning::Suspended)), CommandResult::Ok);
+    let v3 = manifest(3, vec![stripe_on(&[1, 2], 30)]);
+    assert_eq!(run(&db, at(7, put(&v3))), stamp(VersionRef::Null, false));
+    let v4 = manifest(4, vec![stripe_on(&[1, 2], 40)]);
+    assert_eq!(run(&db, at(8, put(&v4))), stamp(VersionRef::Null, false));
+    assert!(gc(&db, 1).contains(&ShardId([30; 16])));
+    assert!(!gc(&db, 1).contains(&ShardId([20; 16])));
+    assert_eq!(
+        versions_of(&db, 1000),
+        vec![
+            ("k".into(), VersionRef::Null, true, false),
+            ("k".into(), id(2), false, false)
+        ]
+    );
+    // A suspended delete: a null marker replaces the null version.
+    assert_eq!(
+        run(
+            &db,
+            at(
+                9,
+                Command::DeleteObject {
+                    bucket: "bkt".into(),
+                    key: "k".into(),
+                    condition: PutCondition::None,
+                }
+            )
+        ),
+        stamp(VersionRef::Null, true)
+    );
+    assert!(gc(&db, 1).contains(&ShardId([40; 16])));
+    assert_eq!(
+        versions_of(&db, 1000),
+        vec![
+            ("k".into(), VersionRef::Null, true, true),
+            ("k".into(), id(2), false, false)
+        ]
+    );
+    assert_index_matches(&db);
+    // Other keys interleave in key order; pages of 1 agree.
+    let enable_again = enable(Versioning::Enabled);
+    assert_eq!(run(&db, enable_again), CommandResult::Ok);
+    let a = manifest(5, vec![stripe_on(&[1, 2], 50)]);
+    let b = manifest(6, vec![stripe_on(&[1, 2], 60)]);
+    assert_eq!(run(&db, at(10, put_key("j", &a))), stamp(id(5), false));
+    assert_eq!(run(&db, at(11, put_key("l", &b))), stamp(id(6), false));
+    let all = versions_of(&db, 1000);
+    assert_eq!(
+        all.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        vec!["j", "k", "k", "l"]
+    );
+    assert_eq!(versions_of(&db, 1), all);
+    assert_eq!(versions_of(&db, 2), all);
+    // Emptied of every version, the bucket can go.
+    for (key, v, _, _) in all {
+        let r = run(
+            &db,
+            at(
+                12,
+                Command::DeleteObjectVersion {
+                    bucket: "bkt".into(),
+                    key,
+                    version: v,
+                },
+            ),
+        );
+        assert!(matches!(r, CommandResult::Version(_)), "{r:?}");
+    }
+    assert!(versions_of(&db, 1000).is_empty());
+    assert_index_matches(&db);
+    assert_eq!(
+        run(&db, Command::DeleteBucket { name: "bkt".into() }),
+        CommandResult::Ok
+    );
+}

@@ -101,8 +101,8 @@ pub(super) fn complete_upload(
         }
     }
     let ok = object_key(bucket, key);
-    let old = load_object(txn, &ok)?;
-    if let Err(e) = check_condition(condition, old.as_ref(), bucket, key) {
+    let cur = get_head(&txn.open_table(OBJECTS)?, &ok)?;
+    if let Err(e) = check_condition(condition, cur.as_ref().map(|h| &h.manifest), bucket, key) {
         return Ok(Err(e));
     }
     let size: u64 = chosen.iter().map(|p| p.info.size).sum();
@@ -147,33 +147,23 @@ pub(super) fn complete_upload(
         inline: None,
         tags: info.tags.clone(),
     };
-    store_object(txn, &ok, old.as_ref().map(|o| &o.version), &manifest)?;
+    // `install` refuses before it changes anything; the upload stays.
+    let result = match install(txn, now, bucket, key, &ok, cur, &manifest)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    // The order of index changes does not matter (see `shard_index`): the
+    // parts' rows are dropped only where the parts still own them.
     txn.open_table(UPLOADS)?.remove(uk.as_slice())?;
     let all = take_parts(txn, upload)?;
-    let row = OwnerRow::Object(ok);
-    if let Some(old) = &old {
-        shard_index::remove(txn, &row, &old.stripes, old.ec.k)?;
-    }
-    shard_index::add(
-        txn,
-        &row,
-        manifest.version,
-        0,
-        &manifest.stripes,
-        manifest.ec.k,
-    )?;
-    stats::replace(txn, bucket, old.as_ref(), Some(&manifest))?;
-    queue_unplaced(txn, bucket, key, &manifest)?;
+    // The parts' index rows went with the parts; the shards the object
+    // does not keep (parts not chosen) are garbage.
     let keep: HashSet<ShardId> = manifest.placed_shards().map(|(_, s)| s).collect();
-    let mut garbage: Vec<(ChunkserverId, ShardId)> = all
+    let garbage: Vec<(ChunkserverId, ShardId)> = all
         .iter()
         .flat_map(|p| placed_in(&p.stripes))
         .filter(|(_, s)| !keep.contains(s))
         .collect();
-    if let Some(old) = old {
-        garbage.extend(old.placed_shards().filter(|(_, s)| !keep.contains(s)));
-        drop_repairs(txn, &old.version)?;
-    }
     queue_gc(txn, now, garbage.into_iter())?;
-    Ok(Ok(CommandResult::Ok))
+    Ok(Ok(result))
 }

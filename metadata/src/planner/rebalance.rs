@@ -206,6 +206,8 @@ pub(super) fn plan(
         (Some(o), Some(st)) => Some((o, st)),
         _ => None,
     };
+    let versions_t = scan::open_ro(txn, model::OBJECT_VERSIONS)?;
+    let ids_t = scan::open_ro(txn, model::VERSION_IDS)?;
     let bad_t = scan::open_ro(txn, model::BAD)?;
     let items_t = scan::open_ro(txn, model::REPAIR)?;
     let mut load: HashMap<ChunkserverId, usize> = HashMap::new();
@@ -227,7 +229,15 @@ pub(super) fn plan(
         let Some((objects, stripes)) = &heads else {
             break;
         };
-        let Some(head) = model::get_head(objects, row)? else {
+        // Any version of the key, current or not, moves alike.
+        let Some(head) = model::find_version_head(
+            objects,
+            versions_t.as_ref(),
+            ids_t.as_ref(),
+            row,
+            &owner.version,
+        )?
+        else {
             continue;
         };
         let m = &head.manifest;

@@ -313,7 +313,8 @@ pub(super) fn discover(
     let bad_t = open_ro(txn, model::BAD)?;
     let items_t = open_ro(txn, model::REPAIR)?;
     // Shards found, grouped by object row so each manifest is read once.
-    let mut by_row: BTreeMap<Vec<u8>, Vec<Found>> = BTreeMap::new();
+    // By object row and version: every version of a key is repaired alike.
+    let mut by_row: BTreeMap<(Vec<u8>, StripeId), Vec<Found>> = BTreeMap::new();
     let mut clear_bad: BTreeMap<ChunkserverId, Vec<ShardId>> = BTreeMap::new();
     let mut left = budget;
     let complete = loop {
@@ -336,7 +337,7 @@ pub(super) fn discover(
                 let last = page.last().map(|(s, _)| *s);
                 for (_, owner) in page {
                     if let OwnerRow::Object(row) = owner.row {
-                        by_row.entry(row).or_default().push(Found {
+                        by_row.entry((row, owner.version)).or_default().push(Found {
                             kind: Kind::Server,
                             version: owner.version,
                             stripe: owner.stripe,
@@ -379,7 +380,7 @@ pub(super) fn discover(
                         // their reports wait for the completion.
                         Some(o) => {
                             if let OwnerRow::Object(row) = o.row {
-                                by_row.entry(row).or_default().push(Found {
+                                by_row.entry((row, o.version)).or_default().push(Found {
                                     kind: Kind::Bad,
                                     version: o.version,
                                     stripe: o.stripe,
@@ -408,7 +409,7 @@ pub(super) fn discover(
                     let item: RepairItem = serde_json::from_slice(&v)
                         .map_err(|e| redb::Error::Corrupted(format!("repair item: {e}")))?;
                     by_row
-                        .entry(model::object_key(&item.bucket, &item.key))
+                        .entry((model::object_key(&item.bucket, &item.key), item.version))
                         .or_default()
                         .push(Found {
                             kind: Kind::Item,
@@ -430,7 +431,9 @@ pub(super) fn discover(
     let mut seen: HashSet<StripeKey> = HashSet::new();
     let heads = open_ro(txn, model::OBJECTS)?;
     let stripes_t = open_ro(txn, model::OBJECT_STRIPES)?;
-    for (row, found) in by_row {
+    let versions_t = open_ro(txn, model::OBJECT_VERSIONS)?;
+    let ids_t = open_ro(txn, model::VERSION_IDS)?;
+    for ((row, version), found) in by_row {
         let Some((bucket, key)) = std::str::from_utf8(&row)
             .ok()
             .and_then(|r| r.split_once('\0'))
@@ -443,7 +446,9 @@ pub(super) fn discover(
         let (Some(heads), Some(stripes_t)) = (&heads, &stripes_t) else {
             continue;
         };
-        let Some(head) = model::get_head(heads, &row)? else {
+        let Some(head) =
+            model::find_version_head(heads, versions_t.as_ref(), ids_t.as_ref(), &row, &version)?
+        else {
             continue;
         };
         let m = &head.manifest;

@@ -1013,9 +1013,11 @@ fn every_command() -> Vec<Command> {
             Command::DeleteBucketCors { .. } => 29,
             Command::PutBucketTagging { .. } => 30,
             Command::DeleteBucketTagging { .. } => 31,
+            Command::PutBucketVersioning { .. } => 32,
+            Command::DeleteObjectVersion { .. } => 33,
         }
     }
-    const VARIANTS: u32 = 32;
+    const VARIANTS: u32 = 34;
     let s = |b: u8| ShardId([b; 16]);
     let put = |inline: bool, condition: PutCondition| Command::PutObject {
         bucket: "b".into(),
@@ -1202,6 +1204,15 @@ fn every_command() -> Vec<Command> {
         },
         Command::DeleteBucketCors { bucket: "b".into() },
         Command::DeleteBucketTagging { bucket: "b".into() },
+        Command::PutBucketVersioning {
+            bucket: "b".into(),
+            state: crate::types::Versioning::Enabled,
+        },
+        Command::DeleteObjectVersion {
+            bucket: "b".into(),
+            key: "k".into(),
+            version: crate::types::VersionRef::Null,
+        },
     ];
     let seen: BTreeSet<u32> = cmds.iter().map(covered).collect();
     assert_eq!(seen.len() as u32, VARIANTS, "a Command variant is missing");

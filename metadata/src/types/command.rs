@@ -388,6 +388,28 @@ pub enum Command {
         /// Bucket.
         bucket: String,
     },
+    /// Set a bucket's versioning state (S3 PutBucketVersioning): `Enabled`
+    /// or `Suspended`; `Unversioned` is refused (S3 cannot turn versioning
+    /// off). From then on writes answer [`CommandResult::Version`].
+    PutBucketVersioning {
+        /// Bucket.
+        bucket: String,
+        /// The new state.
+        state: Versioning,
+    },
+    /// Remove one version of a key for good (S3 DeleteObject with
+    /// `versionId`): a data version's shards are queued for GC, a delete
+    /// marker just goes; if it was the newest and the next is a data
+    /// version, that one becomes current. A version that does not exist is
+    /// not an error. Answers [`CommandResult::Version`].
+    DeleteObjectVersion {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The version.
+        version: VersionRef,
+    },
 }
 
 /// The rebalancer's threshold when none was set.
@@ -409,6 +431,10 @@ pub enum CommandResult {
     Batch(Vec<CommandResult>),
     /// Refused: the state is unchanged.
     Err(MetaError),
+    /// The version a write or delete made or removed, in a bucket with
+    /// versioning configured (`PutObject`, `CompleteUpload`,
+    /// `DeleteObject`, `DeleteObjectVersion`).
+    Version(VersionStamp),
 }
 
 /// Who may propose a [`Command`] through the metadata API: the basis of
@@ -470,7 +496,9 @@ impl Command {
             Command::PutBucketCors { .. }
             | Command::DeleteBucketCors { .. }
             | Command::PutBucketTagging { .. }
-            | Command::DeleteBucketTagging { .. } => CommandRole::User,
+            | Command::DeleteBucketTagging { .. }
+            | Command::PutBucketVersioning { .. }
+            | Command::DeleteObjectVersion { .. } => CommandRole::User,
         }
     }
 }

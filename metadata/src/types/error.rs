@@ -70,6 +70,16 @@ pub enum MetaError {
     /// acknowledged. Retryable: write it again.
     #[error("write intent lost, retry the write: {0}")]
     IntentExpired(String),
+    /// No such version of a key.
+    #[error("no such version {version} of {bucket}/{key}")]
+    NoSuchVersion {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The version asked for.
+        version: String,
+    },
 }
 
 impl From<InvalidInput> for MetaError {

@@ -20,6 +20,7 @@
 //! - `tagging`: S3 object tag limits ([`validate_tags`]).
 //! - `bucket_config`: per-bucket S3 configuration (CORS rules, bucket
 //!   tags) and its limits ([`validate_cors`], [`validate_bucket_tags`]).
+//! - `versions`: S3 versioning states, version ids, version listings.
 //! - `admin`: cluster status and the other admin-facing reports.
 
 mod admin;
@@ -32,6 +33,7 @@ mod keys;
 mod objects;
 mod query;
 mod tagging;
+mod versions;
 
 pub use self::admin::*;
 pub use self::bucket_config::*;
@@ -43,6 +45,7 @@ pub use self::keys::*;
 pub use self::objects::*;
 pub use self::query::*;
 pub use self::tagging::*;
+pub use self::versions::*;
 
 #[cfg(test)]
 mod wire_tests;

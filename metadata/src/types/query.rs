@@ -148,6 +148,27 @@ pub enum Query {
         /// Bucket.
         bucket: String,
     },
+    /// A bucket's versioning state ([`QueryResult::Versioning`]).
+    GetBucketVersioning {
+        /// Bucket.
+        bucket: String,
+    },
+    /// One version of a key with up to `stripes` of its stripes
+    /// ([`QueryResult::Version`]): the one `version` names, or the newest
+    /// (which may be a delete marker) when `None`. `Err(NoSuchVersion)` /
+    /// `Err(NoSuchKey)` when there is none.
+    GetVersionPage {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The version, or the newest.
+        version: Option<VersionRef>,
+        /// At most this many stripes (capped at [`STRIPE_PAGE_MAX`]).
+        stripes: u32,
+    },
+    /// A page of ListObjectVersions ([`QueryResult::Versions`]).
+    ListVersions(ListVersionsRequest),
 }
 
 /// Most stripes one [`Query::GetObjectPage`] or [`Query::ObjectStripes`]
@@ -251,6 +272,12 @@ pub enum QueryResult {
     BucketCors(Vec<CorsRule>),
     /// A bucket's tags ([`Query::GetBucketTagging`]).
     BucketTags(BTreeMap<String, String>),
+    /// A bucket's versioning state ([`Query::GetBucketVersioning`]).
+    Versioning(Versioning),
+    /// One version of a key ([`Query::GetVersionPage`]).
+    Version(VersionView),
+    /// A page of versions ([`Query::ListVersions`]).
+    Versions(VersionPage),
 }
 
 /// Most stripes one [`Query::AuditPlacement`] page walks: bounds the reply

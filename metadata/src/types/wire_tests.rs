@@ -327,6 +327,20 @@ fn commands() -> Vec<Command> {
             tags: map("team", "storage"),
         },
         Command::DeleteBucketTagging { bucket: "b".into() },
+        Command::PutBucketVersioning {
+            bucket: "b".into(),
+            state: Versioning::Suspended,
+        },
+        Command::DeleteObjectVersion {
+            bucket: "b".into(),
+            key: "k".into(),
+            version: VersionRef::Id(sid(2)),
+        },
+        Command::DeleteObjectVersion {
+            bucket: "b".into(),
+            key: "k".into(),
+            version: VersionRef::Null,
+        },
     ]
 }
 
@@ -343,6 +357,15 @@ fn results() -> Vec<CommandResult> {
                 key: "k".into(),
             }),
         ]),
+        CommandResult::Version(VersionStamp {
+            version: VersionRef::Id(sid(2)),
+            delete_marker: true,
+        }),
+        CommandResult::Err(MetaError::NoSuchVersion {
+            bucket: "b".into(),
+            key: "k".into(),
+            version: "null".into(),
+        }),
     ]
 }
 
@@ -390,6 +413,10 @@ const COMMAND_GOLDEN: &[&str] = &[
     r#"{"delete_bucket_cors":{"bucket":"b"}}"#,
     r#"{"put_bucket_tagging":{"bucket":"b","tags":{"team":"storage"}}}"#,
     r#"{"delete_bucket_tagging":{"bucket":"b"}}"#,
+    // Added with object versioning (issues 12 and 13).
+    r#"{"put_bucket_versioning":{"bucket":"b","state":"suspended"}}"#,
+    r#"{"delete_object_version":{"bucket":"b","key":"k","version":{"Id":"02020202020202020202020202020202"}}}"#,
+    r#"{"delete_object_version":{"bucket":"b","key":"k","version":"Null"}}"#,
 ];
 
 /// Captured from the code before the split, one line per value of
@@ -398,6 +425,8 @@ const RESULT_GOLDEN: &[&str] = &[
     r#""ok""#,
     r#"{"registered":{"id":3}}"#,
     r#"{"batch":["ok",{"err":{"no_such_bucket":"b"}},{"err":{"no_such_key":{"bucket":"b","key":"k"}}}]}"#,
+    r#"{"version":{"version":{"Id":"02020202020202020202020202020202"},"delete_marker":true}}"#,
+    r#"{"err":{"no_such_version":{"bucket":"b","key":"k","version":"null"}}}"#,
 ];
 
 fn check<T>(values: Vec<T>, golden: &[&str])
