@@ -83,6 +83,16 @@ pub enum ClientError {
     /// changed (e.g. tagging an object overwritten meanwhile).
     #[error("stale: {0}")]
     Stale(String),
+    /// No such version of the key.
+    #[error("no such version {version} of {bucket}/{key}")]
+    NoSuchVersion {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The version asked for.
+        version: String,
+    },
 }
 
 impl From<MetaError> for ClientError {
@@ -107,6 +117,15 @@ impl From<MetaError> for ClientError {
             MetaError::NoSuchAccessKey(k) => ClientError::NoSuchAccessKey(k),
             // Retryable: the write was not acknowledged (503 at the gateway).
             e @ MetaError::IntentExpired(_) => ClientError::Unavailable(e.to_string()),
+            MetaError::NoSuchVersion {
+                bucket,
+                key,
+                version,
+            } => ClientError::NoSuchVersion {
+                bucket,
+                key,
+                version,
+            },
         }
     }
 }

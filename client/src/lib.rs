@@ -323,6 +323,92 @@ impl Client {
         self.inner.manifest(bucket, key).await
     }
 
+    /// Version `version` of `bucket/key` (the newest when `None`, which
+    /// may be a delete marker) with at most [`STRIPE_PAGE_MAX`] of its
+    /// stripes, and where it stands in the key's chain (linearizable).
+    pub async fn head_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<VersionRef>,
+    ) -> Result<VersionView> {
+        let r = self
+            .inner
+            .meta
+            .query(
+                &Query::GetVersionPage {
+                    bucket: bucket.to_string(),
+                    key: key.to_string(),
+                    version,
+                    stripes: STRIPE_PAGE_MAX,
+                },
+                Consistency::Linearizable,
+            )
+            .await?;
+        expect_result!(r, QueryResult::Version(v) => v)
+    }
+
+    /// Deletes `bucket/key`: with `version`, that version for good;
+    /// without, the current version (unversioned bucket) or by adding a
+    /// delete marker. Returns the version made or removed when the bucket
+    /// has versioning configured. A missing key or version is not an error.
+    pub async fn delete_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<VersionRef>,
+    ) -> Result<Option<VersionStamp>> {
+        validate_key(key).map_err(|e| ClientError::Invalid(e.0))?;
+        let cmd = match version {
+            Some(version) => Command::DeleteObjectVersion {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                version,
+            },
+            None => Command::DeleteObject {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                condition: PutCondition::None,
+            },
+        };
+        self.inner.write_versioned(cmd).await
+    }
+
+    /// Sets a bucket's versioning state (`Enabled` or `Suspended`).
+    pub async fn set_versioning(&self, bucket: &str, state: Versioning) -> Result<()> {
+        self.inner
+            .write(Command::PutBucketVersioning {
+                bucket: bucket.to_string(),
+                state,
+            })
+            .await
+    }
+
+    /// A bucket's versioning state.
+    pub async fn versioning(&self, bucket: &str) -> Result<Versioning> {
+        let r = self
+            .inner
+            .meta
+            .query(
+                &Query::GetBucketVersioning {
+                    bucket: bucket.to_string(),
+                },
+                Consistency::Linearizable,
+            )
+            .await?;
+        expect_result!(r, QueryResult::Versioning(v) => v)
+    }
+
+    /// One page of a version listing.
+    pub async fn list_versions(&self, req: ListVersionsRequest) -> Result<VersionPage> {
+        let r = self
+            .inner
+            .meta
+            .query(&Query::ListVersions(req), Consistency::Linearizable)
+            .await?;
+        expect_result!(r, QueryResult::Versions(p) => p)
+    }
+
     /// Deletes an object (a missing key is not an error, as in S3).
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
         validate_key(key).map_err(|e| ClientError::Invalid(e.0))?;
@@ -460,8 +546,15 @@ pub(crate) fn now_ms() -> u64 {
 
 impl Inner {
     pub(crate) async fn write(&self, cmd: Command) -> Result<()> {
+        self.write_versioned(cmd).await.map(|_| ())
+    }
+
+    /// [`Inner::write`] that returns the version a write made in a bucket
+    /// with versioning configured (`None` otherwise).
+    pub(crate) async fn write_versioned(&self, cmd: Command) -> Result<Option<VersionStamp>> {
         match self.meta.write(&cmd).await? {
-            CommandResult::Ok | CommandResult::Registered { .. } => Ok(()),
+            CommandResult::Ok | CommandResult::Registered { .. } => Ok(None),
+            CommandResult::Version(v) => Ok(Some(v)),
             CommandResult::Err(e) => Err(e.into()),
             other @ CommandResult::Batch(_) => {
                 Err(ClientError::Meta(format!("unexpected reply {other:?}")))

@@ -181,6 +181,22 @@ impl Client {
         checksums: BTreeMap<String, String>,
         condition: PutCondition,
     ) -> Result<ObjectManifest> {
+        self.complete_upload_versioned(bucket, key, upload, parts, checksums, condition)
+            .await
+            .map(|(m, _)| m)
+    }
+
+    /// [`Client::complete_upload`] that also returns the version it made
+    /// when the bucket has versioning configured.
+    pub async fn complete_upload_versioned(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload: StripeId,
+        parts: Vec<CompletePart>,
+        checksums: BTreeMap<String, String>,
+        condition: PutCondition,
+    ) -> Result<(ObjectManifest, Option<VersionStamp>)> {
         use md5::Digest;
         let mut h = md5::Md5::new();
         for p in &parts {
@@ -190,21 +206,36 @@ impl Client {
             h.update(&raw);
         }
         let etag = format!("{}-{}", hex::encode(h.finalize()), parts.len());
-        self.inner
-            .write(Command::CompleteUpload {
+        let version = StripeId::random();
+        let stamp = self
+            .inner
+            .write_versioned(Command::CompleteUpload {
                 bucket: bucket.to_string(),
                 key: key.to_string(),
                 upload,
                 parts,
                 min_part_size: MIN_PART_SIZE,
                 etag,
-                version: StripeId::random(),
+                version,
                 checksums,
                 now_ms: now_ms(),
                 condition,
             })
             .await?;
-        self.inner.manifest(bucket, key).await
+        // The version just made (it stays readable by id even once a
+        // newer write replaced it as current).
+        let by_id = match stamp {
+            Some(VersionStamp {
+                version: v @ VersionRef::Id(_),
+                ..
+            }) => Some(v),
+            _ => None,
+        };
+        let m = match by_id {
+            Some(v) => self.head_version(bucket, key, Some(v)).await?.manifest,
+            None => self.inner.manifest(bucket, key).await?,
+        };
+        Ok((m, stamp))
     }
 
     /// Aborts an upload; its parts' shards are queued for deletion.
@@ -280,8 +311,27 @@ impl Client {
         key: &str,
         opts: PutOptions,
     ) -> Result<ObjectManifest> {
+        self.copy_versioned(src_bucket, src_key, src, bucket, key, opts)
+            .await
+            .map(|(m, _)| m)
+    }
+
+    /// [`Client::copy`] that also returns the version it made when the
+    /// target bucket has versioning configured. `src` may be any version
+    /// of the source key: its stripes are read by its version.
+    pub async fn copy_versioned(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        src: &ObjectManifest,
+        bucket: &str,
+        key: &str,
+        opts: PutOptions,
+    ) -> Result<(ObjectManifest, Option<VersionStamp>)> {
         let stream = self.stream_manifest(src_bucket, src_key, src, None)?;
-        self.put(bucket, key, StreamReader::new(stream), opts).await
+        let mut reader = StreamReader::new(stream);
+        self.put_impl(bucket, key, &mut reader, opts, None, None)
+            .await
     }
 
     /// Copies bytes `range` of the source object into part `number` of an

@@ -129,6 +129,7 @@ impl Client {
     ) -> Result<ObjectManifest> {
         self.put_impl(bucket, key, &mut reader, opts, progress, None)
             .await
+            .map(|(m, _)| m)
     }
 
     /// [`Client::put`] for a body whose checksums are only known once it
@@ -149,9 +150,28 @@ impl Client {
     {
         self.put_impl(bucket, key, reader, opts, None, Some(Box::new(checksums)))
             .await
+            .map(|(m, _)| m)
     }
 
-    async fn put_impl<R: AsyncRead + Unpin + Send>(
+    /// [`Client::put_verified`] that also returns the version the write
+    /// made when the bucket has versioning configured.
+    pub async fn put_verified_versioned<R, F>(
+        &self,
+        bucket: &str,
+        key: &str,
+        reader: R,
+        opts: PutOptions,
+        checksums: F,
+    ) -> Result<(ObjectManifest, Option<VersionStamp>)>
+    where
+        R: AsyncRead + Unpin + Send,
+        F: FnOnce() -> BTreeMap<String, String> + Send + 'static,
+    {
+        self.put_impl(bucket, key, reader, opts, None, Some(Box::new(checksums)))
+            .await
+    }
+
+    pub(crate) async fn put_impl<R: AsyncRead + Unpin + Send>(
         &self,
         bucket: &str,
         key: &str,
@@ -159,7 +179,7 @@ impl Client {
         opts: PutOptions,
         progress: Option<Progress>,
         late_checksums: Option<LateChecksums>,
-    ) -> Result<ObjectManifest> {
+    ) -> Result<(ObjectManifest, Option<VersionStamp>)> {
         validate_key(key).map_err(|e| ClientError::Invalid(e.0))?;
         let mut reader = reader;
         let b = self.bucket_for_write(bucket).await?;
@@ -219,18 +239,20 @@ impl Client {
             Some(w) => w.commit(put),
             None => put,
         };
-        let res = self.inner.write(cmd).await;
-        if let Err(e) = res {
-            // Refused (precondition, bucket deleted) or unknown outcome
-            // (cluster unavailable): only a definite refusal may free the
-            // shards, or a committed object could lose its data.
-            if let (false, Some(w)) = (matches!(e, ClientError::Unavailable(_)), &w) {
-                self.inner.discard(&w.written).await;
+        let stamp = match self.inner.write_versioned(cmd).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Refused (precondition, bucket deleted) or unknown outcome
+                // (cluster unavailable): only a definite refusal may free
+                // the shards, or a committed object could lose its data.
+                if let (false, Some(w)) = (matches!(e, ClientError::Unavailable(_)), &w) {
+                    self.inner.discard(&w.written).await;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         self.inner.queue_degraded(bucket, key, &manifest).await;
-        Ok(manifest)
+        Ok((manifest, stamp))
     }
 
     /// Reads `reader` to the end as durable stripes of bucket `b` without

@@ -202,7 +202,8 @@ pub fn need_of(op: &str) -> Option<Need> {
         | "PutBucketCors"
         | "DeleteBucketCors"
         | "PutBucketTagging"
-        | "DeleteBucketTagging" => Some(Need::Owner),
+        | "DeleteBucketTagging"
+        | "PutBucketVersioning" => Some(Need::Owner),
         o if o.starts_with("Get") || o.starts_with("Head") || o.starts_with("List") => {
             Some(Need::Read)
         }

@@ -10,6 +10,10 @@ pub fn to_s3(e: ClientError) -> S3Error {
     match e {
         ClientError::NoSuchBucket(b) => s3_error!(NoSuchBucket, "no such bucket: {b}"),
         ClientError::NoSuchKey { key, .. } => s3_error!(NoSuchKey, "no such key: {key}"),
+        ClientError::NoSuchVersion { version, .. } => s3_error!(
+            NoSuchVersion,
+            "The specified version does not exist: {version}"
+        ),
         ClientError::BucketExists(b) => {
             s3_error!(BucketAlreadyOwnedByYou, "bucket already exists: {b}")
         }

@@ -169,7 +169,8 @@ pub(super) fn apply_inner(
             }
             let ok = object_key(bucket, key);
             let cur = get_head(&txn.open_table(OBJECTS)?, &ok)?;
-            if let Err(e) = check_condition(condition, cur.as_ref().map(|h| &h.manifest), bucket, key)
+            if let Err(e) =
+                check_condition(condition, cur.as_ref().map(|h| &h.manifest), bucket, key)
             {
                 return Ok(Err(e));
             }
@@ -185,7 +186,8 @@ pub(super) fn apply_inner(
             }
             let ok = object_key(bucket, key);
             let cur = get_head(&txn.open_table(OBJECTS)?, &ok)?;
-            if let Err(e) = check_condition(condition, cur.as_ref().map(|h| &h.manifest), bucket, key)
+            if let Err(e) =
+                check_condition(condition, cur.as_ref().map(|h| &h.manifest), bucket, key)
             {
                 return Ok(Err(e));
             }

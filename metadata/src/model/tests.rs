@@ -1419,7 +1419,10 @@ fn versions_chain_markers_and_null_versions() {
             limit: 10,
         },
     );
-    assert!(matches!(r, QueryResult::Stripes(ref s) if s.len() == 1), "{r:?}");
+    assert!(
+        matches!(r, QueryResult::Stripes(ref s) if s.len() == 1),
+        "{r:?}"
+    );
     assert_index_matches(&db);
     // A delete adds a marker; the key reads as missing.
     let QueryResult::Err(_) = ask(
@@ -1488,7 +1491,10 @@ fn versions_chain_markers_and_null_versions() {
     assert_eq!(object(&db).version, v2.version);
     assert!(gc(&db, 1).is_empty());
     // Deleting the null version collects its shards only.
-    assert_eq!(run(&db, at(5, del(VersionRef::Null))), stamp(VersionRef::Null, false));
+    assert_eq!(
+        run(&db, at(5, del(VersionRef::Null))),
+        stamp(VersionRef::Null, false)
+    );
     assert_eq!(gc(&db, 1), vec![ShardId([10; 16])]);
     assert_eq!(gc(&db, 2), vec![ShardId([11; 16])]);
     assert!(matches!(

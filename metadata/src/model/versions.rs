@@ -38,8 +38,7 @@ use std::ops::Bound;
 use super::*;
 
 /// Older versions and delete markers: bucket NUL key NUL inverted seq.
-pub const OBJECT_VERSIONS: TableDefinition<&[u8], &[u8]> =
-    TableDefinition::new("object_versions");
+pub const OBJECT_VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("object_versions");
 
 /// `object_versions` rows by version id: bucket NUL key NUL id -> the row
 /// key's last 8 bytes.
@@ -149,9 +148,11 @@ pub fn find_version_head(
     let (Some(versions), Some(ids)) = (versions, ids) else {
         return Ok(None);
     };
-    Ok(find_noncurrent(versions, ids, object, &VersionRef::Id(*version))?
-        .map(|(_, h)| h)
-        .filter(|h| !h.meta.delete_marker))
+    Ok(
+        find_noncurrent(versions, ids, object, &VersionRef::Id(*version))?
+            .map(|(_, h)| h)
+            .filter(|h| !h.meta.delete_marker),
+    )
 }
 
 /// [`find_version_head`] inside a write transaction.
@@ -178,7 +179,10 @@ fn demote(txn: &redb::WriteTransaction, object: &[u8], head: &Head) -> StoreResu
         suffix.as_slice(),
     )?;
     if head.meta.null {
-        ids.insert(id_key(object, &VersionRef::Null).as_slice(), suffix.as_slice())?;
+        ids.insert(
+            id_key(object, &VersionRef::Null).as_slice(),
+            suffix.as_slice(),
+        )?;
     }
     Ok(())
 }
@@ -531,8 +535,8 @@ pub(super) fn get_version_page(
             let Some((k, h)) = find_noncurrent(vt, it, &object, v)? else {
                 return Ok(Err(not_found()));
             };
-            let latest = cur.is_none()
-                && newest_noncurrent(vt, &object)?.is_some_and(|(nk, _)| nk == k);
+            let latest =
+                cur.is_none() && newest_noncurrent(vt, &object)?.is_some_and(|(nk, _)| nk == k);
             (h, latest)
         }
     };

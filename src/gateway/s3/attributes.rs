@@ -74,7 +74,6 @@ impl CairnS3 {
     ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
         let i = req.input;
         check_key(&i.key)?;
-        tagging::check_version_id(i.version_id.as_deref())?;
         let mut want = std::collections::BTreeSet::new();
         // s3s hands over the header's value whole: it is comma-separated.
         let names = i
@@ -106,7 +105,11 @@ impl CairnS3 {
                 "x-amz-object-attributes names no attribute"
             ));
         }
-        let m = self.client.head(&i.bucket, &i.key).await.map_err(to_s3)?;
+        let view = self
+            .readable_version(&i.bucket, &i.key, i.version_id.as_deref())
+            .await?;
+        let version_id = versions::version_header(&view);
+        let m = view.manifest;
         let has = |a: &str| want.contains(a);
         let checksum = match checksum_type_of(&m) {
             Some(ty) if has(ObjectAttributes::CHECKSUM) => Some(Checksum {
@@ -132,6 +135,7 @@ impl CairnS3 {
             object_size: has(ObjectAttributes::OBJECT_SIZE).then_some(m.size as i64),
             storage_class: has(ObjectAttributes::STORAGE_CLASS)
                 .then(|| StorageClass::from_static(StorageClass::STANDARD)),
+            version_id,
             ..Default::default()
         }))
     }

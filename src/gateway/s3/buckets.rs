@@ -108,27 +108,4 @@ impl CairnS3 {
             ..Default::default()
         }))
     }
-
-    /// Versioning is not built yet: every bucket is one that never had it,
-    /// which S3 answers with an empty `VersioningConfiguration`.
-    pub(super) async fn get_bucket_versioning(
-        &self,
-        req: S3Request<GetBucketVersioningInput>,
-    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
-        self.client.bucket(&req.input.bucket).await.map_err(to_s3)?;
-        Ok(S3Response::new(GetBucketVersioningOutput::default()))
-    }
-
-    /// Refused until versioning exists. `Suspended` is refused too: on S3
-    /// it is not a no-op (GetBucketVersioning reports `Suspended` after it).
-    pub(super) async fn put_bucket_versioning(
-        &self,
-        req: S3Request<PutBucketVersioningInput>,
-    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
-        self.client.bucket(&req.input.bucket).await.map_err(to_s3)?;
-        Err(s3_error!(
-            NotImplemented,
-            "bucket versioning is not supported yet: buckets keep one version per key"
-        ))
-    }
 }

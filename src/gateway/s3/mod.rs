@@ -8,8 +8,8 @@
 //! - `buckets` (incl. versioning status), `objects`, `listing`,
 //!   `multipart`, `tagging`, `attributes` (GetObjectAttributes),
 //!   `bucket_config` (bucket CORS and tags), `encryption` (SSE refused
-//!   until implemented): the operations, one
-//!   feature per file.
+//!   until implemented), `versions` (bucket versioning, version lookups,
+//!   ListObjectVersions): the operations, one feature per file.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -38,6 +38,7 @@ mod listing;
 mod multipart;
 mod objects;
 mod tagging;
+mod versions;
 
 /// Header choosing a new bucket's erasure coding, e.g. `x-cairn-ec: 6+3`.
 pub const EC_HEADER: &str = "x-cairn-ec";
@@ -311,9 +312,18 @@ fn checksum_type_of(m: &ObjectManifest) -> Option<ChecksumType> {
     ))
 }
 
-fn parse_copy_source(c: &CopySource) -> S3Result<(String, String)> {
+/// Bucket, key and `versionId` of `x-amz-copy-source`.
+fn parse_copy_source(c: &CopySource) -> S3Result<(String, String, Option<String>)> {
     match c {
-        CopySource::Bucket { bucket, key, .. } => Ok((bucket.to_string(), key.to_string())),
+        CopySource::Bucket {
+            bucket,
+            key,
+            version_id,
+        } => Ok((
+            bucket.to_string(),
+            key.to_string(),
+            version_id.as_deref().map(str::to_string),
+        )),
         _ => Err(s3_error!(NotImplemented, "access point copy sources")),
     }
 }
@@ -578,6 +588,13 @@ impl S3 for CairnS3 {
         req: S3Request<PutBucketVersioningInput>,
     ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
         self.put_bucket_versioning(req).await
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        self.list_object_versions(req).await
     }
     async fn get_bucket_encryption(
         &self,

@@ -110,7 +110,7 @@ impl CairnS3 {
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-        let (sb, sk) = parse_copy_source(&req.input.copy_source)?;
+        let (sb, sk, sv) = parse_copy_source(&req.input.copy_source)?;
         self.check_source(&req, &sb).await?;
         let i = req.input;
         check_key(&i.key)?;
@@ -118,7 +118,9 @@ impl CairnS3 {
         if !(1..=10_000).contains(&i.part_number) {
             return Err(s3_error!(InvalidArgument, "part number must be 1 to 10000"));
         }
-        let src = self.client.head(&sb, &sk).await.map_err(to_s3)?;
+        let view = self.readable_version(&sb, &sk, sv.as_deref()).await?;
+        let source_version = versions::version_header(&view);
+        let src = view.manifest;
         check_source_conds(
             &src,
             SourceConds {
@@ -156,6 +158,7 @@ impl CairnS3 {
                 last_modified: Some(ts(cairn_now_ms())),
                 ..Default::default()
             }),
+            copy_source_version_id: source_version,
             ..Default::default()
         }))
     }
@@ -214,9 +217,9 @@ impl CairnS3 {
         let checksums = self
             .whole_object_checksum(&i.bucket, &i.key, id, &parts, &given, &expected)
             .await?;
-        let m = self
+        let (m, stamp) = self
             .client
-            .complete_upload(&i.bucket, &i.key, id, parts, checksums, cond.clone())
+            .complete_upload_versioned(&i.bucket, &i.key, id, parts, checksums, cond.clone())
             .await
             .map_err(|e| write_err(e, &cond))?;
         let ck = |a: &str| checksum_of(&m, a);
@@ -231,6 +234,7 @@ impl CairnS3 {
             checksum_sha1: ck("sha1"),
             checksum_sha256: ck("sha256"),
             checksum_type: checksum_type_of(&m),
+            version_id: versions::written_version(stamp),
             ..Default::default()
         }))
     }

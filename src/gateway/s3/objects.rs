@@ -54,9 +54,9 @@ impl CairnS3 {
         };
         // The checksums are only known at the end of the body: the reader
         // computes them; they are stored through the verdict below.
-        let m = self
+        let (m, stamp) = self
             .client
-            .put_verified(&i.bucket, &i.key, reader, opts, {
+            .put_verified_versioned(&i.bucket, &i.key, reader, opts, {
                 let verdict = verdict.clone();
                 move || {
                     verdict
@@ -75,6 +75,7 @@ impl CairnS3 {
             checksum_sha1: checksum_of(&m, "sha1"),
             checksum_sha256: checksum_of(&m, "sha256"),
             size: Some(m.size as i64),
+            version_id: versions::written_version(stamp),
             ..Default::default()
         }))
     }
@@ -85,7 +86,11 @@ impl CairnS3 {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let i = &req.input;
         check_key(&i.key)?;
-        let m = self.client.head(&i.bucket, &i.key).await.map_err(to_s3)?;
+        let view = self
+            .readable_version(&i.bucket, &i.key, i.version_id.as_deref())
+            .await?;
+        let version_id = versions::version_header(&view);
+        let m = view.manifest;
         let lm = ts(m.created_ms);
         if let Some(c) = &i.if_match {
             if !etag_matches(c, &m.etag) {
@@ -163,6 +168,7 @@ impl CairnS3 {
             checksum_crc64nvme: ck("crc64nvme"),
             checksum_sha1: ck("sha1"),
             checksum_sha256: ck("sha256"),
+            version_id,
             ..Default::default()
         };
         Ok(S3Response::new(out))
@@ -174,7 +180,11 @@ impl CairnS3 {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let i = &req.input;
         check_key(&i.key)?;
-        let m = self.client.head(&i.bucket, &i.key).await.map_err(to_s3)?;
+        let view = self
+            .readable_version(&i.bucket, &i.key, i.version_id.as_deref())
+            .await?;
+        let version_id = versions::version_header(&view);
+        let m = view.manifest;
         let lm = ts(m.created_ms);
         if let Some(c) = &i.if_match {
             if !etag_matches(c, &m.etag) {
@@ -238,6 +248,7 @@ impl CairnS3 {
             checksum_crc64nvme: ck("crc64nvme"),
             checksum_sha1: ck("sha1"),
             checksum_sha256: ck("sha256"),
+            version_id,
             ..Default::default()
         }))
     }
@@ -248,8 +259,20 @@ impl CairnS3 {
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let i = &req.input;
         check_key(&i.key)?;
-        self.client.delete(&i.bucket, &i.key).await.map_err(to_s3)?;
-        Ok(S3Response::new(DeleteObjectOutput::default()))
+        let version = versions::parse_version(i.version_id.as_deref())?;
+        let stamp = self
+            .client
+            .delete_version(&i.bucket, &i.key, version)
+            .await
+            .map_err(to_s3)?;
+        Ok(S3Response::new(match stamp {
+            Some(s) => DeleteObjectOutput {
+                delete_marker: s.delete_marker.then_some(true),
+                version_id: Some(s.version.to_string()),
+                ..Default::default()
+            },
+            None => DeleteObjectOutput::default(),
+        }))
     }
 
     pub(super) async fn delete_objects(
@@ -264,24 +287,41 @@ impl CairnS3 {
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
         for o in i.delete.objects {
-            let r = match check_key(&o.key) {
-                Ok(()) => self.client.delete(&i.bucket, &o.key).await.map_err(to_s3),
+            let r = match check_key(&o.key)
+                .and_then(|_| versions::parse_version(o.version_id.as_deref()))
+            {
+                Ok(v) => self
+                    .client
+                    .delete_version(&i.bucket, &o.key, v)
+                    .await
+                    .map_err(to_s3),
                 Err(e) => Err(e),
             };
             match r {
-                Ok(()) => {
+                Ok(stamp) => {
                     if !quiet {
-                        deleted.push(DeletedObject {
+                        let mut d = DeletedObject {
                             key: Some(o.key),
                             ..Default::default()
-                        });
+                        };
+                        if let Some(s) = stamp {
+                            let id = Some(s.version.to_string());
+                            if o.version_id.is_some() {
+                                d.version_id = id.clone();
+                            }
+                            if s.delete_marker {
+                                d.delete_marker = Some(true);
+                                d.delete_marker_version_id = id;
+                            }
+                        }
+                        deleted.push(d);
                     }
                 }
                 Err(e) => errors.push(Error {
                     code: Some(e.code().as_str().to_string()),
                     key: Some(o.key),
                     message: e.message().map(str::to_string),
-                    version_id: None,
+                    version_id: o.version_id,
                 }),
             }
         }
@@ -296,12 +336,14 @@ impl CairnS3 {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
-        let (sb, sk) = parse_copy_source(&req.input.copy_source)?;
+        let (sb, sk, sv) = parse_copy_source(&req.input.copy_source)?;
         self.check_source(&req, &sb).await?;
         let i = req.input;
         check_key(&i.key)?;
         check_key(&sk)?;
-        let src = self.client.head(&sb, &sk).await.map_err(to_s3)?;
+        let view = self.readable_version(&sb, &sk, sv.as_deref()).await?;
+        let source_version = versions::version_header(&view);
+        let src = view.manifest;
         check_source_conds(
             &src,
             SourceConds {
@@ -315,7 +357,7 @@ impl CairnS3 {
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        if sb == i.bucket && sk == i.key && !replace {
+        if sb == i.bucket && sk == i.key && !replace && sv.is_none() {
             return Err(s3_error!(
                 InvalidRequest,
                 "copying an object onto itself needs the REPLACE metadata directive"
@@ -363,9 +405,9 @@ impl CairnS3 {
                 md5: true,
             }
         };
-        let m = self
+        let (m, stamp) = self
             .client
-            .copy(&sb, &sk, &src, &i.bucket, &i.key, opts)
+            .copy_versioned(&sb, &sk, &src, &i.bucket, &i.key, opts)
             .await
             .map_err(to_s3)?;
         Ok(S3Response::new(CopyObjectOutput {
@@ -374,6 +416,8 @@ impl CairnS3 {
                 last_modified: Some(ts(m.created_ms)),
                 ..Default::default()
             }),
+            copy_source_version_id: source_version,
+            version_id: versions::written_version(stamp),
             ..Default::default()
         }))
     }

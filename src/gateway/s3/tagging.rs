@@ -80,14 +80,6 @@ pub(super) fn header_tags(h: Option<&str>) -> S3Result<BTreeMap<String, String>>
         .map(Option::unwrap_or_default)
 }
 
-/// Buckets have no versioning yet: only the `null` version exists.
-pub(super) fn check_version_id(v: Option<&str>) -> S3Result<()> {
-    match v {
-        None | Some("null") => Ok(()),
-        Some(_) => Err(s3_error!(InvalidArgument, "Invalid version id specified")),
-    }
-}
-
 fn tag_set(tags: &BTreeMap<String, String>) -> TagSet {
     tags.iter()
         .map(|(k, v)| Tag {
@@ -129,7 +121,8 @@ impl CairnS3 {
     ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
         let i = req.input;
         check_key(&i.key)?;
-        check_version_id(i.version_id.as_deref())?;
+        self.current_version_only(&i.bucket, &i.key, i.version_id.as_deref())
+            .await?;
         let pairs = i
             .tagging
             .tag_set
@@ -150,11 +143,12 @@ impl CairnS3 {
     ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
         let i = req.input;
         check_key(&i.key)?;
-        check_version_id(i.version_id.as_deref())?;
-        let m = self.client.head(&i.bucket, &i.key).await.map_err(to_s3)?;
+        let view = self
+            .readable_version(&i.bucket, &i.key, i.version_id.as_deref())
+            .await?;
         Ok(S3Response::new(GetObjectTaggingOutput {
-            tag_set: tag_set(&m.tags),
-            version_id: None,
+            tag_set: tag_set(&view.manifest.tags),
+            version_id: versions::version_header(&view),
         }))
     }
 
@@ -164,7 +158,8 @@ impl CairnS3 {
     ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
         let i = req.input;
         check_key(&i.key)?;
-        check_version_id(i.version_id.as_deref())?;
+        self.current_version_only(&i.bucket, &i.key, i.version_id.as_deref())
+            .await?;
         self.set_tags(&i.bucket, &i.key, BTreeMap::new()).await?;
         Ok(S3Response::new(DeleteObjectTaggingOutput::default()))
     }
