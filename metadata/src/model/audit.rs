@@ -17,9 +17,11 @@ pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// One page of `Query::AuditPlacement`. The cursor is `o` and the hex of
-/// the last object key walked, `p` and the hex of the last upload-part key,
-/// or `i` and the hex of the last reverse-index key (`i` alone: its start):
-/// objects first, then uploaded parts, each in key order, then the index.
+/// the last object key walked, `v` and the hex of the last noncurrent
+/// version key, `p` and the hex of the last upload-part key, or `i` and the
+/// hex of the last reverse-index key (`i` alone: its start): current
+/// versions first, then noncurrent ones, then uploaded parts, each in key
+/// order, then the index.
 pub(super) fn audit_page(
     txn: &redb::ReadTransaction,
     cursor: Option<&str>,
@@ -31,16 +33,18 @@ pub(super) fn audit_page(
             cursor.unwrap_or("")
         ))))
     };
-    let (in_parts, after) = match cursor {
-        None => (false, None),
+    // Phase 0: current versions, 1: noncurrent versions, 2: parts.
+    let (phase, after) = match cursor {
+        None => (0u8, None),
         Some(c) => {
             let (tag, rest) = c.split_at(c.len().min(1));
             let Some(bytes) = unhex(rest) else {
                 return bad_cursor();
             };
             match tag {
-                "o" => (false, Some(bytes)),
-                "p" => (true, Some(bytes)),
+                "o" => (0, Some(bytes)),
+                "v" => (1, Some(bytes)),
+                "p" => (2, Some(bytes)),
                 "i" => {
                     return audit_index_page(txn, Some(bytes), limit);
                 }
@@ -98,7 +102,7 @@ pub(super) fn audit_page(
         page.stripes += stripes.len() as u64;
         Ok(())
     };
-    if !in_parts {
+    if phase == 0 {
         let lower = match &after {
             Some(a) => Bound::Excluded(a.as_slice()),
             None => Bound::Unbounded,
@@ -128,6 +132,50 @@ pub(super) fn audit_page(
             }
         }
     }
+    if phase <= 1 {
+        let lower = match (phase, &after) {
+            (1, Some(a)) => Bound::Excluded(a.as_slice()),
+            _ => Bound::Unbounded,
+        };
+        if let (Some(t), Some(st)) = (
+            open_ro(txn, OBJECT_VERSIONS)?,
+            open_ro(txn, OBJECT_STRIPES)?,
+        ) {
+            for r in t.range::<&[u8]>((lower, Bound::Unbounded))? {
+                let (k, v) = r?;
+                let raw = k.value();
+                let head = decode_head(v.value())?;
+                let Some(object) = raw.get(..raw.len().saturating_sub(9)) else {
+                    continue;
+                };
+                if !head.meta.delete_marker {
+                    let stripes = all_stripes(&st, object, &head)?;
+                    let (bucket, key) = match object.iter().position(|b| *b == 0) {
+                        Some(p) => (
+                            String::from_utf8_lossy(&object[..p]).into_owned(),
+                            String::from_utf8_lossy(&object[p + 1..]).into_owned(),
+                        ),
+                        None => (String::from_utf8_lossy(object).into_owned(), String::new()),
+                    };
+                    let m = &head.manifest;
+                    push(
+                        &mut page,
+                        &bucket,
+                        &key,
+                        None,
+                        OwnerRow::Object(object.to_vec()),
+                        m.version,
+                        m.ec,
+                        &stripes,
+                    )?;
+                }
+                if page.stripes >= limit {
+                    page.next = Some(format!("v{}", hex(raw)));
+                    return Ok(Ok(QueryResult::Audit(page)));
+                }
+            }
+        }
+    }
     // Parts: the upload row gives the bucket, the key and the EC.
     let mut uploads: HashMap<StripeId, UploadInfo> = HashMap::new();
     if let Some(t) = open_ro(txn, UPLOADS)? {
@@ -137,8 +185,8 @@ pub(super) fn audit_page(
             uploads.insert(u.id, u);
         }
     }
-    let lower = match (in_parts, &after) {
-        (true, Some(a)) => Bound::Excluded(a.as_slice()),
+    let lower = match (phase, &after) {
+        (2, Some(a)) => Bound::Excluded(a.as_slice()),
         _ => Bound::Unbounded,
     };
     if let Some(t) = open_ro(txn, UPLOAD_PARTS)? {
@@ -217,7 +265,7 @@ pub(super) fn audit_index_page(
             shard_index::OwnerRow::Part(k) => (k, true),
         };
         // An object's shard is checked against its one stripe row (stripe
-        // rows exist only for the live version); a part's row holds all of
+        // rows exist for every stored version); a part's row holds all of
         // the part's stripes (at most 5 GiB of them), decoded once per page.
         let stripe = if is_part {
             if cache.len() > 4096 {

@@ -1424,6 +1424,25 @@ fn versions_chain_markers_and_null_versions() {
         "{r:?}"
     );
     assert_index_matches(&db);
+    // A noncurrent version is repaired like the current one: its shard
+    // moves from cs1 to cs3, the old copy goes to GC.
+    let repair = Command::CommitRepair {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        version: v1.version,
+        stripe: 0,
+        index: 0,
+        shard: ShardId([10; 16]),
+        from: Some(1),
+        to: 3,
+        reused: false,
+    };
+    assert_eq!(run(&db, at(2, repair)), CommandResult::Ok);
+    let old = view(&db, Some(VersionRef::Null)).expect("null version");
+    assert_eq!(old.manifest.stripes[0].shards[0].chunkserver, Some(3));
+    assert_eq!(gc(&db, 1), vec![ShardId([10; 16])]);
+    assert_eq!(object(&db).version, v2.version);
+    assert_index_matches(&db);
     // A delete adds a marker; the key reads as missing.
     let QueryResult::Err(_) = ask(
         &db,
@@ -1489,13 +1508,17 @@ fn versions_chain_markers_and_null_versions() {
     };
     assert_eq!(run(&db, at(4, del(marker))), stamp(marker, true));
     assert_eq!(object(&db).version, v2.version);
-    assert!(gc(&db, 1).is_empty());
+    assert_eq!(
+        gc(&db, 1),
+        vec![ShardId([10; 16])],
+        "only the repaired copy"
+    );
     // Deleting the null version collects its shards only.
     assert_eq!(
         run(&db, at(5, del(VersionRef::Null))),
         stamp(VersionRef::Null, false)
     );
-    assert_eq!(gc(&db, 1), vec![ShardId([10; 16])]);
+    assert_eq!(gc(&db, 3), vec![ShardId([10; 16])]);
     assert_eq!(gc(&db, 2), vec![ShardId([11; 16])]);
     assert!(matches!(
         view(&db, Some(VersionRef::Null)),
@@ -1512,6 +1535,7 @@ fn versions_chain_markers_and_null_versions() {
     assert_eq!(run(&db, at(8, put(&v4))), stamp(VersionRef::Null, false));
     assert!(gc(&db, 1).contains(&ShardId([30; 16])));
     assert!(!gc(&db, 1).contains(&ShardId([20; 16])));
+    assert!(!gc(&db, 2).contains(&ShardId([21; 16])));
     assert_eq!(
         versions_of(&db, 1000),
         vec![
