@@ -382,7 +382,8 @@ pub fn allowed_query(role: Role, q: &Query) -> bool {
             | Query::GetBucketTagging { .. }
             | Query::GetBucketVersioning { .. }
             | Query::GetVersionPage { .. }
-            | Query::ListVersions(_) => true,
+            | Query::ListVersions(_)
+            | Query::GetObjectLockConfig { .. } => true,
         },
     }
 }

@@ -348,7 +348,32 @@ pub(super) fn apply_inner(
             bucket,
             key,
             version,
-        } => delete_version(txn, now, bucket, key, version),
+            bypass_governance,
+        } => delete_version(txn, now, bucket, key, version, *bypass_governance),
+        Command::PutObjectLockConfig { bucket, config } => {
+            put_object_lock_config(txn, bucket, config)
+        }
+        Command::PutObjectRetention {
+            bucket,
+            key,
+            version,
+            retention,
+            bypass_governance,
+        } => put_retention(
+            txn,
+            now,
+            bucket,
+            key,
+            version.as_ref(),
+            *retention,
+            *bypass_governance,
+        ),
+        Command::PutObjectLegalHold {
+            bucket,
+            key,
+            version,
+            on,
+        } => put_legal_hold(txn, bucket, key, version.as_ref(), *on),
         Command::GcDone {
             chunkserver,
             shards,

@@ -4,10 +4,11 @@
 //! (`PutBucketVersioning`).
 //!
 //! # Layout
-//! `bucket_config`: bucket name, NUL, kind (`cors`, `tagging`, `versioning`) ->
+//! `bucket_config`: bucket name, NUL, kind (`cors`, `tagging`, `versioning`,
+//! `object_lock`) ->
 //! [`CONFIG_V1`] ++ postcard value (`Vec<CorsRule>` for `cors`,
 //! `BTreeMap<String, String>` for `tagging`, [`Versioning`] for
-//! `versioning`). One bucket's rows are one key range, dropped with the
+//! `versioning`, [`ObjectLockConfig`] for `object_lock`). One bucket's rows are one key range, dropped with the
 //! bucket (`DeleteBucket`). A bucket without a row has no configuration of
 //! that kind (no versioning row: never versioned); an empty CORS rule list or tag
 //! set is never stored. A value whose first byte is not [`CONFIG_V1`] is
@@ -29,6 +30,9 @@ const TAGGING: &str = "tagging";
 /// The kind of a versioning row (postcard [`Versioning`]; no row =
 /// [`Versioning::Unversioned`]).
 const VERSIONING: &str = "versioning";
+/// The kind of an Object Lock row (postcard [`ObjectLockConfig`]; no row =
+/// Object Lock not enabled).
+const OBJECT_LOCK: &str = "object_lock";
 
 fn encode<T: serde::Serialize>(v: &T) -> StoreResult<Vec<u8>> {
     let mut out = vec![CONFIG_V1];
@@ -126,7 +130,68 @@ pub(super) fn put_bucket_versioning(
             "versioning can be Enabled or Suspended, never turned off".into(),
         )));
     }
+    if state == Versioning::Suspended && object_lock(txn, bucket)?.is_some() {
+        return Ok(Err(MetaError::InvalidBucketState(
+            "an Object Lock configuration is present on this bucket, so the versioning state cannot be changed".into(),
+        )));
+    }
     put_config(txn, bucket, VERSIONING, Some(encode(&state)?))
+}
+
+/// Applies `PutObjectLockConfig`: needs versioning `Enabled`.
+pub(super) fn put_object_lock_config(
+    txn: &redb::WriteTransaction,
+    bucket: &str,
+    config: &ObjectLockConfig,
+) -> StoreResult<Result<CommandResult, MetaError>> {
+    if txn.open_table(BUCKETS)?.get(bucket.as_bytes())?.is_none() {
+        return Ok(Err(MetaError::NoSuchBucket(bucket.to_string())));
+    }
+    if let Some(d) = config.default {
+        if d.days == 0 || d.days > MAX_RETENTION_DAYS {
+            return Ok(Err(MetaError::Invalid(format!(
+                "default retention must be 1 to {MAX_RETENTION_DAYS} days"
+            ))));
+        }
+    }
+    if bucket_versioning(txn, bucket)? != Versioning::Enabled {
+        return Ok(Err(MetaError::InvalidBucketState(
+            "Object Lock needs versioning Enabled on the bucket".into(),
+        )));
+    }
+    put_config(txn, bucket, OBJECT_LOCK, Some(encode(config)?))
+}
+
+/// The Object Lock configuration of `bucket` inside a write transaction
+/// (`None`: Object Lock is not enabled).
+pub(super) fn object_lock(
+    txn: &redb::WriteTransaction,
+    bucket: &str,
+) -> StoreResult<Option<ObjectLockConfig>> {
+    let t = txn.open_table(BUCKET_CONFIG)?;
+    let v = t.get(object_key(bucket, OBJECT_LOCK).as_slice())?;
+    match v {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Answers `GetObjectLockConfig`.
+pub(super) fn get_object_lock_config(
+    txn: &redb::ReadTransaction,
+    bucket: &str,
+) -> StoreResult<Result<QueryResult, MetaError>> {
+    if get_bucket(txn, bucket)?.is_none() {
+        return Ok(Err(MetaError::NoSuchBucket(bucket.to_string())));
+    }
+    let Some(t) = open_ro(txn, BUCKET_CONFIG)? else {
+        return Ok(Ok(QueryResult::ObjectLock(None)));
+    };
+    let v = t.get(object_key(bucket, OBJECT_LOCK).as_slice())?;
+    Ok(Ok(QueryResult::ObjectLock(match v {
+        Some(v) => Some(decode(v.value())?),
+        None => None,
+    })))
 }
 
 /// The versioning state of `bucket` inside a write transaction.

@@ -48,6 +48,10 @@ pub struct VersionMeta {
     pub null: bool,
     /// It is a delete marker (no data, no stripes).
     pub delete_marker: bool,
+    /// Object Lock retention.
+    pub retention: Option<Retention>,
+    /// Object Lock legal hold.
+    pub legal_hold: bool,
 }
 
 impl VersionMeta {
@@ -56,7 +60,32 @@ impl VersionMeta {
         seq: 0,
         null: true,
         delete_marker: false,
+        retention: None,
+        legal_hold: false,
     };
+
+    /// Why Object Lock protects it at `now_ms` from deletion or
+    /// replacement (`bypass`: a GOVERNANCE retention may be bypassed),
+    /// if it does.
+    pub fn lock(&self, now_ms: u64, bypass: bool) -> Option<String> {
+        if self.legal_hold {
+            return Some("it is under a legal hold".into());
+        }
+        match self.retention {
+            Some(r) if r.active(now_ms) => match r.mode {
+                LockMode::Compliance => Some(format!(
+                    "it is under COMPLIANCE retention until {} ms",
+                    r.until_ms
+                )),
+                LockMode::Governance if !bypass => Some(format!(
+                    "it is under GOVERNANCE retention until {} ms (bypass needs x-amz-bypass-governance-retention)",
+                    r.until_ms
+                )),
+                LockMode::Governance => None,
+            },
+            _ => None,
+        }
+    }
 
     /// Its S3 version id (`version` is the manifest's version).
     pub fn version_ref(&self, version: StripeId) -> VersionRef {

@@ -294,6 +294,7 @@ pub(super) fn query_inner(
             *stripes,
         )?),
         Query::ListVersions(req) => Ok(list_versions(txn, req)?.map(QueryResult::Versions)),
+        Query::GetObjectLockConfig { bucket } => Ok(get_object_lock_config(txn, bucket)?),
         Query::ListUploads {
             bucket,
             prefix,

@@ -1505,6 +1505,7 @@ fn versions_chain_markers_and_null_versions() {
         bucket: "bkt".into(),
         key: "k".into(),
         version: v,
+        bypass_governance: false,
     };
     assert_eq!(run(&db, at(4, del(marker))), stamp(marker, true));
     assert_eq!(object(&db).version, v2.version);
@@ -1591,6 +1592,7 @@ fn versions_chain_markers_and_null_versions() {
                     bucket: "bkt".into(),
                     key,
                     version: v,
+                    bypass_governance: false,
                 },
             ),
         );
@@ -1602,4 +1604,157 @@ fn versions_chain_markers_and_null_versions() {
         run(&db, Command::DeleteBucket { name: "bkt".into() }),
         CommandResult::Ok
     );
+}
+
+/// Object Lock in `apply`: needs versioning; versioning cannot be
+/// suspended after; default retention stamps new versions; locked
+/// versions cannot be deleted by anyone (COMPLIANCE, legal hold) or only
+/// with the bypass (GOVERNANCE); COMPLIANCE is never shortened; delete
+/// markers can still be added; expiry frees them.
+#[test]
+fn object_lock_holds_versions_in_apply() {
+    let db = db();
+    small_cluster(&db);
+    let day = 86_400_000u64;
+    let lock = |default| Command::PutObjectLockConfig {
+        bucket: "bkt".into(),
+        config: ObjectLockConfig { default },
+    };
+    let gov = Some(DefaultRetention {
+        mode: LockMode::Governance,
+        days: 1,
+    });
+    assert!(matches!(
+        run(&db, lock(gov)),
+        CommandResult::Err(MetaError::InvalidBucketState(_))
+    ));
+    let versioning = |state| Command::PutBucketVersioning {
+        bucket: "bkt".into(),
+        state,
+    };
+    assert_eq!(run(&db, versioning(Versioning::Enabled)), CommandResult::Ok);
+    assert_eq!(run(&db, lock(gov)), CommandResult::Ok);
+    assert!(matches!(
+        run(&db, versioning(Versioning::Suspended)),
+        CommandResult::Err(MetaError::InvalidBucketState(_))
+    ));
+    let v1 = manifest(1, vec![stripe_on(&[1, 2], 10)]);
+    let t0 = 1_000_000u64;
+    assert!(matches!(
+        run(&db, at(t0, put(&v1))),
+        CommandResult::Version(_)
+    ));
+    let id1 = VersionRef::Id(v1.version);
+    let v = view(&db, Some(id1)).expect("v1");
+    assert_eq!(
+        v.retention,
+        Some(Retention {
+            mode: LockMode::Governance,
+            until_ms: t0 + day
+        })
+    );
+    let del = |version, bypass| Command::DeleteObjectVersion {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        version,
+        bypass_governance: bypass,
+    };
+    assert!(matches!(
+        run(&db, at(t0 + 1, del(id1, false))),
+        CommandResult::Err(MetaError::ObjectLocked(_))
+    ));
+    // A delete marker may still be added; the version stays.
+    assert!(matches!(
+        run(
+            &db,
+            at(
+                t0 + 2,
+                Command::DeleteObject {
+                    bucket: "bkt".into(),
+                    key: "k".into(),
+                    condition: PutCondition::None,
+                }
+            )
+        ),
+        CommandResult::Version(VersionStamp {
+            delete_marker: true,
+            ..
+        })
+    ));
+    // COMPLIANCE: lengthening works, shortening or weakening never does,
+    // bypass or not; neither does deleting.
+    let retain = |mode, until_ms, bypass| Command::PutObjectRetention {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        version: Some(id1),
+        retention: Some(Retention { mode, until_ms }),
+        bypass_governance: bypass,
+    };
+    assert_eq!(
+        run(
+            &db,
+            at(t0 + 3, retain(LockMode::Compliance, t0 + 2 * day, false))
+        ),
+        CommandResult::Ok
+    );
+    for cmd in [
+        retain(LockMode::Compliance, t0 + day, true),
+        retain(LockMode::Governance, t0 + 3 * day, true),
+        Command::PutObjectRetention {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version: Some(id1),
+            retention: None,
+            bypass_governance: true,
+        },
+        del(id1, true),
+    ] {
+        let r = run(&db, at(t0 + 4, cmd));
+        assert!(
+            matches!(r, CommandResult::Err(MetaError::ObjectLocked(_))),
+            "{r:?}"
+        );
+    }
+    // GOVERNANCE on v2: bypass may shorten it and delete.
+    let v2 = manifest(2, vec![stripe_on(&[1, 2], 20)]);
+    assert!(matches!(
+        run(&db, at(t0 + 5, put(&v2))),
+        CommandResult::Version(_)
+    ));
+    let id2 = VersionRef::Id(v2.version);
+    assert!(matches!(
+        run(&db, at(t0 + 6, del(id2, false))),
+        CommandResult::Err(MetaError::ObjectLocked(_))
+    ));
+    // A legal hold blocks even the bypass.
+    let hold = |on| Command::PutObjectLegalHold {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        version: Some(id2),
+        on,
+    };
+    assert_eq!(run(&db, at(t0 + 7, hold(true))), CommandResult::Ok);
+    assert!(view(&db, Some(id2)).expect("v2").legal_hold);
+    assert!(matches!(
+        run(&db, at(t0 + 8, del(id2, true))),
+        CommandResult::Err(MetaError::ObjectLocked(_))
+    ));
+    assert_eq!(run(&db, at(t0 + 9, hold(false))), CommandResult::Ok);
+    assert_eq!(
+        run(&db, at(t0 + 10, del(id2, true))),
+        CommandResult::Version(VersionStamp {
+            version: id2,
+            delete_marker: false
+        })
+    );
+    // Once the COMPLIANCE retention ends, v1 can go.
+    assert!(matches!(
+        run(&db, at(t0 + 2 * day - 1, del(id1, false))),
+        CommandResult::Err(MetaError::ObjectLocked(_))
+    ));
+    assert!(matches!(
+        run(&db, at(t0 + 2 * day, del(id1, false))),
+        CommandResult::Version(_)
+    ));
+    assert_index_matches(&db);
 }

@@ -303,14 +303,6 @@ pub(super) fn install(
             ))));
         }
     }
-    let meta = match state {
-        Versioning::Unversioned => VersionMeta::LEGACY,
-        s => VersionMeta {
-            seq: next_seq(txn)?,
-            null: s == Versioning::Suspended,
-            delete_marker: false,
-        },
-    };
     let replace = match &cur {
         None => false,
         Some(c) => {
@@ -318,6 +310,45 @@ pub(super) fn install(
                 || (state == Versioning::Suspended && c.meta.null)
                 || c.manifest.version == new.version
         }
+    };
+    // Object Lock: nothing locked is replaced, by anyone. (With Object
+    // Lock on, versioning stays Enabled, so writes add versions; this
+    // guards null versions locked before.)
+    if let (true, Some(c)) = (replace, &cur) {
+        if let Some(why) = c.meta.lock(now, false) {
+            return Ok(Err(MetaError::ObjectLocked(format!(
+                "{bucket}/{key} cannot be overwritten: {why}"
+            ))));
+        }
+    }
+    if state == Versioning::Suspended {
+        let null = {
+            let versions = txn.open_table(OBJECT_VERSIONS)?;
+            let ids = txn.open_table(VERSION_IDS)?;
+            find_noncurrent(&versions, &ids, object, &VersionRef::Null)?
+        };
+        if let Some(why) = null.and_then(|(_, h)| h.meta.lock(now, false)) {
+            return Ok(Err(MetaError::ObjectLocked(format!(
+                "the null version of {bucket}/{key} cannot be replaced: {why}"
+            ))));
+        }
+    }
+    let retention = match object_lock(txn, bucket)?.and_then(|c| c.default) {
+        Some(d) => Some(Retention {
+            mode: d.mode,
+            until_ms: now.saturating_add(u64::from(d.days) * 86_400_000),
+        }),
+        None => None,
+    };
+    let meta = match state {
+        Versioning::Unversioned => VersionMeta::LEGACY,
+        s => VersionMeta {
+            seq: next_seq(txn)?,
+            null: s == Versioning::Suspended,
+            delete_marker: false,
+            retention,
+            legal_hold: false,
+        },
     };
     let row = OwnerRow::Object(object.to_vec());
     let old_sized = cur.as_ref().map(sized);
@@ -383,6 +414,22 @@ pub(super) fn delete_current(
         }
         return Ok(Ok(CommandResult::Ok));
     }
+    if state == Versioning::Suspended {
+        let current_null = cur.as_ref().filter(|c| c.meta.null).map(|c| c.meta);
+        let noncurrent_null = {
+            let versions = txn.open_table(OBJECT_VERSIONS)?;
+            let ids = txn.open_table(VERSION_IDS)?;
+            find_noncurrent(&versions, &ids, object, &VersionRef::Null)?.map(|(_, h)| h.meta)
+        };
+        if let Some(why) = current_null
+            .or(noncurrent_null)
+            .and_then(|m| m.lock(now, false))
+        {
+            return Ok(Err(MetaError::ObjectLocked(format!(
+                "the null version cannot be replaced by a delete marker: {why}"
+            ))));
+        }
+    }
     if let Some(c) = cur {
         txn.open_table(OBJECTS)?.remove(object)?;
         if state == Versioning::Suspended && c.meta.null {
@@ -406,6 +453,8 @@ pub(super) fn delete_current(
         seq,
         null: state == Versioning::Suspended,
         delete_marker: true,
+        retention: None,
+        legal_hold: false,
     };
     let marker = Head {
         manifest: ObjectManifest {
@@ -443,6 +492,7 @@ pub(super) fn delete_version(
     bucket: &str,
     key: &str,
     v: &VersionRef,
+    bypass: bool,
 ) -> StoreResult<Result<CommandResult, MetaError>> {
     if let Err(e) = validate_key(key) {
         return Ok(Err(e.into()));
@@ -452,9 +502,17 @@ pub(super) fn delete_version(
     }
     let object = object_key(bucket, key);
     let cur = get_head(&txn.open_table(OBJECTS)?, &object)?;
+    let locked = |h: &Head| {
+        h.meta.lock(now, bypass).map(|why| {
+            MetaError::ObjectLocked(format!("version {v} of {bucket}/{key} is protected: {why}"))
+        })
+    };
     let mut delete_marker = false;
     match cur {
         Some(c) if c.is(v) => {
+            if let Some(e) = locked(&c) {
+                return Ok(Err(e));
+            }
             txn.open_table(OBJECTS)?.remove(object.as_slice())?;
             erase_data(txn, now, &object, &c)?;
             stats::replace_sized(txn, bucket, Some(sized(&c)), None)?;
@@ -466,6 +524,9 @@ pub(super) fn delete_version(
                 find_noncurrent(&versions, &ids, &object, v)?
             };
             if let Some((k, head)) = found {
+                if let Some(e) = locked(&head) {
+                    return Ok(Err(e));
+                }
                 delete_marker = head.meta.delete_marker;
                 drop_noncurrent(txn, now, &object, &k, &head)?;
             }
@@ -559,7 +620,145 @@ pub(super) fn get_version_page(
         delete_marker: head.meta.delete_marker,
         latest,
         versioning,
+        retention: head.meta.retention,
+        legal_hold: head.meta.legal_hold,
     })))
+}
+
+/// The data version `v` of `object` (the current one when `None`) for an
+/// Object Lock change: where its head is stored and the head.
+fn lock_target(
+    txn: &redb::WriteTransaction,
+    bucket: &str,
+    key: &str,
+    object: &[u8],
+    v: Option<&VersionRef>,
+) -> StoreResult<Result<(Option<Vec<u8>>, Head), MetaError>> {
+    if txn.open_table(BUCKETS)?.get(bucket.as_bytes())?.is_none() {
+        return Ok(Err(MetaError::NoSuchBucket(bucket.to_string())));
+    }
+    if object_lock(txn, bucket)?.is_none() {
+        return Ok(Err(MetaError::Invalid(
+            "Bucket is missing Object Lock Configuration".into(),
+        )));
+    }
+    let cur = get_head(&txn.open_table(OBJECTS)?, object)?;
+    let found = match (v, cur) {
+        (None, Some(c)) => Some((None, c)),
+        (Some(v), Some(c)) if c.is(v) => Some((None, c)),
+        (Some(v), _) => {
+            let versions = txn.open_table(OBJECT_VERSIONS)?;
+            let ids = txn.open_table(VERSION_IDS)?;
+            find_noncurrent(&versions, &ids, object, v)?.map(|(k, h)| (Some(k), h))
+        }
+        (None, None) => None,
+    };
+    match found {
+        Some((_, h)) if h.meta.delete_marker => Ok(Err(MetaError::Invalid(
+            "a delete marker has no retention or legal hold".into(),
+        ))),
+        Some(x) => Ok(Ok(x)),
+        None => Ok(Err(match v {
+            Some(v) => MetaError::NoSuchVersion {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                version: v.to_string(),
+            },
+            None => MetaError::NoSuchKey {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+            },
+        })),
+    }
+}
+
+/// Rewrites a head found by [`lock_target`] in place.
+fn store_lock_target(
+    txn: &redb::WriteTransaction,
+    object: &[u8],
+    at: Option<Vec<u8>>,
+    head: &Head,
+) -> StoreResult<()> {
+    match at {
+        None => store_head(txn, object, head),
+        Some(k) => {
+            txn.open_table(OBJECT_VERSIONS)?
+                .insert(k.as_slice(), encode_head_row(head)?.as_slice())?;
+            Ok(())
+        }
+    }
+}
+
+/// Applies `PutObjectRetention`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn put_retention(
+    txn: &redb::WriteTransaction,
+    now: u64,
+    bucket: &str,
+    key: &str,
+    v: Option<&VersionRef>,
+    new: Option<Retention>,
+    bypass: bool,
+) -> StoreResult<Result<CommandResult, MetaError>> {
+    if let Some(r) = new {
+        if r.until_ms > now.saturating_add(u64::from(MAX_RETENTION_DAYS) * 86_400_000) {
+            return Ok(Err(MetaError::Invalid(format!(
+                "retention longer than {MAX_RETENTION_DAYS} days"
+            ))));
+        }
+    }
+    let object = object_key(bucket, key);
+    let (at, mut head) = match lock_target(txn, bucket, key, &object, v)? {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Some(old) = head.meta.retention.filter(|r| r.active(now)) {
+        let keeps = |n: &Option<Retention>| {
+            n.is_some_and(|n| {
+                n.until_ms >= old.until_ms
+                    && (old.mode == LockMode::Governance || n.mode == LockMode::Compliance)
+            })
+        };
+        if !keeps(&new) {
+            let refuse = match old.mode {
+                LockMode::Compliance => true,
+                LockMode::Governance => !bypass,
+            };
+            if refuse {
+                return Ok(Err(MetaError::ObjectLocked(format!(
+                    "{bucket}/{key}: a {:?} retention until {} ms can only be lengthened{}",
+                    old.mode,
+                    old.until_ms,
+                    if old.mode == LockMode::Governance {
+                        " (or changed with x-amz-bypass-governance-retention)"
+                    } else {
+                        ""
+                    }
+                ))));
+            }
+        }
+    }
+    head.meta.retention = new;
+    store_lock_target(txn, &object, at, &head)?;
+    Ok(Ok(CommandResult::Ok))
+}
+
+/// Applies `PutObjectLegalHold`.
+pub(super) fn put_legal_hold(
+    txn: &redb::WriteTransaction,
+    bucket: &str,
+    key: &str,
+    v: Option<&VersionRef>,
+    on: bool,
+) -> StoreResult<Result<CommandResult, MetaError>> {
+    let object = object_key(bucket, key);
+    let (at, mut head) = match lock_target(txn, bucket, key, &object, v)? {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(e)),
+    };
+    head.meta.legal_hold = on;
+    store_lock_target(txn, &object, at, &head)?;
+    Ok(Ok(CommandResult::Ok))
 }
 
 /// The head of data version `version` of `object` in a read transaction,

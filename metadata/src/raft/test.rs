@@ -1015,9 +1015,12 @@ fn every_command() -> Vec<Command> {
             Command::DeleteBucketTagging { .. } => 31,
             Command::PutBucketVersioning { .. } => 32,
             Command::DeleteObjectVersion { .. } => 33,
+            Command::PutObjectLockConfig { .. } => 34,
+            Command::PutObjectRetention { .. } => 35,
+            Command::PutObjectLegalHold { .. } => 36,
         }
     }
-    const VARIANTS: u32 = 34;
+    const VARIANTS: u32 = 37;
     let s = |b: u8| ShardId([b; 16]);
     let put = |inline: bool, condition: PutCondition| Command::PutObject {
         bucket: "b".into(),
@@ -1212,6 +1215,24 @@ fn every_command() -> Vec<Command> {
             bucket: "b".into(),
             key: "k".into(),
             version: crate::types::VersionRef::Null,
+            bypass_governance: false,
+        },
+        Command::PutObjectLockConfig {
+            bucket: "b".into(),
+            config: crate::types::ObjectLockConfig::default(),
+        },
+        Command::PutObjectRetention {
+            bucket: "b".into(),
+            key: "k".into(),
+            version: None,
+            retention: None,
+            bypass_governance: true,
+        },
+        Command::PutObjectLegalHold {
+            bucket: "b".into(),
+            key: "k".into(),
+            version: Some(crate::types::VersionRef::Null),
+            on: true,
         },
     ];
     let seen: BTreeSet<u32> = cmds.iter().map(covered).collect();

@@ -409,6 +409,45 @@ pub enum Command {
         key: String,
         /// The version.
         version: VersionRef,
+        /// Delete despite a GOVERNANCE retention (the proposer checked the
+        /// requester may; COMPLIANCE and legal holds are never bypassed).
+        bypass_governance: bool,
+    },
+    /// Enable Object Lock on a bucket (versioning must be `Enabled`; it can
+    /// then never be suspended) and set its default retention.
+    PutObjectLockConfig {
+        /// Bucket.
+        bucket: String,
+        /// The configuration.
+        config: ObjectLockConfig,
+    },
+    /// Set (or with `None` remove) the retention of a version (the current
+    /// one when `version` is `None`) in a bucket with Object Lock. A
+    /// COMPLIANCE retention can only be lengthened; a GOVERNANCE one is
+    /// shortened, removed or weakened only with `bypass_governance`.
+    PutObjectRetention {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The version, or the current one.
+        version: Option<VersionRef>,
+        /// The new retention.
+        retention: Option<Retention>,
+        /// May shorten a GOVERNANCE retention.
+        bypass_governance: bool,
+    },
+    /// Place or lift a legal hold on a version (the current one when
+    /// `version` is `None`) in a bucket with Object Lock.
+    PutObjectLegalHold {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The version, or the current one.
+        version: Option<VersionRef>,
+        /// On or off.
+        on: bool,
     },
 }
 
@@ -498,7 +537,10 @@ impl Command {
             | Command::PutBucketTagging { .. }
             | Command::DeleteBucketTagging { .. }
             | Command::PutBucketVersioning { .. }
-            | Command::DeleteObjectVersion { .. } => CommandRole::User,
+            | Command::DeleteObjectVersion { .. }
+            | Command::PutObjectLockConfig { .. }
+            | Command::PutObjectRetention { .. }
+            | Command::PutObjectLegalHold { .. } => CommandRole::User,
         }
     }
 }

@@ -80,6 +80,15 @@ pub enum MetaError {
         /// The version asked for.
         version: String,
     },
+    /// The bucket's state does not allow it (S3 `InvalidBucketState`, 409:
+    /// suspending versioning with Object Lock on, enabling Object Lock
+    /// without versioning).
+    #[error("invalid bucket state: {0}")]
+    InvalidBucketState(String),
+    /// The version is protected by Object Lock (retention or legal hold):
+    /// S3 answers 403 AccessDenied.
+    #[error("object locked: {0}")]
+    ObjectLocked(String),
 }
 
 impl From<InvalidInput> for MetaError {

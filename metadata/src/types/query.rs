@@ -169,6 +169,12 @@ pub enum Query {
     },
     /// A page of ListObjectVersions ([`QueryResult::Versions`]).
     ListVersions(ListVersionsRequest),
+    /// A bucket's Object Lock configuration ([`QueryResult::ObjectLock`],
+    /// `None` when Object Lock is not enabled).
+    GetObjectLockConfig {
+        /// Bucket.
+        bucket: String,
+    },
 }
 
 /// Most stripes one [`Query::GetObjectPage`] or [`Query::ObjectStripes`]
@@ -278,6 +284,8 @@ pub enum QueryResult {
     Version(VersionView),
     /// A page of versions ([`Query::ListVersions`]).
     Versions(VersionPage),
+    /// A bucket's Object Lock configuration ([`Query::GetObjectLockConfig`]).
+    ObjectLock(Option<ObjectLockConfig>),
 }
 
 /// Most stripes one [`Query::AuditPlacement`] page walks: bounds the reply

@@ -85,6 +85,56 @@ pub struct VersionStamp {
     pub delete_marker: bool,
 }
 
+/// An Object Lock retention mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockMode {
+    /// Deletable or shortened only with `x-amz-bypass-governance-retention`
+    /// by the bucket's owner (or an admin key).
+    Governance,
+    /// Never deleted, shortened or weakened by anyone until it ends.
+    Compliance,
+}
+
+/// A version's retention: locked until `until_ms` (ms since the epoch, as
+/// the leader's clock stamps every log entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Mode.
+    pub mode: LockMode,
+    /// End of the retention, ms since the epoch.
+    pub until_ms: u64,
+}
+
+/// A bucket's default retention (S3 `DefaultRetention`), applied to every
+/// new version written into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefaultRetention {
+    /// Mode.
+    pub mode: LockMode,
+    /// Length in days (S3 `Years` are stored as 365 days each).
+    pub days: u32,
+}
+
+/// A bucket's Object Lock configuration: present once Object Lock is
+/// enabled (it can never be disabled, as on S3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectLockConfig {
+    /// Default retention of new versions, if any.
+    pub default: Option<DefaultRetention>,
+}
+
+/// Longest retention Cairn accepts (100 years): bounds `until_ms`
+/// arithmetic and catches unit mistakes.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
+impl Retention {
+    /// Whether it still holds at `now_ms`.
+    pub fn active(&self, now_ms: u64) -> bool {
+        self.until_ms > now_ms
+    }
+}
+
 /// One version of a key as GET/HEAD see it ([`QueryResult::Version`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionView {
@@ -99,6 +149,10 @@ pub struct VersionView {
     pub latest: bool,
     /// The bucket's versioning state.
     pub versioning: Versioning,
+    /// Its Object Lock retention, if any.
+    pub retention: Option<Retention>,
+    /// Its Object Lock legal hold.
+    pub legal_hold: bool,
 }
 
 /// A ListObjectVersions request.

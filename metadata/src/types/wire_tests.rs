@@ -335,11 +335,38 @@ fn commands() -> Vec<Command> {
             bucket: "b".into(),
             key: "k".into(),
             version: VersionRef::Id(sid(2)),
+            bypass_governance: false,
         },
         Command::DeleteObjectVersion {
             bucket: "b".into(),
             key: "k".into(),
             version: VersionRef::Null,
+            bypass_governance: false,
+        },
+        Command::PutObjectLockConfig {
+            bucket: "b".into(),
+            config: ObjectLockConfig {
+                default: Some(DefaultRetention {
+                    mode: LockMode::Governance,
+                    days: 30,
+                }),
+            },
+        },
+        Command::PutObjectRetention {
+            bucket: "b".into(),
+            key: "k".into(),
+            version: Some(VersionRef::Id(sid(2))),
+            retention: Some(Retention {
+                mode: LockMode::Compliance,
+                until_ms: 1000,
+            }),
+            bypass_governance: false,
+        },
+        Command::PutObjectLegalHold {
+            bucket: "b".into(),
+            key: "k".into(),
+            version: None,
+            on: true,
         },
     ]
 }
@@ -415,8 +442,12 @@ const COMMAND_GOLDEN: &[&str] = &[
     r#"{"delete_bucket_tagging":{"bucket":"b"}}"#,
     // Added with object versioning (issues 12 and 13).
     r#"{"put_bucket_versioning":{"bucket":"b","state":"suspended"}}"#,
-    r#"{"delete_object_version":{"bucket":"b","key":"k","version":{"Id":"02020202020202020202020202020202"}}}"#,
-    r#"{"delete_object_version":{"bucket":"b","key":"k","version":"Null"}}"#,
+    r#"{"delete_object_version":{"bucket":"b","key":"k","version":{"Id":"02020202020202020202020202020202"},"bypass_governance":false}}"#,
+    r#"{"delete_object_version":{"bucket":"b","key":"k","version":"Null","bypass_governance":false}}"#,
+    // Added with Object Lock (issue 13).
+    r#"{"put_object_lock_config":{"bucket":"b","config":{"default":{"mode":"governance","days":30}}}}"#,
+    r#"{"put_object_retention":{"bucket":"b","key":"k","version":{"Id":"02020202020202020202020202020202"},"retention":{"mode":"compliance","until_ms":1000},"bypass_governance":false}}"#,
+    r#"{"put_object_legal_hold":{"bucket":"b","key":"k","version":null,"on":true}}"#,
 ];
 
 /// Captured from the code before the split, one line per value of
