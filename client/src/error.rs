@@ -93,6 +93,12 @@ pub enum ClientError {
         /// The version asked for.
         version: String,
     },
+    /// The bucket's state does not allow the request.
+    #[error("invalid bucket state: {0}")]
+    InvalidBucketState(String),
+    /// Object Lock protects the version.
+    #[error("object locked: {0}")]
+    ObjectLocked(String),
 }
 
 impl From<MetaError> for ClientError {
@@ -126,6 +132,8 @@ impl From<MetaError> for ClientError {
                 key,
                 version,
             },
+            MetaError::InvalidBucketState(m) => ClientError::InvalidBucketState(m),
+            MetaError::ObjectLocked(m) => ClientError::ObjectLocked(m),
         }
     }
 }

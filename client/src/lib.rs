@@ -352,11 +352,14 @@ impl Client {
     /// without, the current version (unversioned bucket) or by adding a
     /// delete marker. Returns the version made or removed when the bucket
     /// has versioning configured. A missing key or version is not an error.
+    /// `bypass_governance` lets a version under GOVERNANCE retention go
+    /// (the caller checked the requester may).
     pub async fn delete_version(
         &self,
         bucket: &str,
         key: &str,
         version: Option<VersionRef>,
+        bypass_governance: bool,
     ) -> Result<Option<VersionStamp>> {
         validate_key(key).map_err(|e| ClientError::Invalid(e.0))?;
         let cmd = match version {
@@ -364,6 +367,7 @@ impl Client {
                 bucket: bucket.to_string(),
                 key: key.to_string(),
                 version,
+                bypass_governance,
             },
             None => Command::DeleteObject {
                 bucket: bucket.to_string(),
@@ -397,6 +401,70 @@ impl Client {
             )
             .await?;
         expect_result!(r, QueryResult::Versioning(v) => v)
+    }
+
+    /// Enables Object Lock on a bucket (versioning must be enabled) and
+    /// sets its default retention.
+    pub async fn put_object_lock(&self, bucket: &str, config: ObjectLockConfig) -> Result<()> {
+        self.inner
+            .write(Command::PutObjectLockConfig {
+                bucket: bucket.to_string(),
+                config,
+            })
+            .await
+    }
+
+    /// A bucket's Object Lock configuration (`None`: not enabled).
+    pub async fn object_lock(&self, bucket: &str) -> Result<Option<ObjectLockConfig>> {
+        let r = self
+            .inner
+            .meta
+            .query(
+                &Query::GetObjectLockConfig {
+                    bucket: bucket.to_string(),
+                },
+                Consistency::Linearizable,
+            )
+            .await?;
+        expect_result!(r, QueryResult::ObjectLock(c) => c)
+    }
+
+    /// Sets (or with `None` removes) a version's retention.
+    pub async fn put_retention(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<VersionRef>,
+        retention: Option<Retention>,
+        bypass_governance: bool,
+    ) -> Result<()> {
+        self.inner
+            .write(Command::PutObjectRetention {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                version,
+                retention,
+                bypass_governance,
+            })
+            .await
+    }
+
+    /// Places or lifts a version's legal hold.
+    pub async fn put_legal_hold(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<VersionRef>,
+        on: bool,
+    ) -> Result<()> {
+        self.inner
+            .write(Command::PutObjectLegalHold {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                version,
+                on,
+            })
+            .await
     }
 
     /// One page of a version listing.

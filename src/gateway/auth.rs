@@ -203,7 +203,8 @@ pub fn need_of(op: &str) -> Option<Need> {
         | "DeleteBucketCors"
         | "PutBucketTagging"
         | "DeleteBucketTagging"
-        | "PutBucketVersioning" => Some(Need::Owner),
+        | "PutBucketVersioning"
+        | "PutObjectLockConfiguration" => Some(Need::Owner),
         o if o.starts_with("Get") || o.starts_with("Head") || o.starts_with("List") => {
             Some(Need::Read)
         }

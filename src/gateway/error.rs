@@ -10,6 +10,11 @@ pub fn to_s3(e: ClientError) -> S3Error {
     match e {
         ClientError::NoSuchBucket(b) => s3_error!(NoSuchBucket, "no such bucket: {b}"),
         ClientError::NoSuchKey { key, .. } => s3_error!(NoSuchKey, "no such key: {key}"),
+        ClientError::InvalidBucketState(m) => s3_error!(InvalidBucketState, "{m}"),
+        ClientError::ObjectLocked(m) => s3_error!(
+            AccessDenied,
+            "Access Denied because object protected by object lock: {m}"
+        ),
         ClientError::NoSuchVersion { version, .. } => s3_error!(
             NoSuchVersion,
             "The specified version does not exist: {version}"

@@ -530,6 +530,37 @@ async fn s3_versioning_with_boto3() -> anyhow::Result<()> {
 /// The boto3 script of [`s3_versioning_with_boto3`].
 const VERSIONING_SCRIPT: &str = include_str!("s3_versioning.py");
 
+/// S3 Object Lock through boto3 (`s3_object_lock.py`): lock-enabled
+/// buckets, default retention, GOVERNANCE bypass, COMPLIANCE never
+/// shortened, legal holds, refusals without Object Lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_object_lock_with_boto3() -> anyhow::Result<()> {
+    if !have("python3", &["-c", "import boto3"]) {
+        if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
+            bail!("boto3 is not installed (python3 -m pip install boto3)");
+        }
+        return Ok(());
+    }
+    let env = S3Env::start().await?;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(OBJECT_LOCK_SCRIPT)
+        .env("S3_ENDPOINT", env.endpoint())
+        .env("S3_KEY", &env.key)
+        .env("S3_SECRET", &env.secret)
+        .env("AWS_CONFIG_FILE", env.work.join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            env.work.join("no-aws-config"),
+        );
+    let out = run(cmd, "boto3 object lock script")?;
+    assert!(stdout(&out).contains("ALL OK"), "{}", stdout(&out));
+    Ok(())
+}
+
+/// The boto3 script of [`s3_object_lock_with_boto3`].
+const OBJECT_LOCK_SCRIPT: &str = include_str!("s3_object_lock.py");
+
 /// Issue 14's request hygiene through boto3 (`s3_security.py`): every
 /// server-side-encryption request refused with 501 and nothing stored,
 /// bucket encryption answers, SigV2 refused, SigV4 clock skew (botocore

@@ -40,6 +40,24 @@ impl CairnS3 {
             }
             Err(e) => return Err(to_s3(e)),
         }
+        if req.input.object_lock_enabled_for_bucket == Some(true) {
+            // Object Lock needs versioning; both are set before the bucket
+            // is announced. If either fails, the new (empty) bucket goes
+            // again rather than stay without the lock that was asked for.
+            let locked = async {
+                self.client
+                    .set_versioning(&name, cairn_metadata::types::Versioning::Enabled)
+                    .await?;
+                self.client
+                    .put_object_lock(&name, cairn_metadata::types::ObjectLockConfig::default())
+                    .await
+            }
+            .await;
+            if let Err(e) = locked {
+                let _ = self.client.delete_bucket(&name).await;
+                return Err(to_s3(e));
+            }
+        }
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{name}")),
         }))

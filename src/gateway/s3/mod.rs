@@ -9,7 +9,8 @@
 //!   `multipart`, `tagging`, `attributes` (GetObjectAttributes),
 //!   `bucket_config` (bucket CORS and tags), `encryption` (SSE refused
 //!   until implemented), `versions` (bucket versioning, version lookups,
-//!   ListObjectVersions): the operations, one feature per file.
+//!   ListObjectVersions), `object_lock` (Object Lock configuration,
+//!   retention, legal holds): the operations, one feature per file.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -36,6 +37,7 @@ mod buckets;
 pub mod encryption;
 mod listing;
 mod multipart;
+mod object_lock;
 mod objects;
 mod tagging;
 mod versions;
@@ -595,6 +597,48 @@ impl S3 for CairnS3 {
         req: S3Request<ListObjectVersionsInput>,
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         self.list_object_versions(req).await
+    }
+
+    async fn put_object_lock_configuration(
+        &self,
+        req: S3Request<PutObjectLockConfigurationInput>,
+    ) -> S3Result<S3Response<PutObjectLockConfigurationOutput>> {
+        self.put_object_lock_configuration(req).await
+    }
+
+    async fn get_object_lock_configuration(
+        &self,
+        req: S3Request<GetObjectLockConfigurationInput>,
+    ) -> S3Result<S3Response<GetObjectLockConfigurationOutput>> {
+        self.get_object_lock_configuration(req).await
+    }
+
+    async fn put_object_retention(
+        &self,
+        req: S3Request<PutObjectRetentionInput>,
+    ) -> S3Result<S3Response<PutObjectRetentionOutput>> {
+        self.put_object_retention(req).await
+    }
+
+    async fn get_object_retention(
+        &self,
+        req: S3Request<GetObjectRetentionInput>,
+    ) -> S3Result<S3Response<GetObjectRetentionOutput>> {
+        self.get_object_retention(req).await
+    }
+
+    async fn put_object_legal_hold(
+        &self,
+        req: S3Request<PutObjectLegalHoldInput>,
+    ) -> S3Result<S3Response<PutObjectLegalHoldOutput>> {
+        self.put_object_legal_hold(req).await
+    }
+
+    async fn get_object_legal_hold(
+        &self,
+        req: S3Request<GetObjectLegalHoldInput>,
+    ) -> S3Result<S3Response<GetObjectLegalHoldOutput>> {
+        self.get_object_legal_hold(req).await
     }
     async fn get_bucket_encryption(
         &self,

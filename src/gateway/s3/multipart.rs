@@ -15,6 +15,11 @@ impl CairnS3 {
             .unwrap_or_default();
         let i = req.input;
         check_key(&i.key)?;
+        object_lock::refuse_lock_headers(
+            i.object_lock_mode.as_ref(),
+            i.object_lock_retain_until_date.as_ref(),
+            i.object_lock_legal_hold_status.as_ref(),
+        )?;
         let opts = PutOptions {
             content_type: i.content_type,
             headers: std_headers(

@@ -10,6 +10,11 @@ impl CairnS3 {
         let trailer = req.trailing_headers.clone();
         let i = req.input;
         check_key(&i.key)?;
+        object_lock::refuse_lock_headers(
+            i.object_lock_mode.as_ref(),
+            i.object_lock_retain_until_date.as_ref(),
+            i.object_lock_legal_hold_status.as_ref(),
+        )?;
         if i.content_length
             .is_some_and(|l| l < 0 || l as u64 > MAX_PUT_SIZE)
         {
@@ -90,6 +95,7 @@ impl CairnS3 {
             .readable_version(&i.bucket, &i.key, i.version_id.as_deref())
             .await?;
         let version_id = versions::version_header(&view);
+        let (lock_mode, lock_until, lock_hold) = object_lock::lock_headers(&view);
         let m = view.manifest;
         let lm = ts(m.created_ms);
         if let Some(c) = &i.if_match {
@@ -169,6 +175,9 @@ impl CairnS3 {
             checksum_sha1: ck("sha1"),
             checksum_sha256: ck("sha256"),
             version_id,
+            object_lock_mode: lock_mode,
+            object_lock_retain_until_date: lock_until,
+            object_lock_legal_hold_status: lock_hold,
             ..Default::default()
         };
         Ok(S3Response::new(out))
@@ -184,6 +193,7 @@ impl CairnS3 {
             .readable_version(&i.bucket, &i.key, i.version_id.as_deref())
             .await?;
         let version_id = versions::version_header(&view);
+        let (lock_mode, lock_until, lock_hold) = object_lock::lock_headers(&view);
         let m = view.manifest;
         let lm = ts(m.created_ms);
         if let Some(c) = &i.if_match {
@@ -249,6 +259,9 @@ impl CairnS3 {
             checksum_sha1: ck("sha1"),
             checksum_sha256: ck("sha256"),
             version_id,
+            object_lock_mode: lock_mode,
+            object_lock_retain_until_date: lock_until,
+            object_lock_legal_hold_status: lock_hold,
             ..Default::default()
         }))
     }
@@ -260,9 +273,11 @@ impl CairnS3 {
         let i = &req.input;
         check_key(&i.key)?;
         let version = versions::parse_version(i.version_id.as_deref())?;
+        let bypass = i.bypass_governance_retention.unwrap_or(false)
+            && self.may_bypass(&req, &i.bucket).await?;
         let stamp = self
             .client
-            .delete_version(&i.bucket, &i.key, version)
+            .delete_version(&i.bucket, &i.key, version, bypass)
             .await
             .map_err(to_s3)?;
         Ok(S3Response::new(match stamp {
@@ -279,6 +294,8 @@ impl CairnS3 {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let bypass = req.input.bypass_governance_retention.unwrap_or(false)
+            && self.may_bypass(&req, &req.input.bucket).await?;
         let i = req.input;
         if i.delete.objects.len() > 1000 {
             return Err(s3_error!(MalformedXML, "at most 1000 keys per request"));
@@ -292,7 +309,7 @@ impl CairnS3 {
             {
                 Ok(v) => self
                     .client
-                    .delete_version(&i.bucket, &o.key, v)
+                    .delete_version(&i.bucket, &o.key, v, bypass)
                     .await
                     .map_err(to_s3),
                 Err(e) => Err(e),
@@ -341,6 +358,11 @@ impl CairnS3 {
         let i = req.input;
         check_key(&i.key)?;
         check_key(&sk)?;
+        object_lock::refuse_lock_headers(
+            i.object_lock_mode.as_ref(),
+            i.object_lock_retain_until_date.as_ref(),
+            i.object_lock_legal_hold_status.as_ref(),
+        )?;
         let view = self.readable_version(&sb, &sk, sv.as_deref()).await?;
         let source_version = versions::version_header(&view);
         let src = view.manifest;
