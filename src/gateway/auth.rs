@@ -204,7 +204,8 @@ pub fn need_of(op: &str) -> Option<Need> {
         | "PutBucketTagging"
         | "DeleteBucketTagging"
         | "PutBucketVersioning"
-        | "PutObjectLockConfiguration" => Some(Need::Owner),
+        | "PutObjectLockConfiguration"
+        | "PutBucketAcl" => Some(Need::Owner),
         o if o.starts_with("Get") || o.starts_with("Head") || o.starts_with("List") => {
             Some(Need::Read)
         }

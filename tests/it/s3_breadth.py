@@ -208,4 +208,35 @@ expect_error("InvalidArgument", s3.get_object_attributes, Bucket="breadth", Key=
              ObjectAttributes=["Bogus"], status=400)
 ok("get object attributes")
 
+# --- ACLs: owner FULL_CONTROL only; other ACLs refused, never ignored
+owner = s3.get_bucket_acl(Bucket="breadth")
+eq([(g["Grantee"]["Type"], g["Permission"]) for g in owner["Grants"]],
+   [("CanonicalUser", "FULL_CONTROL")], "bucket ACL")
+eq(owner["Grants"][0]["Grantee"]["ID"], owner["Owner"]["ID"], "the owner holds it")
+acl = s3.get_object_acl(Bucket="breadth", Key="a/single")
+eq([g["Permission"] for g in acl["Grants"]], ["FULL_CONTROL"], "object ACL")
+expect_error("NoSuchKey", s3.get_object_acl, Bucket="breadth", Key="a/missing", status=404)
+s3.put_object(Bucket="breadth", Key="acl/private", Body=b"p", ACL="private")
+s3.put_object(Bucket="breadth", Key="acl/bofc", Body=b"p", ACL="bucket-owner-full-control")
+for canned in ("public-read", "public-read-write", "authenticated-read"):
+    expect_error("NotImplemented", s3.put_object, Bucket="breadth", Key="acl/public",
+                 Body=b"p", ACL=canned, status=501)
+    expect_error("NotImplemented", s3.put_object_acl, Bucket="breadth", Key="acl/private",
+                 ACL=canned, status=501)
+expect_error("404", s3.head_object, Bucket="breadth", Key="acl/public", status=404)
+expect_error("NotImplemented", s3.put_object, Bucket="breadth", Key="acl/grant", Body=b"p",
+             GrantRead='uri="http://acs.amazonaws.com/groups/global/AllUsers"', status=501)
+expect_error("NotImplemented", s3.create_bucket, Bucket="breadth-public", ACL="public-read",
+             status=501)
+expect_error("404", s3.head_bucket, Bucket="breadth-public", status=404)
+s3.put_bucket_acl(Bucket="breadth", ACL="private")
+s3.put_object_acl(Bucket="breadth", Key="acl/private", ACL="private")
+s3.put_bucket_acl(Bucket="breadth", AccessControlPolicy={
+    "Owner": owner["Owner"], "Grants": owner["Grants"]})
+expect_error("NotImplemented", s3.put_bucket_acl, Bucket="breadth", AccessControlPolicy={
+    "Owner": owner["Owner"], "Grants": owner["Grants"] + [{
+        "Grantee": {"Type": "Group", "URI": "http://acs.amazonaws.com/groups/global/AllUsers"},
+        "Permission": "READ"}]}, status=501)
+ok("ACLs")
+
 print("ALL OK", flush=True)

@@ -19,6 +19,17 @@ impl CairnS3 {
         };
         cairn_metadata::types::validate_bucket_name(&name)
             .map_err(|e| s3_error!(InvalidBucketName, "{}", e.0))?;
+        {
+            let i = &req.input;
+            super::acl::check_acl_headers(
+                i.acl.as_ref().map(|a| a.as_str()),
+                i.grant_full_control.is_some()
+                    || i.grant_read.is_some()
+                    || i.grant_read_acp.is_some()
+                    || i.grant_write.is_some()
+                    || i.grant_write_acp.is_some(),
+            )?;
+        }
         let owner = req
             .credentials
             .as_ref()

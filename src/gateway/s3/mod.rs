@@ -10,7 +10,8 @@
 //!   `bucket_config` (bucket CORS and tags), `encryption` (SSE refused
 //!   until implemented), `versions` (bucket versioning, version lookups,
 //!   ListObjectVersions), `object_lock` (Object Lock configuration,
-//!   retention, legal holds): the operations, one feature per file.
+//!   retention, legal holds), `acl` (owner-only ACLs): the operations, one
+//!   feature per file.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -31,6 +32,7 @@ use super::body::{SyncStream, Verdict, VerifyingReader, ALGORITHMS};
 use super::error::to_s3;
 use super::mpu_checksum;
 
+mod acl;
 mod attributes;
 mod bucket_config;
 mod buckets;
@@ -597,6 +599,34 @@ impl S3 for CairnS3 {
         req: S3Request<ListObjectVersionsInput>,
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         self.list_object_versions(req).await
+    }
+
+    async fn get_bucket_acl(
+        &self,
+        req: S3Request<GetBucketAclInput>,
+    ) -> S3Result<S3Response<GetBucketAclOutput>> {
+        self.get_bucket_acl(req).await
+    }
+
+    async fn put_bucket_acl(
+        &self,
+        req: S3Request<PutBucketAclInput>,
+    ) -> S3Result<S3Response<PutBucketAclOutput>> {
+        self.put_bucket_acl(req).await
+    }
+
+    async fn get_object_acl(
+        &self,
+        req: S3Request<GetObjectAclInput>,
+    ) -> S3Result<S3Response<GetObjectAclOutput>> {
+        self.get_object_acl(req).await
+    }
+
+    async fn put_object_acl(
+        &self,
+        req: S3Request<PutObjectAclInput>,
+    ) -> S3Result<S3Response<PutObjectAclOutput>> {
+        self.put_object_acl(req).await
     }
 
     async fn put_object_lock_configuration(

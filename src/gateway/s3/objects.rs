@@ -15,6 +15,13 @@ impl CairnS3 {
             i.object_lock_retain_until_date.as_ref(),
             i.object_lock_legal_hold_status.as_ref(),
         )?;
+        acl::check_acl_headers(
+            i.acl.as_ref().map(|a| a.as_str()),
+            i.grant_full_control.is_some()
+                || i.grant_read.is_some()
+                || i.grant_read_acp.is_some()
+                || i.grant_write_acp.is_some(),
+        )?;
         if i.content_length
             .is_some_and(|l| l < 0 || l as u64 > MAX_PUT_SIZE)
         {
@@ -362,6 +369,13 @@ impl CairnS3 {
             i.object_lock_mode.as_ref(),
             i.object_lock_retain_until_date.as_ref(),
             i.object_lock_legal_hold_status.as_ref(),
+        )?;
+        acl::check_acl_headers(
+            i.acl.as_ref().map(|a| a.as_str()),
+            i.grant_full_control.is_some()
+                || i.grant_read.is_some()
+                || i.grant_read_acp.is_some()
+                || i.grant_write_acp.is_some(),
         )?;
         let view = self.readable_version(&sb, &sk, sv.as_deref()).await?;
         let source_version = versions::version_header(&view);
