@@ -342,6 +342,67 @@ async fn s3_clients_against_one_cluster() -> anyhow::Result<()> {
         let ls = env.aws(&["s3", "ls", "--recursive", "s3://cli/"])?;
         assert!(!stdout(&ls).contains("tree/"), "after rm: {}", stdout(&ls));
 
+        // Versioning through the aws cli: two versions, the old one read
+        // back by id, a delete marker, list-object-versions.
+        env.aws(&["s3", "mb", "s3://cli-versions"])?;
+        env.aws(&[
+            "s3api",
+            "put-bucket-versioning",
+            "--bucket",
+            "cli-versions",
+            "--versioning-configuration",
+            "Status=Enabled",
+        ])?;
+        let mut ids = Vec::new();
+        for body in ["one", "two"] {
+            let f = work.join(format!("{body}.txt"));
+            std::fs::write(&f, body)?;
+            let f = f.to_string_lossy().into_owned();
+            let out = env.aws(&[
+                "s3api",
+                "put-object",
+                "--bucket",
+                "cli-versions",
+                "--key",
+                "v",
+                "--body",
+                &f,
+            ])?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            ids.push(v["VersionId"].as_str().unwrap_or_default().to_string());
+        }
+        assert!(
+            ids.iter().all(|i| i.len() == 32) && ids[0] != ids[1],
+            "{ids:?}"
+        );
+        let back = work.join("v-one.txt");
+        let back_s = back.to_string_lossy().into_owned();
+        env.aws(&[
+            "s3api",
+            "get-object",
+            "--bucket",
+            "cli-versions",
+            "--key",
+            "v",
+            "--version-id",
+            &ids[0],
+            &back_s,
+        ])?;
+        assert_eq!(std::fs::read(&back)?, b"one");
+        env.aws(&["s3", "rm", "--only-show-errors", "s3://cli-versions/v"])?;
+        let l = env.aws(&["s3api", "list-object-versions", "--bucket", "cli-versions"])?;
+        let l: serde_json::Value = serde_json::from_slice(&l.stdout)?;
+        let listed: Vec<&str> = l["Versions"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v["VersionId"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(listed, vec![ids[1].as_str(), ids[0].as_str()], "{l}");
+        assert_eq!(
+            l["DeleteMarkers"][0]["IsLatest"].as_bool(),
+            Some(true),
+            "{l}"
+        );
+
         let rss = env.gateway_peak_rss_kib().unwrap_or(0);
         eprintln!("gateway peak RSS after {mib} MiB up and down: {rss} KiB");
         assert!(rss < MAX_GATEWAY_RSS_KIB, "gateway peak RSS {rss} KiB");
