@@ -529,11 +529,11 @@ async fn s3_clients_against_one_cluster() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The issue 13 ("S3 breadth") operations through boto3
-/// (`s3_breadth.py`): bucket versioning status, object tagging,
-/// GetObjectAttributes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_breadth_with_boto3() -> anyhow::Result<()> {
+/// Runs a boto3 script (one of the `s3_*.py` files) against a fresh
+/// cluster's gateway with its endpoint and key in the environment; the
+/// script prints `ALL OK` at its end. Without boto3 the test is skipped
+/// locally and fails in CI.
+async fn boto3_script(script: &str, what: &str) -> anyhow::Result<()> {
     if !have("python3", &["-c", "import boto3"]) {
         if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
             bail!("boto3 is not installed (python3 -m pip install boto3)");
@@ -543,7 +543,7 @@ async fn s3_breadth_with_boto3() -> anyhow::Result<()> {
     let env = S3Env::start().await?;
     let mut cmd = Command::new("python3");
     cmd.arg("-c")
-        .arg(BREADTH_SCRIPT)
+        .arg(script)
         .env("S3_ENDPOINT", env.endpoint())
         .env("S3_KEY", &env.key)
         .env("S3_SECRET", &env.secret)
@@ -552,9 +552,17 @@ async fn s3_breadth_with_boto3() -> anyhow::Result<()> {
             "AWS_SHARED_CREDENTIALS_FILE",
             env.work.join("no-aws-config"),
         );
-    let out = run(cmd, "boto3 breadth script")?;
+    let out = run(cmd, what)?;
     assert!(stdout(&out).contains("ALL OK"), "{}", stdout(&out));
     Ok(())
+}
+
+/// The issue 13 ("S3 breadth") operations through boto3
+/// (`s3_breadth.py`): bucket versioning status, object tagging,
+/// GetObjectAttributes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_breadth_with_boto3() -> anyhow::Result<()> {
+    boto3_script(BREADTH_SCRIPT, "boto3 breadth script").await
 }
 
 /// The boto3 script of [`s3_breadth_with_boto3`].
@@ -565,27 +573,7 @@ const BREADTH_SCRIPT: &str = include_str!("s3_breadth.py");
 /// delete markers, ListObjectVersions paging, suspended buckets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_versioning_with_boto3() -> anyhow::Result<()> {
-    if !have("python3", &["-c", "import boto3"]) {
-        if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
-            bail!("boto3 is not installed (python3 -m pip install boto3)");
-        }
-        return Ok(());
-    }
-    let env = S3Env::start().await?;
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c")
-        .arg(VERSIONING_SCRIPT)
-        .env("S3_ENDPOINT", env.endpoint())
-        .env("S3_KEY", &env.key)
-        .env("S3_SECRET", &env.secret)
-        .env("AWS_CONFIG_FILE", env.work.join("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            env.work.join("no-aws-config"),
-        );
-    let out = run(cmd, "boto3 versioning script")?;
-    assert!(stdout(&out).contains("ALL OK"), "{}", stdout(&out));
-    Ok(())
+    boto3_script(VERSIONING_SCRIPT, "boto3 versioning script").await
 }
 
 /// The boto3 script of [`s3_versioning_with_boto3`].
@@ -596,27 +584,7 @@ const VERSIONING_SCRIPT: &str = include_str!("s3_versioning.py");
 /// shortened, legal holds, refusals without Object Lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_object_lock_with_boto3() -> anyhow::Result<()> {
-    if !have("python3", &["-c", "import boto3"]) {
-        if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
-            bail!("boto3 is not installed (python3 -m pip install boto3)");
-        }
-        return Ok(());
-    }
-    let env = S3Env::start().await?;
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c")
-        .arg(OBJECT_LOCK_SCRIPT)
-        .env("S3_ENDPOINT", env.endpoint())
-        .env("S3_KEY", &env.key)
-        .env("S3_SECRET", &env.secret)
-        .env("AWS_CONFIG_FILE", env.work.join("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            env.work.join("no-aws-config"),
-        );
-    let out = run(cmd, "boto3 object lock script")?;
-    assert!(stdout(&out).contains("ALL OK"), "{}", stdout(&out));
-    Ok(())
+    boto3_script(OBJECT_LOCK_SCRIPT, "boto3 object lock script").await
 }
 
 /// The boto3 script of [`s3_object_lock_with_boto3`].
@@ -628,27 +596,7 @@ const OBJECT_LOCK_SCRIPT: &str = include_str!("s3_object_lock.py");
 /// signing with a clock 20 minutes off), presigned lifetime and expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_security_with_boto3() -> anyhow::Result<()> {
-    if !have("python3", &["-c", "import boto3"]) {
-        if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
-            bail!("boto3 is not installed (python3 -m pip install boto3)");
-        }
-        return Ok(());
-    }
-    let env = S3Env::start().await?;
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c")
-        .arg(SECURITY_SCRIPT)
-        .env("S3_ENDPOINT", env.endpoint())
-        .env("S3_KEY", &env.key)
-        .env("S3_SECRET", &env.secret)
-        .env("AWS_CONFIG_FILE", env.work.join("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            env.work.join("no-aws-config"),
-        );
-    let out = run(cmd, "boto3 security script")?;
-    assert!(stdout(&out).contains("ALL OK"), "{}", stdout(&out));
-    Ok(())
+    boto3_script(SECURITY_SCRIPT, "boto3 security script").await
 }
 
 /// The boto3 script of [`s3_security_with_boto3`].

@@ -924,8 +924,8 @@ pub fn list_versions(
         let mut emit_current = cur.is_some();
         if let Some(v) = skip_to {
             emit_current = false;
-            let current_is_marker = cur.as_ref().is_some_and(|c| c.is(&v));
-            if !current_is_marker {
+            let marker_is_current = cur.as_ref().is_some_and(|c| c.is(&v));
+            if !marker_is_current {
                 // After the noncurrent version `v` (or nothing left of
                 // this key when it no longer exists).
                 match (&versions, &ids) {

@@ -32,6 +32,27 @@ use super::body::{SyncStream, Verdict, VerifyingReader, ALGORITHMS};
 use super::error::to_s3;
 use super::mpu_checksum;
 
+/// The headers of an object write (PutObject, CopyObject,
+/// CreateMultipartUpload) that Cairn refuses rather than ignore: Object
+/// Lock settings and ACLs other than the owner's (one macro: the three
+/// inputs are different types with the same fields).
+macro_rules! write_headers {
+    ($i:expr) => {
+        object_lock::refuse_lock_headers(
+            $i.object_lock_mode.as_ref(),
+            $i.object_lock_retain_until_date.as_ref(),
+            $i.object_lock_legal_hold_status.as_ref(),
+        )?;
+        acl::check_acl_headers(
+            $i.acl.as_ref().map(|a| a.as_str()),
+            $i.grant_full_control.is_some()
+                || $i.grant_read.is_some()
+                || $i.grant_read_acp.is_some()
+                || $i.grant_write_acp.is_some(),
+        )?;
+    };
+}
+
 mod acl;
 mod attributes;
 mod bucket_config;

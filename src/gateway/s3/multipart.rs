@@ -15,18 +15,7 @@ impl CairnS3 {
             .unwrap_or_default();
         let i = req.input;
         check_key(&i.key)?;
-        object_lock::refuse_lock_headers(
-            i.object_lock_mode.as_ref(),
-            i.object_lock_retain_until_date.as_ref(),
-            i.object_lock_legal_hold_status.as_ref(),
-        )?;
-        acl::check_acl_headers(
-            i.acl.as_ref().map(|a| a.as_str()),
-            i.grant_full_control.is_some()
-                || i.grant_read.is_some()
-                || i.grant_read_acp.is_some()
-                || i.grant_write_acp.is_some(),
-        )?;
+        write_headers!(i);
         let opts = PutOptions {
             content_type: i.content_type,
             headers: std_headers(

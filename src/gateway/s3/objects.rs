@@ -10,18 +10,7 @@ impl CairnS3 {
         let trailer = req.trailing_headers.clone();
         let i = req.input;
         check_key(&i.key)?;
-        object_lock::refuse_lock_headers(
-            i.object_lock_mode.as_ref(),
-            i.object_lock_retain_until_date.as_ref(),
-            i.object_lock_legal_hold_status.as_ref(),
-        )?;
-        acl::check_acl_headers(
-            i.acl.as_ref().map(|a| a.as_str()),
-            i.grant_full_control.is_some()
-                || i.grant_read.is_some()
-                || i.grant_read_acp.is_some()
-                || i.grant_write_acp.is_some(),
-        )?;
+        write_headers!(i);
         if i.content_length
             .is_some_and(|l| l < 0 || l as u64 > MAX_PUT_SIZE)
         {
@@ -365,18 +354,7 @@ impl CairnS3 {
         let i = req.input;
         check_key(&i.key)?;
         check_key(&sk)?;
-        object_lock::refuse_lock_headers(
-            i.object_lock_mode.as_ref(),
-            i.object_lock_retain_until_date.as_ref(),
-            i.object_lock_legal_hold_status.as_ref(),
-        )?;
-        acl::check_acl_headers(
-            i.acl.as_ref().map(|a| a.as_str()),
-            i.grant_full_control.is_some()
-                || i.grant_read.is_some()
-                || i.grant_read_acp.is_some()
-                || i.grant_write_acp.is_some(),
-        )?;
+        write_headers!(i);
         let view = self.readable_version(&sb, &sk, sv.as_deref()).await?;
         let source_version = versions::version_header(&view);
         let src = view.manifest;
