@@ -333,13 +333,12 @@ pub(super) fn install(
             ))));
         }
     }
-    let retention = match object_lock(txn, bucket)?.and_then(|c| c.default) {
-        Some(d) => Some(Retention {
+    let retention = object_lock(txn, bucket)?
+        .and_then(|c| c.default)
+        .map(|d| Retention {
             mode: d.mode,
             until_ms: now.saturating_add(u64::from(d.days) * 86_400_000),
-        }),
-        None => None,
-    };
+        });
     let meta = match state {
         Versioning::Unversioned => VersionMeta::LEGACY,
         s => VersionMeta {
@@ -625,6 +624,10 @@ pub(super) fn get_version_page(
     })))
 }
 
+/// Where a head is stored (`None`: `objects`; else its `object_versions`
+/// key) and the head.
+type LockTarget = (Option<Vec<u8>>, Head);
+
 /// The data version `v` of `object` (the current one when `None`) for an
 /// Object Lock change: where its head is stored and the head.
 fn lock_target(
@@ -633,7 +636,7 @@ fn lock_target(
     key: &str,
     object: &[u8],
     v: Option<&VersionRef>,
-) -> StoreResult<Result<(Option<Vec<u8>>, Head), MetaError>> {
+) -> StoreResult<Result<LockTarget, MetaError>> {
     if txn.open_table(BUCKETS)?.get(bucket.as_bytes())?.is_none() {
         return Ok(Err(MetaError::NoSuchBucket(bucket.to_string())));
     }
