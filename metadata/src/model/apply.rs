@@ -367,6 +367,21 @@ pub(super) fn apply_inner(
         Command::DeleteBucketCors { bucket } => delete_bucket_cors(txn, bucket),
         Command::PutBucketTagging { bucket, tags } => put_bucket_tagging(txn, bucket, tags),
         Command::DeleteBucketTagging { bucket } => delete_bucket_tagging(txn, bucket),
+        // Issue 14 (security): access keys, in `access_keys`.
+        Command::SetAccessKeyGrant { id, bucket, grant } => {
+            set_access_key_grant(txn, id, bucket, grant)
+        }
+        Command::RotateAccessKey {
+            id,
+            new_id,
+            secret,
+            overlap_ms,
+        } => rotate_access_key(txn, id, new_id, &secret.0, *overlap_ms, now),
+        Command::SealAccessKey {
+            id,
+            legacy_hash,
+            sealed,
+        } => seal_access_key(txn, id, legacy_hash, &sealed.0),
         Command::GcDone {
             chunkserver,
             shards,
@@ -377,16 +392,7 @@ pub(super) fn apply_inner(
             record_deleted(txn, *chunkserver, shards, now)?;
             Ok(Ok(CommandResult::Ok))
         }
-        Command::PutAccessKey { key } => {
-            if key.id.is_empty() || key.secret.is_empty() {
-                return Ok(Err(MetaError::Invalid(
-                    "access key id and secret must not be empty".into(),
-                )));
-            }
-            txn.open_table(KEYS)?
-                .insert(key.id.as_bytes(), enc(key)?.as_slice())?;
-            Ok(Ok(CommandResult::Ok))
-        }
+        Command::PutAccessKey { key } => put_access_key(txn, key),
         Command::DeleteAccessKey { id } => {
             txn.open_table(KEYS)?.remove(id.as_bytes())?;
             Ok(Ok(CommandResult::Ok))

@@ -94,6 +94,7 @@ use crate::shard_index::{self, OwnerRow};
 use crate::stats;
 use crate::types::*;
 
+mod access_keys;
 mod apply;
 mod audit;
 mod bucket_config;
@@ -111,6 +112,8 @@ mod tagging;
 mod tests;
 mod uploads;
 
+use self::access_keys::*;
+pub use self::access_keys::{legacy_secret_hash, legacy_secrets};
 pub use self::apply::*;
 use self::audit::*;
 pub use self::bucket_config::BUCKET_CONFIG;

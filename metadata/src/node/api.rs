@@ -280,6 +280,8 @@ impl MetaNode {
                             &format!("{path} {}", auth::kind_of(&cmd)),
                         ));
                     }
+                    // S3 secrets are sealed here, before the log sees them.
+                    let cmd = self.seal_command(cmd)?;
                     net::json_response(StatusCode::OK, &self.client_write(cmd, body.len()).await?)
                 }
                 "/v1/read" => {
@@ -287,7 +289,7 @@ impl MetaNode {
                     if !auth::allowed_query(role, &q) {
                         return Ok(forbidden(&caller, &format!("{path} {}", auth::kind_of(&q))));
                     }
-                    net::json_response(StatusCode::OK, &self.query(q, stale).await?)
+                    net::json_response(StatusCode::OK, &self.query_as(role, q, stale).await?)
                 }
                 "/v1/heartbeat" => {
                     let hb: HeartbeatRequest = parse(&body)?;

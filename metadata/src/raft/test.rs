@@ -1013,9 +1013,13 @@ fn every_command() -> Vec<Command> {
             Command::DeleteBucketCors { .. } => 29,
             Command::PutBucketTagging { .. } => 30,
             Command::DeleteBucketTagging { .. } => 31,
+            // Issue 14 (security).
+            Command::SetAccessKeyGrant { .. } => 32,
+            Command::RotateAccessKey { .. } => 33,
+            Command::SealAccessKey { .. } => 34,
         }
     }
-    const VARIANTS: u32 = 32;
+    const VARIANTS: u32 = 35;
     let s = |b: u8| ShardId([b; 16]);
     let put = |inline: bool, condition: PutCondition| Command::PutObject {
         bucket: "b".into(),
@@ -1104,6 +1108,7 @@ fn every_command() -> Vec<Command> {
                         owner: false,
                     },
                 )]),
+                expires_ms: None,
             },
         },
         Command::DeleteAccessKey { id: "GK1".into() },
@@ -1202,6 +1207,27 @@ fn every_command() -> Vec<Command> {
         },
         Command::DeleteBucketCors { bucket: "b".into() },
         Command::DeleteBucketTagging { bucket: "b".into() },
+        // Issue 14 (security).
+        Command::SetAccessKeyGrant {
+            id: "GK1".into(),
+            bucket: "b".into(),
+            grant: BucketGrant {
+                read: true,
+                write: true,
+                owner: false,
+            },
+        },
+        Command::RotateAccessKey {
+            id: "GK1".into(),
+            new_id: "GK2".into(),
+            secret: crate::types::SecretString("cairn-sealed-v1:00:00".into()),
+            overlap_ms: 60_000,
+        },
+        Command::SealAccessKey {
+            id: "GK1".into(),
+            legacy_hash: "ab".into(),
+            sealed: crate::types::SecretString("cairn-sealed-v1:00:00".into()),
+        },
     ];
     let seen: BTreeSet<u32> = cmds.iter().map(covered).collect();
     assert_eq!(seen.len() as u32, VARIANTS, "a Command variant is missing");

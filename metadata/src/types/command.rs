@@ -388,6 +388,50 @@ pub enum Command {
         /// Bucket.
         bucket: String,
     },
+    // --- Issue 14 (security): access keys without their secrets. Keep
+    // these together; new variants of other work go after them. ---
+    /// Set one bucket grant of access key `id` (`cairn admin key allow`),
+    /// keeping its secret and everything else, so an operator changes
+    /// grants without ever reading a secret. Refused with
+    /// `NoSuchAccessKey`, or `Invalid` for a bad bucket name.
+    SetAccessKeyGrant {
+        /// The key.
+        id: String,
+        /// The bucket.
+        bucket: String,
+        /// Its grant there (replacing any earlier one).
+        grant: BucketGrant,
+    },
+    /// Rotate access key `id` (`cairn admin key rotate`): creates key
+    /// `new_id` with `secret` (sealed by the proposing node), the old key's
+    /// name, admin flag and grants, plus an owner grant on every bucket the
+    /// old key owns; the old key expires at the entry's time +
+    /// `overlap_ms` (or earlier, if it already expires sooner). Refused
+    /// with `NoSuchAccessKey`, or `Invalid` when `new_id` exists or the
+    /// secret is empty.
+    RotateAccessKey {
+        /// The key being replaced.
+        id: String,
+        /// The new key's id.
+        new_id: String,
+        /// The new key's secret (sealed in the log).
+        secret: SecretString,
+        /// How long the old key keeps working, ms from the entry's time.
+        overlap_ms: u64,
+    },
+    /// Replace the plaintext secret of an access key written before
+    /// secrets were sealed by its sealed form (the leader's key sealer).
+    /// Applied only while the row still holds that plaintext (whose BLAKE3
+    /// hash is `legacy_hash`, hex): a key changed meanwhile is left alone
+    /// (`Stale`).
+    SealAccessKey {
+        /// The key.
+        id: String,
+        /// BLAKE3 of the plaintext secret it replaces, hex.
+        legacy_hash: String,
+        /// The sealed secret.
+        sealed: SecretString,
+    },
 }
 
 /// The rebalancer's threshold when none was set.
@@ -471,6 +515,10 @@ impl Command {
             | Command::DeleteBucketCors { .. }
             | Command::PutBucketTagging { .. }
             | Command::DeleteBucketTagging { .. } => CommandRole::User,
+            Command::SetAccessKeyGrant { .. } | Command::RotateAccessKey { .. } => {
+                CommandRole::Admin
+            }
+            Command::SealAccessKey { .. } => CommandRole::Internal,
         }
     }
 }

@@ -217,6 +217,7 @@ fn commands() -> Vec<Command> {
                         owner: false,
                     },
                 )]),
+                expires_ms: None,
             },
         },
         Command::DeleteAccessKey { id: "GK1".into() },
@@ -327,6 +328,27 @@ fn commands() -> Vec<Command> {
             tags: map("team", "storage"),
         },
         Command::DeleteBucketTagging { bucket: "b".into() },
+        // Issue 14 (security).
+        Command::SetAccessKeyGrant {
+            id: "GK1".into(),
+            bucket: "b".into(),
+            grant: BucketGrant {
+                read: true,
+                write: true,
+                owner: false,
+            },
+        },
+        Command::RotateAccessKey {
+            id: "GK1".into(),
+            new_id: "GK2".into(),
+            secret: SecretString("cairn-sealed-v1:0011223344556677:abcd".into()),
+            overlap_ms: 86_400_000,
+        },
+        Command::SealAccessKey {
+            id: "GK1".into(),
+            legacy_hash: "00ff".into(),
+            sealed: SecretString("cairn-sealed-v1:0011223344556677:abcd".into()),
+        },
     ]
 }
 
@@ -390,6 +412,10 @@ const COMMAND_GOLDEN: &[&str] = &[
     r#"{"delete_bucket_cors":{"bucket":"b"}}"#,
     r#"{"put_bucket_tagging":{"bucket":"b","tags":{"team":"storage"}}}"#,
     r#"{"delete_bucket_tagging":{"bucket":"b"}}"#,
+    // Added with access key grants, rotation and sealed secrets (issue 14).
+    r#"{"set_access_key_grant":{"id":"GK1","bucket":"b","grant":{"read":true,"write":true,"owner":false}}}"#,
+    r#"{"rotate_access_key":{"id":"GK1","new_id":"GK2","secret":"cairn-sealed-v1:0011223344556677:abcd","overlap_ms":86400000}}"#,
+    r#"{"seal_access_key":{"id":"GK1","legacy_hash":"00ff","sealed":"cairn-sealed-v1:0011223344556677:abcd"}}"#,
 ];
 
 /// Captured from the code before the split, one line per value of
