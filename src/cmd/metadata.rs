@@ -93,7 +93,8 @@ pub struct Args {
     /// random bytes as 64 hex digits (`openssl rand -hex 32`), mode 0600 or
     /// stricter, the same file on every metadata node, kept out of the
     /// data dir and its backups. Without it this node refuses to store or
-    /// hand out S3 secrets.
+    /// hand out S3 secrets. The environment variable CAIRN_SECRETS_KEY
+    /// (the 64 hex digits themselves) may stand in for it.
     #[arg(long, env = "CAIRN_SECRETS_KEY_FILE", value_name = "PATH")]
     pub secrets_key_file: Option<PathBuf>,
 }
@@ -140,9 +141,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let secret = args
         .secret
         .require_for(cairn_metadata::auth::Role::Metadata)?;
-    let secrets_key = match &args.secrets_key_file {
-        Some(p) => Some(load_secrets_key(p)?),
-        None => {
+    // The key file, or the environment (Kubernetes Secrets as variables:
+    // their volume files are group-readable under fsGroup).
+    let from_env = std::env::var("CAIRN_SECRETS_KEY").ok();
+    let secrets_key = match (&args.secrets_key_file, from_env) {
+        (Some(p), None) => Some(load_secrets_key(p)?),
+        (Some(_), Some(_)) => anyhow::bail!(
+            "both --secrets-key-file (or CAIRN_SECRETS_KEY_FILE) and CAIRN_SECRETS_KEY are set: \
+             pass one"
+        ),
+        (None, Some(hex)) => {
+            Some(cairn_metadata::secrets::SecretsKey::from_hex(&hex).context("CAIRN_SECRETS_KEY")?)
+        }
+        (None, None) => {
             tracing::warn!(
                 "no --secrets-key-file: this node refuses to store or hand out S3 secrets \
                  (they are kept only encrypted under that key)"

@@ -444,3 +444,95 @@ async fn a_node_without_the_secrets_key_refuses_to_store_or_serve_secrets() -> a
     ensure!(st == StatusCode::OK, "{st} {body}");
     Ok(())
 }
+
+/// Writes a plaintext access key row into a stopped node's state machine,
+/// as a data dir of a build before sealed secrets has it.
+fn write_legacy_row(sm: &Path, id: &str, secret: &str) -> anyhow::Result<()> {
+    let db = redb::Database::open(sm).context("open the state machine")?;
+    let txn = db.begin_write()?;
+    {
+        let mut t = txn.open_table(cairn_metadata::model::KEYS)?;
+        let row = serde_json::json!({
+            "id": id, "secret": secret, "name": "legacy", "created_ms": 1,
+            "admin": true, "buckets": {}
+        });
+        t.insert(id.as_bytes(), serde_json::to_vec(&row)?.as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// The stored secret of `id` in a stopped node's state machine.
+fn stored_secret(sm: &Path, id: &str) -> anyhow::Result<String> {
+    use redb::ReadableDatabase;
+    let db = redb::Database::open(sm).context("open the state machine")?;
+    let txn = db.begin_read()?;
+    let t = txn.open_table(cairn_metadata::model::KEYS)?;
+    let row = t.get(id.as_bytes())?.context("no row")?;
+    let v: serde_json::Value = serde_json::from_slice(row.value())?;
+    Ok(v["secret"].as_str().context("no secret")?.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_secrets_of_an_older_data_dir_keep_working_and_get_sealed() -> anyhow::Result<()>
+{
+    if !crate::s3::have("aws", &["--version"]) {
+        return Ok(());
+    }
+    let mut c = Cluster::start(Opts {
+        metas: 1,
+        ..Default::default()
+    })?;
+    c.leader().await?;
+    let sm = c
+        .dir
+        .path()
+        .join("meta1/data")
+        .join(cairn_metadata::raft::state_machine::SM_FILE);
+    c.metas[0].terminate(Duration::from_secs(10))?;
+    let (id, secret) = ("CKLEGACY0123456789AB", "legacy-plaintext-secret-0123456789");
+    write_legacy_row(&sm, id, secret)?;
+    c.metas[0].restart()?;
+    c.leader().await?;
+    // The leader's key sealer replaces it within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(c.metas[0].log_path())?.contains("sealing plaintext S3 secrets")
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the legacy secret was not sealed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The key works through a gateway (its secret opens) ...
+    let gateway = Proc::spawn(
+        "gateway",
+        c.dir.path(),
+        [
+            "gateway",
+            "--plain-http",
+            "--listen",
+            "127.0.0.1:0",
+            "--metadata",
+            &c.meta_addrs.join(","),
+        ],
+        &[("CAIRN_SECRET", SECRET)],
+    )?;
+    let ep = format!("http://{}", gateway.addr_str());
+    let work = c.dir.path().join("work");
+    std::fs::create_dir_all(&work)?;
+    ok(
+        aws(&ep, &work, id, secret, &["s3", "mb", "s3://legacy"]),
+        "legacy mb",
+    )?;
+    ok(aws(&ep, &work, id, secret, &["s3", "ls"]), "legacy ls")?;
+    drop(gateway);
+    // ... and its row holds only the sealed form now.
+    c.metas[0].terminate(Duration::from_secs(10))?;
+    let stored = stored_secret(&sm, id)?;
+    ensure!(
+        cairn_metadata::secrets::is_sealed(&stored) && !stored.contains(secret),
+        "the row was not sealed"
+    );
+    Ok(())
+}
