@@ -62,7 +62,9 @@
 //!   byte ++ postcard (see `bucket_config`): per-bucket S3 configuration,
 //!   dropped with the bucket. Added within format 3.
 //! - `counters`: name (UTF-8) -> u64 BE (e.g. the next chunkserver id).
-//! - `keys`: access key id (UTF-8) -> JSON [`AccessKey`].
+//! - `keys`: access key id (UTF-8) -> JSON [`AccessKey`], its secret sealed
+//!   ([`crate::secrets`]; legacy plaintext in rows of older data dirs
+//!   until the leader seals them) and its `expires_ms` only here.
 //! - `uploads`: bucket, NUL, key, NUL, upload id (16 bytes) -> JSON
 //!   [`UploadInfo`]: multipart uploads in progress, by bucket then key.
 //! - `upload_parts`: upload id (16 bytes) ++ part number (u32 BE) -> JSON
