@@ -363,9 +363,10 @@ pub fn allowed_query(role: Role, q: &Query) -> bool {
         Role::Metadata | Role::Admin => true,
         Role::Chunkserver => false,
         Role::Gateway => match q {
-            Query::ListAccessKeys | Query::AuditPlacement { .. } | Query::RepairQueue { .. } => {
-                false
-            }
+            Query::ListAccessKeys
+            | Query::AuditPlacement { .. }
+            | Query::RepairQueue { .. }
+            | Query::AuditLog { .. } => false,
             Query::GetBucket { .. }
             | Query::ListBuckets
             | Query::GetObject { .. }
@@ -484,6 +485,8 @@ mod tests {
         ));
         assert!(!allowed_query(Role::Chunkserver, &Query::ListBuckets));
         assert!(may_read_secrets(Role::Gateway) && may_read_secrets(Role::Metadata));
+        assert!(!allowed_query(Role::Gateway, &Query::AuditLog { limit: 1 }));
+        assert!(allowed_query(Role::Admin, &Query::AuditLog { limit: 1 }));
         assert!(!may_read_secrets(Role::Admin) && !may_read_secrets(Role::Chunkserver));
         assert!(!allowed_endpoint(Role::Gateway, Endpoint::Admin));
         assert!(!allowed_endpoint(Role::Admin, Endpoint::Raft));

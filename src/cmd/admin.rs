@@ -70,6 +70,13 @@ pub enum AdminCmd {
     /// `cert issue --ca-dir D --role gateway --name gw1 --san HOST --out-dir O`.
     #[command(subcommand)]
     Cert(super::ca::CertCmd),
+    /// The audit log of admin actions, newest first: when, who (the role
+    /// token's name), what, and the result.
+    Audit {
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 /// `cairn admin chunkserver ...`
@@ -572,10 +579,38 @@ pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<(
         AdminCmd::AuditPlacement => audit_cmd(&meta, json).await,
         AdminCmd::Durability(a) => super::durability::run(&meta, &a, json).await,
         AdminCmd::Rebalance(c) => super::rebalance::run(&meta, c, json).await,
+        AdminCmd::Audit { limit } => audit_log_cmd(&meta, limit, json).await,
         AdminCmd::Ca(_) | AdminCmd::Cert(_) => {
             anyhow::bail!("internal error: offline admin command reached the cluster path")
         }
     }
+}
+
+/// `cairn admin audit`.
+async fn audit_log_cmd(meta: &MetaClient, limit: u32, json: bool) -> anyhow::Result<()> {
+    let entries = match meta
+        .query(&Query::AuditLog { limit }, Consistency::Linearizable)
+        .await?
+    {
+        QueryResult::AuditLog(e) => e,
+        QueryResult::Err(e) => anyhow::bail!("{e}"),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    };
+    if json {
+        outln!("{}", serde_json::to_string(&entries)?);
+        return Ok(());
+    }
+    for e in &entries {
+        outln!(
+            "{}  {} ({})  {}  {}",
+            crate::cmd::cli::fmt_time(e.at_ms),
+            e.who,
+            e.role,
+            e.what,
+            e.result
+        );
+    }
+    Ok(())
 }
 
 /// What `cairn admin audit-placement --json` prints.

@@ -11,6 +11,8 @@
 //!   owns what the old one created), the old key works during the
 //!   overlap and is refused with 403 InvalidAccessKeyId after it;
 //!   `admin key list` shows the expiry.
+//! - `admin audit`: the admin actions with who (the token's name), what
+//!   and the result, newest first, no secret; a gateway cannot read it.
 //! - A metadata node without `--secrets-key-file` refuses to store a key
 //!   and to hand out a sealed secret, with an error naming the flag;
 //!   one with another key file names the key mismatch.
@@ -79,19 +81,22 @@ fn token(c: &Cluster, role: &str) -> anyhow::Result<String> {
     Ok(out.trim().to_string())
 }
 
+/// POSTs `body` to `path` at the leader with `cred`.
+async fn post(
+    c: &Cluster,
+    cred: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<(StatusCode, String)> {
+    let leader = c.leader().await?;
+    let url = format!("http://{}{path}", c.meta_addrs[leader]);
+    let r = http(Method::POST, &url, Some(cred), &[], Bytes::from(body)).await?;
+    Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+}
+
 /// `/v1/read` of `q` at the leader with `cred`.
 async fn read(c: &Cluster, cred: &str, q: &Query) -> anyhow::Result<(StatusCode, String)> {
-    let leader = c.leader().await?;
-    let url = format!("http://{}/v1/read", c.meta_addrs[leader]);
-    let r = http(
-        Method::POST,
-        &url,
-        Some(cred),
-        &[],
-        Bytes::from(serde_json::to_vec(q)?),
-    )
-    .await?;
-    Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+    post(c, cred, "/v1/read", serde_json::to_vec(q)?).await
 }
 
 /// Files under `dir` whose bytes contain `needle`.
@@ -343,6 +348,55 @@ async fn s3_secrets_are_sealed_listed_without_secrets_and_rotated() -> anyhow::R
         "{list}"
     );
     drop(gateway);
+
+    // The audit log: every admin action with who, what and the result,
+    // the admin token's by its name; no secret in it.
+    let grant = |id: &str| cairn_metadata::types::Command::SetAccessKeyGrant {
+        id: id.into(),
+        bucket: "audited".into(),
+        grant: cairn_metadata::types::BucketGrant {
+            read: true,
+            write: false,
+            owner: false,
+        },
+    };
+    for id in [new_id.as_str(), "CKNOSUCHKEY"] {
+        let (st, body) = post(&c, &admin_tok, "/v1/write", serde_json::to_vec(&grant(id))?).await?;
+        ensure!(st == StatusCode::OK, "{st} {body}");
+    }
+    let (st, body) = read(&c, &gw_tok, &Query::AuditLog { limit: 10 }).await?;
+    ensure!(
+        st == StatusCode::FORBIDDEN,
+        "a gateway read the audit log: {st} {body}"
+    );
+    let audit = ok(c.cli(&["--json", "admin", "audit"])?, "admin audit --json")?;
+    let entries: Vec<cairn_metadata::types::AuditEntry> = serde_json::from_str(&audit)?;
+    for s in [&admin_secret, &alice_secret, &new_secret] {
+        ensure!(!audit.contains(s.as_str()), "a secret is in the audit log");
+    }
+    let find = |what: &str| entries.iter().find(|e| e.what.starts_with(what));
+    let e = find(&format!("set_access_key_grant {new_id} audited:r")).context("no grant record")?;
+    ensure!(
+        e.who == "sec" && e.role == "admin" && e.result == "ok",
+        "{e:?}"
+    );
+    let e = find("set_access_key_grant CKNOSUCHKEY").context("no refused grant record")?;
+    ensure!(e.result.contains("no such access key"), "{e:?}");
+    let e = find(&format!("rotate_access_key {alice_id} -> {new_id}")).context("no rotation")?;
+    ensure!(e.who == "cluster-secret" && e.result == "ok", "{e:?}");
+    ensure!(
+        find(&format!("put_access_key {alice_id}")).is_some(),
+        "{audit}"
+    );
+    ensure!(
+        entries.windows(2).all(|w| w[0].seq > w[1].seq),
+        "not newest first"
+    );
+    let text = ok(c.cli(&["admin", "audit", "--limit", "2"])?, "admin audit")?;
+    ensure!(
+        text.lines().count() == 2 && text.contains("(admin)"),
+        "{text}"
+    );
     Ok(())
 }
 

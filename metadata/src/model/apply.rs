@@ -382,6 +382,16 @@ pub(super) fn apply_inner(
             legacy_hash,
             sealed,
         } => seal_access_key(txn, id, legacy_hash, &sealed.0),
+        Command::Audited { who, role, inner } => audited(txn, who, role, inner, now),
+        Command::AuditRecord {
+            who,
+            role,
+            what,
+            result,
+        } => {
+            record_audit(txn, who, role, what, result, now)?;
+            Ok(Ok(CommandResult::Ok))
+        }
         Command::GcDone {
             chunkserver,
             shards,

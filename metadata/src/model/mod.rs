@@ -62,6 +62,8 @@
 //!   byte ++ postcard (see `bucket_config`): per-bucket S3 configuration,
 //!   dropped with the bucket. Added within format 3.
 //! - `counters`: name (UTF-8) -> u64 BE (e.g. the next chunkserver id).
+//! - `audit_log`: seq (u64 BE) -> JSON [`AuditEntry`]: admin actions, the
+//!   newest [`AUDIT_LOG_CAP`] (see `audit_log`). Added within format 3.
 //! - `keys`: access key id (UTF-8) -> JSON [`AccessKey`], its secret sealed
 //!   ([`crate::secrets`]; legacy plaintext in rows of older data dirs
 //!   until the leader seals them) and its `expires_ms` only here.
@@ -99,6 +101,7 @@ use crate::types::*;
 mod access_keys;
 mod apply;
 mod audit;
+mod audit_log;
 mod bucket_config;
 mod gc;
 mod intents;
@@ -118,6 +121,8 @@ use self::access_keys::*;
 pub use self::access_keys::{legacy_secret_hash, legacy_secrets};
 pub use self::apply::*;
 use self::audit::*;
+pub use self::audit_log::AUDIT_LOG;
+use self::audit_log::*;
 pub use self::bucket_config::BUCKET_CONFIG;
 use self::bucket_config::*;
 pub use self::gc::*;
@@ -205,6 +210,7 @@ pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>
     shard_index::PLACED,
     stats::BUCKET_STATS,
     BUCKET_CONFIG,
+    AUDIT_LOG,
 ];
 
 /// How long a GC tombstone is kept: far longer than a repair report can be

@@ -1017,9 +1017,11 @@ fn every_command() -> Vec<Command> {
             Command::SetAccessKeyGrant { .. } => 32,
             Command::RotateAccessKey { .. } => 33,
             Command::SealAccessKey { .. } => 34,
+            Command::Audited { .. } => 35,
+            Command::AuditRecord { .. } => 36,
         }
     }
-    const VARIANTS: u32 = 35;
+    const VARIANTS: u32 = 37;
     let s = |b: u8| ShardId([b; 16]);
     let put = |inline: bool, condition: PutCondition| Command::PutObject {
         bucket: "b".into(),
@@ -1227,6 +1229,17 @@ fn every_command() -> Vec<Command> {
             id: "GK1".into(),
             legacy_hash: "ab".into(),
             sealed: crate::types::SecretString("cairn-sealed-v1:00:00".into()),
+        },
+        Command::Audited {
+            who: "alice".into(),
+            role: "admin".into(),
+            inner: Box::new(Command::DeleteAccessKey { id: "GK1".into() }),
+        },
+        Command::AuditRecord {
+            who: "alice".into(),
+            role: "admin".into(),
+            what: "add_node 4 10.0.0.4:7001".into(),
+            result: "ok".into(),
         },
     ];
     let seen: BTreeSet<u32> = cmds.iter().map(covered).collect();

@@ -432,6 +432,31 @@ pub enum Command {
         /// The sealed secret.
         sealed: SecretString,
     },
+    /// `inner`, an admin's command, with a record of it in the audit log
+    /// (who, what, when, its result), applied in the same entry. Wrapped
+    /// by the metadata node that authorized the caller, never by a client
+    /// (`Internal`: a caller cannot name someone else as `who`).
+    Audited {
+        /// The verified role token's name.
+        who: String,
+        /// The verified role.
+        role: String,
+        /// The command.
+        #[serde(deserialize_with = "nested")]
+        inner: Box<Command>,
+    },
+    /// Append a record to the audit log for an admin action that is not a
+    /// command (membership changes, snapshots), after it was done.
+    AuditRecord {
+        /// The verified role token's name.
+        who: String,
+        /// The verified role.
+        role: String,
+        /// What was done.
+        what: String,
+        /// `ok`, or the error.
+        result: String,
+    },
 }
 
 /// The rebalancer's threshold when none was set.
@@ -518,7 +543,9 @@ impl Command {
             Command::SetAccessKeyGrant { .. } | Command::RotateAccessKey { .. } => {
                 CommandRole::Admin
             }
-            Command::SealAccessKey { .. } => CommandRole::Internal,
+            Command::SealAccessKey { .. }
+            | Command::Audited { .. }
+            | Command::AuditRecord { .. } => CommandRole::Internal,
         }
     }
 }

@@ -349,6 +349,17 @@ fn commands() -> Vec<Command> {
             legacy_hash: "00ff".into(),
             sealed: SecretString("cairn-sealed-v1:0011223344556677:abcd".into()),
         },
+        Command::Audited {
+            who: "alice".into(),
+            role: "admin".into(),
+            inner: Box::new(Command::DeleteAccessKey { id: "GK1".into() }),
+        },
+        Command::AuditRecord {
+            who: "alice".into(),
+            role: "admin".into(),
+            what: "add_node 4 10.0.0.4:7001".into(),
+            result: "ok".into(),
+        },
     ]
 }
 
@@ -416,6 +427,8 @@ const COMMAND_GOLDEN: &[&str] = &[
     r#"{"set_access_key_grant":{"id":"GK1","bucket":"b","grant":{"read":true,"write":true,"owner":false}}}"#,
     r#"{"rotate_access_key":{"id":"GK1","new_id":"GK2","secret":"cairn-sealed-v1:0011223344556677:abcd","overlap_ms":86400000}}"#,
     r#"{"seal_access_key":{"id":"GK1","legacy_hash":"00ff","sealed":"cairn-sealed-v1:0011223344556677:abcd"}}"#,
+    r#"{"audited":{"who":"alice","role":"admin","inner":{"delete_access_key":{"id":"GK1"}}}}"#,
+    r#"{"audit_record":{"who":"alice","role":"admin","what":"add_node 4 10.0.0.4:7001","result":"ok"}}"#,
 ];
 
 /// Captured from the code before the split, one line per value of
