@@ -363,9 +363,10 @@ pub fn allowed_query(role: Role, q: &Query) -> bool {
         Role::Metadata | Role::Admin => true,
         Role::Chunkserver => false,
         Role::Gateway => match q {
-            Query::ListAccessKeys | Query::AuditPlacement { .. } | Query::RepairQueue { .. } => {
-                false
-            }
+            Query::ListAccessKeys
+            | Query::AuditPlacement { .. }
+            | Query::RepairQueue { .. }
+            | Query::AuditLog { .. } => false,
             Query::GetBucket { .. }
             | Query::ListBuckets
             | Query::GetObject { .. }
@@ -386,6 +387,16 @@ pub fn allowed_query(role: Role, q: &Query) -> bool {
             | Query::GetObjectLockConfig { .. } => true,
         },
     }
+}
+
+/// Whether an answer to `role` may carry an S3 secret: only
+/// `GetAccessKey` (one key by id) ever does, and only to a gateway (which
+/// verifies SigV4 with it) or the cluster secret. An operator manages keys
+/// without their secrets (`SetAccessKeyGrant`, `RotateAccessKey`), so a
+/// stolen admin token can mint keys but not read or impersonate existing
+/// ones.
+pub fn may_read_secrets(role: Role) -> bool {
+    matches!(role, Role::Gateway | Role::Metadata)
 }
 
 /// The serde name of a command's or query's variant (`put_access_key`),
@@ -477,6 +488,10 @@ mod tests {
             &Query::GetAccessKey { id: "GK1".into() }
         ));
         assert!(!allowed_query(Role::Chunkserver, &Query::ListBuckets));
+        assert!(may_read_secrets(Role::Gateway) && may_read_secrets(Role::Metadata));
+        assert!(!allowed_query(Role::Gateway, &Query::AuditLog { limit: 1 }));
+        assert!(allowed_query(Role::Admin, &Query::AuditLog { limit: 1 }));
+        assert!(!may_read_secrets(Role::Admin) && !may_read_secrets(Role::Chunkserver));
         assert!(!allowed_endpoint(Role::Gateway, Endpoint::Admin));
         assert!(!allowed_endpoint(Role::Admin, Endpoint::Raft));
         assert!(!allowed_endpoint(Role::Gateway, Endpoint::Chunkserver));

@@ -39,6 +39,11 @@ pub enum ApiError {
     /// stores. 507 `StorageFull`.
     #[error("storage full: {0}")]
     StorageFull(String),
+    /// This node cannot seal or open an S3 secret (no `--secrets-key-file`,
+    /// another key than the one a secret was sealed under, a corrupt
+    /// value): 500 `SecretsKey`, not retried.
+    #[error("secrets key: {0}")]
+    Secrets(String),
 }
 
 impl ApiError {
@@ -62,6 +67,9 @@ impl ApiError {
             }
             ApiError::StorageFull(m) => {
                 net::error_response(StatusCode::INSUFFICIENT_STORAGE, STORAGE_FULL_CODE, &m)
+            }
+            ApiError::Secrets(m) => {
+                net::error_response(StatusCode::INTERNAL_SERVER_ERROR, "SecretsKey", &m)
             }
         }
     }

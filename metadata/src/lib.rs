@@ -43,6 +43,7 @@ pub mod node;
 pub mod orphans;
 pub mod planner;
 pub mod raft;
+pub mod secrets;
 pub mod shard_index;
 pub mod stats;
 pub mod types;

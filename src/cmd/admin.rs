@@ -4,9 +4,19 @@ use cairn_metadata::client::{Consistency, MetaClient, MetaClientOptions};
 use cairn_metadata::node::{AddNodeRequest, RemoveNodeRequest};
 use cairn_metadata::types::{
     BucketGrant, ChunkserverId, ChunkserverState, ClusterStatus, Command, CommandResult, NodeId,
-    PlacementViolation, Query, QueryResult, RaftStatus,
+    PlacementViolation, Query, QueryResult, RaftStatus, SecretString,
 };
 use serde::Serialize;
+
+use anyhow::Context as _;
+
+/// Wall-clock ms since the epoch (0 before it).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 use cairn_metadata::net::HttpClient;
 use cairn_metadata::types::{ChunkserverInfo, ScrubControl, ScrubProgress};
@@ -60,6 +70,13 @@ pub enum AdminCmd {
     /// `cert issue --ca-dir D --role gateway --name gw1 --san HOST --out-dir O`.
     #[command(subcommand)]
     Cert(super::ca::CertCmd),
+    /// The audit log of admin actions, newest first: when, who (the role
+    /// token's name), what, and the result.
+    Audit {
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 /// `cairn admin chunkserver ...`
@@ -308,8 +325,20 @@ pub enum KeyCmd {
         #[arg(long)]
         admin: bool,
     },
-    /// List keys (never their secrets).
+    /// List keys (never their secrets): id, name, grants, created,
+    /// expiry.
     List,
+    /// Rotate a key: creates a new key (new id and secret, printed once,
+    /// with the same name, admin flag and grants, and owner rights on the
+    /// buckets the old key owns); the old key keeps working for the
+    /// overlap, then is refused (403 InvalidAccessKeyId).
+    Rotate {
+        /// Key id.
+        id: String,
+        /// How long the old key keeps working, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        overlap_secs: u64,
+    },
     /// Delete a key.
     Delete {
         /// Key id.
@@ -368,7 +397,7 @@ async fn key_cmd(meta: &MetaClient, cmd: KeyCmd, json: bool) -> anyhow::Result<(
             if json {
                 let v: Vec<_> = keys
                     .iter()
-                    .map(|k| serde_json::json!({"id": k.id, "name": k.name, "admin": k.admin, "buckets": k.buckets, "created_ms": k.created_ms}))
+                    .map(|k| serde_json::json!({"id": k.id, "name": k.name, "admin": k.admin, "buckets": k.buckets, "created_ms": k.created_ms, "expires_ms": k.expires_ms}))
                     .collect();
                 outln!("{}", serde_json::Value::Array(v));
             } else {
@@ -390,12 +419,21 @@ async fn key_cmd(meta: &MetaClient, cmd: KeyCmd, json: bool) -> anyhow::Result<(
                             format!("{b}:{r}")
                         })
                         .collect();
+                    let expiry = match k.expires_ms {
+                        None => String::new(),
+                        Some(e) if k.expired_at(now_ms()) => {
+                            format!("  expired {}", crate::cmd::cli::fmt_time(e))
+                        }
+                        Some(e) => format!("  expires {}", crate::cmd::cli::fmt_time(e)),
+                    };
                     outln!(
-                        "{}  {}{}  {}",
+                        "{}  {}{}  {}  created {}{}",
                         k.id,
                         k.name,
                         if k.admin { " (admin)" } else { "" },
-                        grants.join(",")
+                        grants.join(","),
+                        crate::cmd::cli::fmt_time(k.created_ms),
+                        expiry
                     );
                 }
             }
@@ -410,27 +448,48 @@ async fn key_cmd(meta: &MetaClient, cmd: KeyCmd, json: bool) -> anyhow::Result<(
             write: w,
             owner,
         } => {
-            let mut key = match meta
-                .query(
-                    &Query::GetAccessKey { id: id.clone() },
-                    Consistency::Linearizable,
-                )
-                .await?
-            {
-                QueryResult::AccessKey(k) => k,
-                QueryResult::Err(e) => anyhow::bail!("{e}"),
-                other => anyhow::bail!("unexpected reply {other:?}"),
-            };
+            // The grant alone: the secret never leaves the metadata nodes.
             cairn_metadata::types::validate_bucket_name(&bucket)?;
-            key.buckets.insert(
+            write(Command::SetAccessKeyGrant {
+                id,
                 bucket,
-                BucketGrant {
+                grant: BucketGrant {
                     read,
                     write: w,
                     owner,
                 },
-            );
-            write(Command::PutAccessKey { key }).await?;
+            })
+            .await?;
+        }
+        KeyCmd::Rotate { id, overlap_secs } => {
+            let overlap_ms = overlap_secs
+                .checked_mul(1000)
+                .context("--overlap-secs is too large")?;
+            // The new id and secret are made here and shown once, as by
+            // `key create`; the metadata node seals the secret.
+            let new = crate::gateway::auth::generate_key("", false);
+            write(Command::RotateAccessKey {
+                id: id.clone(),
+                new_id: new.id.clone(),
+                secret: SecretString(new.secret.clone()),
+                overlap_ms,
+            })
+            .await?;
+            let expires = now_ms().saturating_add(overlap_ms);
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"id": new.id, "secret": new.secret, "replaces": id, "old_expires_ms": expires})
+                );
+            } else {
+                outln!("key id:     {}", new.id);
+                outln!("secret key: {}", new.secret);
+                outln!("(the secret is not shown again)");
+                outln!(
+                    "{id} keeps working until {} (about; the leader's clock decides), then is refused",
+                    crate::cmd::cli::fmt_time(expires)
+                );
+            }
         }
     }
     Ok(())
@@ -520,10 +579,38 @@ pub async fn run(conn: &ConnArgs, cmd: AdminCmd, json: bool) -> anyhow::Result<(
         AdminCmd::AuditPlacement => audit_cmd(&meta, json).await,
         AdminCmd::Durability(a) => super::durability::run(&meta, &a, json).await,
         AdminCmd::Rebalance(c) => super::rebalance::run(&meta, c, json).await,
+        AdminCmd::Audit { limit } => audit_log_cmd(&meta, limit, json).await,
         AdminCmd::Ca(_) | AdminCmd::Cert(_) => {
             anyhow::bail!("internal error: offline admin command reached the cluster path")
         }
     }
+}
+
+/// `cairn admin audit`.
+async fn audit_log_cmd(meta: &MetaClient, limit: u32, json: bool) -> anyhow::Result<()> {
+    let entries = match meta
+        .query(&Query::AuditLog { limit }, Consistency::Linearizable)
+        .await?
+    {
+        QueryResult::AuditLog(e) => e,
+        QueryResult::Err(e) => anyhow::bail!("{e}"),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    };
+    if json {
+        outln!("{}", serde_json::to_string(&entries)?);
+        return Ok(());
+    }
+    for e in &entries {
+        outln!(
+            "{}  {} ({})  {}  {}",
+            crate::cmd::cli::fmt_time(e.at_ms),
+            e.who,
+            e.role,
+            e.what,
+            e.result
+        );
+    }
+    Ok(())
 }
 
 /// What `cairn admin audit-placement --json` prints.

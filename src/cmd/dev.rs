@@ -120,6 +120,28 @@ fn load_or_make_secret(data: &Path) -> anyhow::Result<(String, PathBuf)> {
     Ok((s, p))
 }
 
+/// The dev secrets key's file: `<data>/secrets.key`, mode 0600 from
+/// creation, passed to every metadata node with `--secrets-key-file`.
+pub const SECRETS_KEY_FILE: &str = "secrets.key";
+
+/// The dev secrets key: `<data>/secrets.key` as it is (an unreadable or
+/// malformed one is an error, never replaced: the secrets sealed under it
+/// would be lost), or made there with mode 0600 from its first byte.
+fn load_or_make_secrets_key(data: &Path) -> anyhow::Result<PathBuf> {
+    let p = std::path::absolute(data.join(SECRETS_KEY_FILE))
+        .with_context(|| format!("bad data directory {}", data.display()))?;
+    if p.exists() {
+        fix_mode(&p)?;
+        crate::cmd::metadata::load_secrets_key(&p)?;
+        return Ok(p);
+    }
+    secret::write_private_file(
+        &p,
+        cairn_metadata::secrets::SecretsKey::generate_hex().as_bytes(),
+    )?;
+    Ok(p)
+}
+
 /// Where `cairn dev` keeps its role tokens: `<data>/tokens`, mode 0700.
 pub const TOKEN_DIR: &str = "tokens";
 
@@ -261,6 +283,7 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
     let cs_token = load_or_make_token(&data, &secret, R::Chunkserver)?;
     let gw_token = load_or_make_token(&data, &secret, R::Gateway)?;
     let admin_token = load_or_make_token(&data, &secret, R::Admin)?;
+    let secrets_key = load_or_make_secrets_key(&data)?;
     let port = |off: u16| -> anyhow::Result<u16> {
         a.base_port.checked_add(off).context("--base-port too high")
     };
@@ -286,6 +309,8 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
             data.join(format!("meta{id}"))
                 .to_string_lossy()
                 .into_owned(),
+            "--secrets-key-file".into(),
+            secrets_key.to_string_lossy().into_owned(),
         ];
         if id == 1 {
             args.push("--init".into());

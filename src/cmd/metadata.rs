@@ -89,6 +89,24 @@ pub struct Args {
     /// resume by themselves once space is freed.
     #[arg(long, default_value_t = cairn_metadata::disk::DEFAULT_RESERVE_MIB)]
     pub disk_reserve_mib: u64,
+    /// File holding the key S3 secrets are sealed under at rest: 32
+    /// random bytes as 64 hex digits (`openssl rand -hex 32`), mode 0600 or
+    /// stricter, the same file on every metadata node, kept out of the
+    /// data dir and its backups. Without it this node refuses to store or
+    /// hand out S3 secrets. The environment variable CAIRN_SECRETS_KEY
+    /// (the 64 hex digits themselves) may stand in for it.
+    #[arg(long, env = "CAIRN_SECRETS_KEY_FILE", value_name = "PATH")]
+    pub secrets_key_file: Option<PathBuf>,
+}
+
+/// Reads a `--secrets-key-file` (mode and size rules of a secret file).
+pub fn load_secrets_key(
+    path: &std::path::Path,
+) -> anyhow::Result<cairn_metadata::secrets::SecretsKey> {
+    let text = crate::cmd::secret::read_secret_file(path)
+        .with_context(|| format!("--secrets-key-file {}", path.display()))?;
+    cairn_metadata::secrets::SecretsKey::from_hex(&text)
+        .with_context(|| format!("--secrets-key-file {}", path.display()))
 }
 
 /// Parses `1=ADDR,2=ADDR`.
@@ -123,6 +141,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let secret = args
         .secret
         .require_for(cairn_metadata::auth::Role::Metadata)?;
+    // The key file, or the environment (Kubernetes Secrets as variables:
+    // their volume files are group-readable under fsGroup).
+    let from_env = std::env::var("CAIRN_SECRETS_KEY").ok();
+    let secrets_key = match (&args.secrets_key_file, from_env) {
+        (Some(p), None) => Some(load_secrets_key(p)?),
+        (Some(_), Some(_)) => anyhow::bail!(
+            "both --secrets-key-file (or CAIRN_SECRETS_KEY_FILE) and CAIRN_SECRETS_KEY are set: \
+             pass one"
+        ),
+        (None, Some(hex)) => {
+            Some(cairn_metadata::secrets::SecretsKey::from_hex(&hex).context("CAIRN_SECRETS_KEY")?)
+        }
+        (None, None) => {
+            tracing::warn!(
+                "no --secrets-key-file: this node refuses to store or hand out S3 secrets \
+                 (they are kept only encrypted under that key)"
+            );
+            None
+        }
+    };
     // A reseed (`cairn admin metadata reseed`) left a marker: start from
     // empty stores and ask the cluster to take this node back.
     let rejoin = crate::cmd::reseed::read_marker(&args.data)?;
@@ -163,6 +201,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     cfg.repair_task_timeout = Duration::from_secs(args.repair_task_timeout_secs.max(1));
     cfg.gc_delay = Duration::from_secs(args.gc_delay_secs);
     cfg.disk_reserve = args.disk_reserve_mib.saturating_mul(1 << 20);
+    if let Some(k) = &secrets_key {
+        tracing::info!(secrets_key = k.id(), "S3 secrets sealed under this key");
+    }
+    cfg.secrets_key = secrets_key;
     cfg.orphans = cairn_metadata::orphans::OrphanConfig {
         grace: Duration::from_secs(args.orphan_grace_secs),
         inventory_every: Duration::from_secs(args.inventory_every_secs.max(1)),

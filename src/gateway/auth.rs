@@ -84,8 +84,21 @@ impl KeyStore {
         }
     }
 
-    /// The key `id`, or `None` if there is no such key.
+    /// The key `id`, or `None` if there is no such key or it has expired
+    /// (the old key of a rotation, past its overlap: S3 answers 403
+    /// InvalidAccessKeyId for a deactivated key, as for an unknown one).
+    /// The expiry is checked on every call, cached key or not.
     pub async fn key(&self, id: &str) -> Result<Option<AccessKey>, ClientError> {
+        let k = self.lookup(id).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Ok(k.filter(|k| !k.expired_at(now) && !k.secret.is_empty()))
+    }
+
+    /// The key `id` as the metadata service (or the cache) has it.
+    async fn lookup(&self, id: &str) -> Result<Option<AccessKey>, ClientError> {
         if !plausible_key_id(id) {
             return Ok(None);
         }
@@ -292,5 +305,6 @@ pub fn generate_key(name: &str, admin: bool) -> AccessKey {
             .unwrap_or(0),
         admin,
         buckets: Default::default(),
+        expires_ms: None,
     }
 }

@@ -158,13 +158,37 @@ impl Cluster {
             Some(h) => h.meta(id - 1)?.wrapper(),
             None => Vec::new(),
         };
+        let key_file = self.secrets_key_file()?;
         Proc::spawn_wrapped(
             &wrapper,
             &format!("meta{id}"),
             &dir,
             args,
-            &[("CAIRN_SECRET", SECRET)],
+            &[
+                ("CAIRN_SECRET", SECRET),
+                ("CAIRN_SECRETS_KEY_FILE", &key_file.to_string_lossy()),
+            ],
         )
+    }
+
+    /// The key file S3 secrets are sealed under, shared by every metadata
+    /// node of the cluster (as on real hosts): created on first use with
+    /// mode 0600 from its first byte.
+    pub fn secrets_key_file(&self) -> anyhow::Result<PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = self.dir.path().join("secrets.key");
+        if !p.exists() {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)
+                .with_context(|| format!("cannot create {}", p.display()))?;
+            f.write_all(cairn_metadata::secrets::SecretsKey::generate_hex().as_bytes())?;
+            f.sync_all()?;
+        }
+        Ok(p)
     }
 
     /// Starts one more chunkserver in `zone`.

@@ -125,7 +125,17 @@ fn dev_cluster_serves_the_cli_stops_cleanly_and_keeps_its_data() -> anyhow::Resu
             "port {port} still in use"
         );
     }
-    // Second run: same data.
+    // The key S3 secrets are sealed under was created private (and the
+    // dev S3 key was stored with it, or `cairn dev` would have failed).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("secrets.key"))?
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "secrets.key mode {mode:o}");
+    }
+    // Second run: same data (and the same secrets key).
     let (child, _) = start_dev(&data, &config, base)?;
     let out = cli(&config, &["get", "cairn://dev-bucket/hello.txt", "-"])?;
     assert_eq!(

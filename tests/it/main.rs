@@ -31,6 +31,7 @@ mod repair;
 mod roles;
 mod s3;
 mod scrub_gc;
+mod secrets;
 mod snapshot;
 mod tls;
 mod upgrade;

@@ -74,6 +74,7 @@ fn key(id: &str) -> AccessKey {
         created_ms: 0,
         admin: true,
         buckets: Default::default(),
+        expires_ms: None,
     }
 }
 

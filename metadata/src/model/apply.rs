@@ -374,6 +374,31 @@ pub(super) fn apply_inner(
             version,
             on,
         } => put_legal_hold(txn, bucket, key, version.as_ref(), *on),
+        // Issue 14 (security): access keys, in `access_keys`.
+        Command::SetAccessKeyGrant { id, bucket, grant } => {
+            set_access_key_grant(txn, id, bucket, grant)
+        }
+        Command::RotateAccessKey {
+            id,
+            new_id,
+            secret,
+            overlap_ms,
+        } => rotate_access_key(txn, id, new_id, &secret.0, *overlap_ms, now),
+        Command::SealAccessKey {
+            id,
+            legacy_hash,
+            sealed,
+        } => seal_access_key(txn, id, legacy_hash, &sealed.0),
+        Command::Audited { who, role, inner } => audited(txn, who, role, inner, now),
+        Command::AuditRecord {
+            who,
+            role,
+            what,
+            result,
+        } => {
+            record_audit(txn, who, role, what, result, now)?;
+            Ok(Ok(CommandResult::Ok))
+        }
         Command::GcDone {
             chunkserver,
             shards,
@@ -384,16 +409,7 @@ pub(super) fn apply_inner(
             record_deleted(txn, *chunkserver, shards, now)?;
             Ok(Ok(CommandResult::Ok))
         }
-        Command::PutAccessKey { key } => {
-            if key.id.is_empty() || key.secret.is_empty() {
-                return Ok(Err(MetaError::Invalid(
-                    "access key id and secret must not be empty".into(),
-                )));
-            }
-            txn.open_table(KEYS)?
-                .insert(key.id.as_bytes(), enc(key)?.as_slice())?;
-            Ok(Ok(CommandResult::Ok))
-        }
+        Command::PutAccessKey { key } => put_access_key(txn, key),
         Command::DeleteAccessKey { id } => {
             txn.open_table(KEYS)?.remove(id.as_bytes())?;
             Ok(Ok(CommandResult::Ok))

@@ -68,7 +68,11 @@
 //!   format 3: an older file has them empty and its heads are `null`
 //!   versions.
 //! - `counters`: name (UTF-8) -> u64 BE (e.g. the next chunkserver id).
-//! - `keys`: access key id (UTF-8) -> JSON [`AccessKey`].
+//! - `audit_log`: seq (u64 BE) -> JSON [`AuditEntry`]: admin actions, the
+//!   newest [`AUDIT_LOG_CAP`] (see `audit_log`). Added within format 3.
+//! - `keys`: access key id (UTF-8) -> JSON [`AccessKey`], its secret sealed
+//!   ([`crate::secrets`]; legacy plaintext in rows of older data dirs
+//!   until the leader seals them) and its `expires_ms` only here.
 //! - `uploads`: bucket, NUL, key, NUL, upload id (16 bytes) -> JSON
 //!   [`UploadInfo`]: multipart uploads in progress, by bucket then key.
 //! - `upload_parts`: upload id (16 bytes) ++ part number (u32 BE) -> JSON
@@ -100,8 +104,10 @@ use crate::shard_index::{self, OwnerRow};
 use crate::stats;
 use crate::types::*;
 
+mod access_keys;
 mod apply;
 mod audit;
+mod audit_log;
 mod bucket_config;
 mod gc;
 mod intents;
@@ -118,8 +124,12 @@ mod tests;
 mod uploads;
 mod versions;
 
+use self::access_keys::*;
+pub use self::access_keys::{legacy_secret_hash, legacy_secrets};
 pub use self::apply::*;
 use self::audit::*;
+pub use self::audit_log::AUDIT_LOG;
+use self::audit_log::*;
 pub use self::bucket_config::BUCKET_CONFIG;
 use self::bucket_config::*;
 pub use self::gc::*;
@@ -210,6 +220,7 @@ pub const MODEL_TABLES: &[TableDefinition<'static, &'static [u8], &'static [u8]>
     BUCKET_CONFIG,
     OBJECT_VERSIONS,
     VERSION_IDS,
+    AUDIT_LOG,
 ];
 
 /// How long a GC tombstone is kept: far longer than a repair report can be

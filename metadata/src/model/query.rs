@@ -365,5 +365,7 @@ pub(super) fn query_inner(
                 .clamp(1, AUDIT_PAGE_STRIPES);
             audit_page(txn, cursor.as_deref(), limit)
         }
+        // Issue 14 (security), in `audit_log`.
+        Query::AuditLog { limit } => Ok(Ok(QueryResult::AuditLog(audit_log(txn, *limit)?))),
     }
 }

@@ -280,6 +280,9 @@ impl MetaNode {
                             &format!("{path} {}", auth::kind_of(&cmd)),
                         ));
                     }
+                    // S3 secrets are sealed here, before the log sees them;
+                    // an admin command goes with its audit record.
+                    let cmd = audit_wrap(&caller, self.seal_command(cmd)?);
                     net::json_response(StatusCode::OK, &self.client_write(cmd, body.len()).await?)
                 }
                 "/v1/read" => {
@@ -287,7 +290,7 @@ impl MetaNode {
                     if !auth::allowed_query(role, &q) {
                         return Ok(forbidden(&caller, &format!("{path} {}", auth::kind_of(&q))));
                     }
-                    net::json_response(StatusCode::OK, &self.query(q, stale).await?)
+                    net::json_response(StatusCode::OK, &self.query_as(role, q, stale).await?)
                 }
                 "/v1/heartbeat" => {
                     let hb: HeartbeatRequest = parse(&body)?;
@@ -312,7 +315,10 @@ impl MetaNode {
                 }
                 "/v1/admin/add-node" => {
                     let r: AddNodeRequest = parse(&body)?;
-                    self.add_node(r).await?;
+                    let what = format!("add_node {} {}", r.id, r.addr);
+                    let res = self.add_node(r).await;
+                    self.audit_action(&caller, what, &res).await;
+                    res?;
                     net::json_response(StatusCode::OK, &self.status())
                 }
                 "/v1/admin/snapshot" => {
@@ -321,7 +327,10 @@ impl MetaNode {
                 }
                 "/v1/admin/remove-node" => {
                     let r: RemoveNodeRequest = parse(&body)?;
-                    self.remove_node(r).await?;
+                    let what = format!("remove_node {}", r.id);
+                    let res = self.remove_node(r).await;
+                    self.audit_action(&caller, what, &res).await;
+                    res?;
                     net::json_response(StatusCode::OK, &self.status())
                 }
                 _ => net::error_response(StatusCode::NOT_FOUND, "NotFound", "no such endpoint"),
@@ -329,6 +338,49 @@ impl MetaNode {
         }
         .await;
         res.unwrap_or_else(ApiError::into_response)
+    }
+}
+
+/// An admin-role command from `/v1/write` wrapped in
+/// [`Command::Audited`] with the verified caller (inside its `Once`, so a
+/// retry records nothing twice); any other command as it is.
+fn audit_wrap(caller: &auth::Caller, cmd: Command) -> Command {
+    let wrap = |inner: Command| Command::Audited {
+        who: caller.name.clone(),
+        role: caller.role.to_string(),
+        inner: Box::new(inner),
+    };
+    match cmd {
+        Command::Once { id, inner } if inner.role() == CommandRole::Admin => Command::Once {
+            id,
+            inner: Box::new(wrap(*inner)),
+        },
+        c @ Command::Once { .. } => c,
+        c if c.role() == CommandRole::Admin => wrap(c),
+        c => c,
+    }
+}
+
+impl MetaNode {
+    /// Records an admin action that is not a command (a membership change)
+    /// in the audit log, with its outcome. A refusal because this node is
+    /// not the leader is not recorded (the client retries at the leader);
+    /// a record that cannot be written is logged.
+    async fn audit_action(&self, caller: &auth::Caller, what: String, r: &Result<(), ApiError>) {
+        let result = match r {
+            Ok(()) => "ok".to_string(),
+            Err(ApiError::NotLeader(_)) => return,
+            Err(e) => e.to_string(),
+        };
+        let cmd = Command::AuditRecord {
+            who: caller.name.clone(),
+            role: caller.role.to_string(),
+            what: what.clone(),
+            result,
+        };
+        if let Err(e) = self.write(cmd).await {
+            tracing::warn!(error = %e, what, "audit record not written");
+        }
     }
 }
 

@@ -116,6 +116,10 @@ pub struct MetaConfig {
     /// Free bytes kept on the data dir's file system: below them the node
     /// refuses writes that would grow its stores ([`crate::disk`]).
     pub disk_reserve: u64,
+    /// The key-encryption key S3 secrets are sealed under
+    /// (`--secrets-key-file`, the same on every node); without it the node
+    /// refuses to store or hand out S3 secrets ([`crate::secrets`]).
+    pub secrets_key: Option<crate::secrets::SecretsKey>,
 }
 
 /// Default [`MetaConfig::snapshot_log_ratio`]: the log may grow to a
@@ -148,6 +152,7 @@ impl std::fmt::Debug for MetaConfig {
             .field("repair_task_timeout", &self.repair_task_timeout)
             .field("gc_delay", &self.gc_delay)
             .field("disk_reserve", &self.disk_reserve)
+            .field("secrets_key", &self.secrets_key)
             .finish()
     }
 }
@@ -174,6 +179,7 @@ impl MetaConfig {
             repair_task_timeout: Duration::from_secs(120),
             gc_delay: DEFAULT_GC_DELAY,
             disk_reserve: crate::disk::DEFAULT_RESERVE_MIB << 20,
+            secrets_key: None,
         }
     }
 }
@@ -556,6 +562,7 @@ impl MetaNode {
         let ctx: Arc<dyn LeaderCtx> = self.clone();
         runner.spawn(Planner::new(ctx, self.repairs.clone()));
         runner.spawn(workers::IntentReaper { node: self.clone() });
+        runner.spawn(workers::KeySealer { node: self.clone() });
         let node = self.clone();
         let handler = move |req: Request<Incoming>, _peer: SocketAddr| {
             let node = node.clone();
@@ -651,12 +658,119 @@ impl MetaNode {
         read_db(self.sm.clone(), f).await
     }
 
-    /// Answers a query, linearizably unless `stale`.
+    /// Answers a query, linearizably unless `stale`, as the cluster secret
+    /// would get it (see [`MetaNode::query_as`]).
     pub async fn query(&self, q: Query, stale: bool) -> Result<QueryResult, ApiError> {
+        self.query_as(crate::auth::Role::Metadata, q, stale).await
+    }
+
+    /// Answers a query for a caller of `role`. S3 secrets leave only in
+    /// `GetAccessKey` answers to a role that may read them
+    /// ([`crate::auth::may_read_secrets`]), opened with this node's
+    /// secrets key, and never for an expired key; every other answer
+    /// carrying access keys has their secrets emptied. A secret this node
+    /// cannot open (no key file, another key, corrupt) is an error naming
+    /// why, never the stored bytes.
+    pub async fn query_as(
+        &self,
+        role: crate::auth::Role,
+        q: Query,
+        stale: bool,
+    ) -> Result<QueryResult, ApiError> {
         if !stale {
             self.linearize().await?;
         }
-        self.read(move |txn| model::query(txn, &q)).await
+        let r = self.read(move |txn| model::query(txn, &q)).await?;
+        Ok(match r {
+            QueryResult::AccessKey(mut k) => {
+                if crate::auth::may_read_secrets(role) && !k.expired_at(now_ms()) {
+                    k.secret = crate::secrets::open_stored(
+                        self.cfg.secrets_key.as_ref(),
+                        &k.id,
+                        &k.secret,
+                    )
+                    .map_err(|e| ApiError::Secrets(e.to_string()))?;
+                } else {
+                    k.secret.clear();
+                }
+                QueryResult::AccessKey(k)
+            }
+            QueryResult::AccessKeys(mut keys) => {
+                for k in &mut keys {
+                    k.secret.clear();
+                }
+                QueryResult::AccessKeys(keys)
+            }
+            other => other,
+        })
+    }
+
+    /// Seals the S3 secrets a client's command carries (`PutAccessKey`,
+    /// `RotateAccessKey`, inside any wrapper) under this node's secrets
+    /// key, before it is proposed: the log, the state and snapshots only
+    /// ever hold the sealed form. Without a key file the command is
+    /// refused. A `SealAccessKey` must already carry a sealed secret.
+    pub(crate) fn seal_command(&self, cmd: Command) -> Result<Command, ApiError> {
+        let kek = || {
+            self.cfg
+                .secrets_key
+                .as_ref()
+                .ok_or_else(|| ApiError::Secrets(crate::secrets::SecretsError::NoKey.to_string()))
+        };
+        let bad = |e: crate::secrets::SecretsError| ApiError::BadRequest(e.to_string());
+        Ok(match cmd {
+            Command::PutAccessKey { mut key } => {
+                key.secret = kek()?.seal(&key.id, &key.secret).map_err(bad)?;
+                key.expires_ms = None;
+                Command::PutAccessKey { key }
+            }
+            Command::RotateAccessKey {
+                id,
+                new_id,
+                secret,
+                overlap_ms,
+            } => Command::RotateAccessKey {
+                secret: SecretString(kek()?.seal(&new_id, &secret.0).map_err(bad)?),
+                id,
+                new_id,
+                overlap_ms,
+            },
+            Command::SealAccessKey {
+                id,
+                legacy_hash,
+                sealed,
+            } => {
+                if !crate::secrets::is_sealed(&sealed.0) {
+                    return Err(ApiError::BadRequest(
+                        "SealAccessKey carries no sealed secret".into(),
+                    ));
+                }
+                Command::SealAccessKey {
+                    id,
+                    legacy_hash,
+                    sealed,
+                }
+            }
+            Command::Once { id, inner } => Command::Once {
+                id,
+                inner: Box::new(self.seal_command(*inner)?),
+            },
+            Command::WithIntent { intent, inner } => Command::WithIntent {
+                intent,
+                inner: Box::new(self.seal_command(*inner)?),
+            },
+            Command::At { now_ms, inner } => Command::At {
+                now_ms,
+                inner: Box::new(self.seal_command(*inner)?),
+            },
+            Command::Batch { cmds } => Command::Batch {
+                cmds: cmds
+                    .into_iter()
+                    .map(|c| self.seal_command(c))
+                    .collect::<Result<_, _>>()?,
+            },
+            other => other,
+        })
     }
 }
 

@@ -117,3 +117,59 @@ impl Worker for IntentReaper {
         })
     }
 }
+
+/// Legacy secrets sealed per round.
+const SEAL_BATCH: usize = 100;
+
+/// The leader's key sealer: access keys whose secret is still plaintext
+/// (rows written before secrets were sealed, in an older data dir) get it
+/// replaced by the sealed form, through the log (`SealAccessKey`), as
+/// soon as this node leads with a secrets key. Idle otherwise: checks
+/// again every 30 s (a follower of an older build may still have
+/// proposed plaintext during a rolling upgrade).
+pub(super) struct KeySealer {
+    pub(super) node: Arc<MetaNode>,
+}
+
+impl Worker for KeySealer {
+    fn name(&self) -> String {
+        "access-key-sealer".into()
+    }
+
+    fn work(&mut self) -> BoxFuture<'_, Result<WorkerState, String>> {
+        Box::pin(async move {
+            let node = &self.node;
+            let idle = WorkerState::Throttled(Duration::from_secs(30));
+            let Some(kek) = node.cfg.secrets_key.clone() else {
+                return Ok(idle);
+            };
+            if !node.is_leader() {
+                return Ok(WorkerState::Throttled(Duration::from_secs(1)));
+            }
+            let legacy = node
+                .read(|txn| model::legacy_secrets(txn, SEAL_BATCH))
+                .await
+                .map_err(|e| e.to_string())?;
+            if legacy.is_empty() {
+                return Ok(idle);
+            }
+            let mut cmds = Vec::with_capacity(legacy.len());
+            for k in &legacy {
+                let sealed = kek.seal(&k.id, &k.secret).map_err(|e| e.to_string())?;
+                cmds.push(Command::SealAccessKey {
+                    id: k.id.clone(),
+                    legacy_hash: model::legacy_secret_hash(&k.secret),
+                    sealed: SecretString(sealed),
+                });
+            }
+            tracing::info!(
+                keys = cmds.len(),
+                "sealing plaintext S3 secrets of an older data dir"
+            );
+            node.write(Command::Batch { cmds })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(WorkerState::Busy)
+        })
+    }
+}

@@ -1018,9 +1018,15 @@ fn every_command() -> Vec<Command> {
             Command::PutObjectLockConfig { .. } => 34,
             Command::PutObjectRetention { .. } => 35,
             Command::PutObjectLegalHold { .. } => 36,
+            // Issue 14 (security).
+            Command::SetAccessKeyGrant { .. } => 37,
+            Command::RotateAccessKey { .. } => 38,
+            Command::SealAccessKey { .. } => 39,
+            Command::Audited { .. } => 40,
+            Command::AuditRecord { .. } => 41,
         }
     }
-    const VARIANTS: u32 = 37;
+    const VARIANTS: u32 = 42;
     let s = |b: u8| ShardId([b; 16]);
     let put = |inline: bool, condition: PutCondition| Command::PutObject {
         bucket: "b".into(),
@@ -1109,6 +1115,7 @@ fn every_command() -> Vec<Command> {
                         owner: false,
                     },
                 )]),
+                expires_ms: None,
             },
         },
         Command::DeleteAccessKey { id: "GK1".into() },
@@ -1233,6 +1240,38 @@ fn every_command() -> Vec<Command> {
             key: "k".into(),
             version: Some(crate::types::VersionRef::Null),
             on: true,
+        },
+        // Issue 14 (security).
+        Command::SetAccessKeyGrant {
+            id: "GK1".into(),
+            bucket: "b".into(),
+            grant: BucketGrant {
+                read: true,
+                write: true,
+                owner: false,
+            },
+        },
+        Command::RotateAccessKey {
+            id: "GK1".into(),
+            new_id: "GK2".into(),
+            secret: crate::types::SecretString("cairn-sealed-v1:00:00".into()),
+            overlap_ms: 60_000,
+        },
+        Command::SealAccessKey {
+            id: "GK1".into(),
+            legacy_hash: "ab".into(),
+            sealed: crate::types::SecretString("cairn-sealed-v1:00:00".into()),
+        },
+        Command::Audited {
+            who: "alice".into(),
+            role: "admin".into(),
+            inner: Box::new(Command::DeleteAccessKey { id: "GK1".into() }),
+        },
+        Command::AuditRecord {
+            who: "alice".into(),
+            role: "admin".into(),
+            what: "add_node 4 10.0.0.4:7001".into(),
+            result: "ok".into(),
         },
     ];
     let seen: BTreeSet<u32> = cmds.iter().map(covered).collect();

@@ -157,3 +157,26 @@ pub struct DiskStatus {
     /// `free < reserve`: the node refuses writes (507 `StorageFull`).
     pub full: bool,
 }
+
+/// One record of the audit log of admin actions (`cairn admin audit`):
+/// kept in the replicated state, newest [`AUDIT_LOG_CAP`] only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Its number, from 1, in log order.
+    pub seq: u64,
+    /// When (the leader's clock when it proposed the entry), ms since the
+    /// epoch.
+    pub at_ms: u64,
+    /// Who: the verified role token's name (`cluster-secret` for the
+    /// cluster secret).
+    pub who: String,
+    /// The verified role (`admin`, `metadata`).
+    pub role: String,
+    /// What was done, without any secret (`rotate_access_key CK1 -> CK2`).
+    pub what: String,
+    /// `ok`, or the refusal.
+    pub result: String,
+}
+
+/// Most audit records kept: past it the oldest are dropped.
+pub const AUDIT_LOG_CAP: u64 = 10_000;

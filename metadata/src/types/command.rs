@@ -449,6 +449,75 @@ pub enum Command {
         /// On or off.
         on: bool,
     },
+    // --- Issue 14 (security): access keys without their secrets. Keep
+    // these together; new variants of other work go after them. ---
+    /// Set one bucket grant of access key `id` (`cairn admin key allow`),
+    /// keeping its secret and everything else, so an operator changes
+    /// grants without ever reading a secret. Refused with
+    /// `NoSuchAccessKey`, or `Invalid` for a bad bucket name.
+    SetAccessKeyGrant {
+        /// The key.
+        id: String,
+        /// The bucket.
+        bucket: String,
+        /// Its grant there (replacing any earlier one).
+        grant: BucketGrant,
+    },
+    /// Rotate access key `id` (`cairn admin key rotate`): creates key
+    /// `new_id` with `secret` (sealed by the proposing node), the old key's
+    /// name, admin flag and grants, plus an owner grant on every bucket the
+    /// old key owns; the old key expires at the entry's time +
+    /// `overlap_ms` (or earlier, if it already expires sooner). Refused
+    /// with `NoSuchAccessKey`, or `Invalid` when `new_id` exists or the
+    /// secret is empty.
+    RotateAccessKey {
+        /// The key being replaced.
+        id: String,
+        /// The new key's id.
+        new_id: String,
+        /// The new key's secret (sealed in the log).
+        secret: SecretString,
+        /// How long the old key keeps working, ms from the entry's time.
+        overlap_ms: u64,
+    },
+    /// Replace the plaintext secret of an access key written before
+    /// secrets were sealed by its sealed form (the leader's key sealer).
+    /// Applied only while the row still holds that plaintext (whose BLAKE3
+    /// hash is `legacy_hash`, hex): a key changed meanwhile is left alone
+    /// (`Stale`).
+    SealAccessKey {
+        /// The key.
+        id: String,
+        /// BLAKE3 of the plaintext secret it replaces, hex.
+        legacy_hash: String,
+        /// The sealed secret.
+        sealed: SecretString,
+    },
+    /// `inner`, an admin's command, with a record of it in the audit log
+    /// (who, what, when, its result), applied in the same entry. Wrapped
+    /// by the metadata node that authorized the caller, never by a client
+    /// (`Internal`: a caller cannot name someone else as `who`).
+    Audited {
+        /// The verified role token's name.
+        who: String,
+        /// The verified role.
+        role: String,
+        /// The command.
+        #[serde(deserialize_with = "nested")]
+        inner: Box<Command>,
+    },
+    /// Append a record to the audit log for an admin action that is not a
+    /// command (membership changes, snapshots), after it was done.
+    AuditRecord {
+        /// The verified role token's name.
+        who: String,
+        /// The verified role.
+        role: String,
+        /// What was done.
+        what: String,
+        /// `ok`, or the error.
+        result: String,
+    },
 }
 
 /// The rebalancer's threshold when none was set.
@@ -541,6 +610,12 @@ impl Command {
             | Command::PutObjectLockConfig { .. }
             | Command::PutObjectRetention { .. }
             | Command::PutObjectLegalHold { .. } => CommandRole::User,
+            Command::SetAccessKeyGrant { .. } | Command::RotateAccessKey { .. } => {
+                CommandRole::Admin
+            }
+            Command::SealAccessKey { .. }
+            | Command::Audited { .. }
+            | Command::AuditRecord { .. } => CommandRole::Internal,
         }
     }
 }

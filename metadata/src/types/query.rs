@@ -67,12 +67,13 @@ pub enum Query {
         /// At most this many items.
         limit: usize,
     },
-    /// One access key (with its secret: the API is cluster-internal).
+    /// One access key; its secret only to a role allowed it
+    /// ([`crate::auth::may_read_secrets`]), otherwise empty.
     GetAccessKey {
         /// Its id.
         id: String,
     },
-    /// Every access key.
+    /// Every access key (their secrets empty).
     ListAccessKeys,
     /// One multipart upload.
     GetUpload {
@@ -174,6 +175,13 @@ pub enum Query {
     GetObjectLockConfig {
         /// Bucket.
         bucket: String,
+    },
+    // --- Issue 14 (security). ---
+    /// The audit log of admin actions, newest first
+    /// ([`QueryResult::AuditLog`]).
+    AuditLog {
+        /// At most this many records.
+        limit: u32,
     },
 }
 
@@ -286,6 +294,9 @@ pub enum QueryResult {
     Versions(VersionPage),
     /// A bucket's Object Lock configuration ([`Query::GetObjectLockConfig`]).
     ObjectLock(Option<ObjectLockConfig>),
+    // --- Issue 14 (security). ---
+    /// Audit log records, newest first ([`Query::AuditLog`]).
+    AuditLog(Vec<AuditEntry>),
 }
 
 /// Most stripes one [`Query::AuditPlacement`] page walks: bounds the reply

@@ -217,6 +217,7 @@ fn commands() -> Vec<Command> {
                         owner: false,
                     },
                 )]),
+                expires_ms: None,
             },
         },
         Command::DeleteAccessKey { id: "GK1".into() },
@@ -368,6 +369,38 @@ fn commands() -> Vec<Command> {
             version: None,
             on: true,
         },
+        // Issue 14 (security).
+        Command::SetAccessKeyGrant {
+            id: "GK1".into(),
+            bucket: "b".into(),
+            grant: BucketGrant {
+                read: true,
+                write: true,
+                owner: false,
+            },
+        },
+        Command::RotateAccessKey {
+            id: "GK1".into(),
+            new_id: "GK2".into(),
+            secret: SecretString("cairn-sealed-v1:0011223344556677:abcd".into()),
+            overlap_ms: 86_400_000,
+        },
+        Command::SealAccessKey {
+            id: "GK1".into(),
+            legacy_hash: "00ff".into(),
+            sealed: SecretString("cairn-sealed-v1:0011223344556677:abcd".into()),
+        },
+        Command::Audited {
+            who: "alice".into(),
+            role: "admin".into(),
+            inner: Box::new(Command::DeleteAccessKey { id: "GK1".into() }),
+        },
+        Command::AuditRecord {
+            who: "alice".into(),
+            role: "admin".into(),
+            what: "add_node 4 10.0.0.4:7001".into(),
+            result: "ok".into(),
+        },
     ]
 }
 
@@ -448,6 +481,12 @@ const COMMAND_GOLDEN: &[&str] = &[
     r#"{"put_object_lock_config":{"bucket":"b","config":{"default":{"mode":"governance","days":30}}}}"#,
     r#"{"put_object_retention":{"bucket":"b","key":"k","version":{"Id":"02020202020202020202020202020202"},"retention":{"mode":"compliance","until_ms":1000},"bypass_governance":false}}"#,
     r#"{"put_object_legal_hold":{"bucket":"b","key":"k","version":null,"on":true}}"#,
+    // Added with access key grants, rotation and sealed secrets (issue 14).
+    r#"{"set_access_key_grant":{"id":"GK1","bucket":"b","grant":{"read":true,"write":true,"owner":false}}}"#,
+    r#"{"rotate_access_key":{"id":"GK1","new_id":"GK2","secret":"cairn-sealed-v1:0011223344556677:abcd","overlap_ms":86400000}}"#,
+    r#"{"seal_access_key":{"id":"GK1","legacy_hash":"00ff","sealed":"cairn-sealed-v1:0011223344556677:abcd"}}"#,
+    r#"{"audited":{"who":"alice","role":"admin","inner":{"delete_access_key":{"id":"GK1"}}}}"#,
+    r#"{"audit_record":{"who":"alice","role":"admin","what":"add_node 4 10.0.0.4:7001","result":"ok"}}"#,
 ];
 
 /// Captured from the code before the split, one line per value of
