@@ -453,6 +453,10 @@ pub async fn run(a: Args, json_logs: bool) -> anyhow::Result<()> {
         "  admin token:  {}  (the CLI's, and the dashboard login)",
         admin_token.display()
     );
+    outln!(
+        "  secrets key:  {}  (S3 secrets are stored sealed under it; keep it)",
+        secrets_key.display()
+    );
     outln!("  S3 endpoint:  {s3_endpoint}");
     if let Some(b) = &ca_bundle {
         outln!(

@@ -793,3 +793,20 @@ impl LeaderCtx for MetaNode {
         Box::pin(self.write(cmd))
     }
 }
+
+#[cfg(test)]
+#[test]
+fn config_debug_shows_neither_the_secret_nor_the_secrets_key() {
+    let hex = crate::secrets::SecretsKey::generate_hex();
+    let mut cfg = MetaConfig::new(
+        1,
+        PathBuf::from("/nonexistent"),
+        "127.0.0.1:1".into(),
+        "a-cluster-secret-of-some-length".into(),
+    );
+    cfg.secrets_key = crate::secrets::SecretsKey::from_hex(&hex).ok();
+    assert!(cfg.secrets_key.is_some());
+    let d = format!("{cfg:?}");
+    assert!(!d.contains(hex.trim()), "{d}");
+    assert!(!d.contains("a-cluster-secret-of-some-length"), "{d}");
+}
