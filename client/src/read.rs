@@ -180,7 +180,7 @@ impl Client {
 
     /// Up to `limit` (at most [`STRIPE_PAGE_MAX`]) stripe rows of version
     /// `version` of `bucket/key`, from stripe `from` (linearizable). Fails
-    /// with a stale-version error once that version is no longer current.
+    /// with a stale-version error once that version is no longer stored.
     pub async fn stripes(
         &self,
         bucket: &str,

@@ -1,18 +1,19 @@
 //! Per-bucket S3 configuration: CORS rules (`PutBucketCors`,
 //! `DeleteBucketCors`), bucket tags (`PutBucketTagging`,
-//! `DeleteBucketTagging`) and the versioning state
-//! (`PutBucketVersioning`).
+//! `DeleteBucketTagging`), the versioning state (`PutBucketVersioning`)
+//! and Object Lock (`PutObjectLockConfig`).
 //!
 //! # Layout
-//! `bucket_config`: bucket name, NUL, kind (`cors`, `tagging`, `versioning`,
-//! `object_lock`) ->
-//! [`CONFIG_V1`] ++ postcard value (`Vec<CorsRule>` for `cors`,
-//! `BTreeMap<String, String>` for `tagging`, [`Versioning`] for
-//! `versioning`, [`ObjectLockConfig`] for `object_lock`). One bucket's rows are one key range, dropped with the
+//! `bucket_config`: bucket name, NUL, kind (`cors`, `tagging`,
+//! `versioning`, `object_lock`) -> [`CONFIG_V1`] ++ postcard value
+//! (`Vec<CorsRule>` for `cors`, `BTreeMap<String, String>` for `tagging`,
+//! [`Versioning`] for `versioning`, [`ObjectLockConfig`] for
+//! `object_lock`). One bucket's rows are one key range, dropped with the
 //! bucket (`DeleteBucket`). A bucket without a row has no configuration of
-//! that kind (no versioning row: never versioned); an empty CORS rule list or tag
-//! set is never stored. A value whose first byte is not [`CONFIG_V1`] is
-//! refused as corrupt; a new layout takes a new first byte. The table was
+//! that kind (no versioning row: never versioned; no `object_lock` row:
+//! no Object Lock); an empty CORS rule list or tag set is never stored. A
+//! value whose first byte is not [`CONFIG_V1`] is refused as corrupt; a
+//! new layout takes a new first byte. The table was
 //! added within model format 3: an older file has it empty.
 
 use super::*;

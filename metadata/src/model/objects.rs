@@ -2,10 +2,13 @@
 //! one row per stripe.
 //!
 //! # Layout
-//! - `objects`: bucket NUL key -> [`ROW_V1`] ++ postcard [`HeadRow`]: size,
-//!   ETag, headers, metadata, checksums, coding, parts, tags, inline bytes
-//!   and the stripe count; never the stripes, so a head costs the same for
-//!   a 1-byte and a 5 TiB object and a listing reads heads only.
+//! - `objects` (and `object_versions`, see `versions`): bucket NUL key ->
+//!   [`ROW_V1`] ++ postcard [`HeadRow`], or [`ROW_V2`] ++ postcard
+//!   [`VersionMeta`] ++ postcard [`HeadRow`] for a version written with
+//!   versioning configured: size, ETag, headers, metadata, checksums,
+//!   coding, parts, tags, inline bytes and the stripe count; never the
+//!   stripes, so a head costs the same for a 1-byte and a 5 TiB object and
+//!   a listing reads heads only.
 //! - `object_stripes`: bucket NUL key NUL version (16 bytes) ++ stripe
 //!   number (u64 BE) -> [`ROW_V1`] ++ postcard [`StripeRow`]. One version's
 //!   stripes are one key range in object order, so a read pages through

@@ -124,7 +124,8 @@ pub enum Query {
     },
     /// Stripes `from..from + limit` of version `version` of an object
     /// (`limit` capped at [`STRIPE_PAGE_MAX`]). `Err(Stale)` when that
-    /// version is no longer the object's (overwritten or deleted).
+    /// version is no longer stored (replaced or deleted; a noncurrent
+    /// version of a versioned key is still served).
     ObjectStripes {
         /// Bucket.
         bucket: String,
